@@ -55,6 +55,7 @@ class TransformerConfig:
     vocab_size: int = 2048
     num_code_groups: int = 16
     hidden_act: str = "silu"
+    max_position_embeddings: int = 32768
 
 
 @dataclass

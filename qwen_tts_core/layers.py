@@ -45,7 +45,9 @@ class Rotary:
 
     def __init__(self, head_dim: int, theta: float):
         # inverse frequencies exactly as transformers' default rope init computes them (fp32)
-        self.inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        # (device="cpu": modules are built under torch.device("meta"), this table must be real)
+        steps = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float()
+        self.inv_freq = 1.0 / (theta ** (steps / head_dim))
 
     def __call__(self, positions: torch.Tensor, dtype: torch.dtype):
         """positions [..., T] (int) -> cos, sin [..., T, Dh]"""

@@ -1,0 +1,308 @@
+"""Public API: load a Qwen3-TTS folder, build voices, generate codes (and audio).
+
+    tts = QwenTTS.from_pretrained("models/qwen-tts/Qwen3-TTS-12Hz-1.7B-CustomVoice")
+    out = tts.generate_custom_voice("Hello!", speaker="Vivian", language="English", seed=1)
+    out.codes[0]   # [frames, 16] int64
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from . import audio as audio_io
+from .checkpoint import load_into, load_text_tokenizer, weight_files
+from .config import GenerationDefaults, ModelConfig, read_json
+from .errors import InputError, ModelFolderError, UnsupportedModeError
+from .generate import Frames, collate, generate
+from .prompt import PromptBuilder, Request, TalkerPrompt, VoicePrompt
+from .sampling import Sampling
+from .speaker import LogMel, SpeakerEncoder
+from .talker import Qwen3TTS
+
+log = logging.getLogger("qwen_tts_core")
+
+MAX_TEXT_TOKENS = 4096       # one generation; longer texts go through the long-form splitter
+FRAME_RATE = 12.5            # frames per second of audio
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if dtype in names:
+        return names[dtype]
+    if dtype != "auto":
+        raise InputError(f"Unknown dtype {dtype!r}; use auto, bf16, fp16 or fp32.")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def auto_max_frames(text_tokens: int, cap: int) -> int:
+    """A safe frame limit for a text: about 2.5x a slow speaking rate (10 frames per text token)
+    plus 3 s, so that a run-away generation stops instead of babbling to the model's cap."""
+    return max(1, min(cap, max(64, 10 * text_tokens + 38)))
+
+
+@dataclass
+class GenerationResult:
+    codes: list[torch.Tensor]                 # per item [frames, 16] int64 (cpu)
+    stopped: list[bool]                       # ended with end-of-speech (not the frame limit)
+    warnings: list[str] = field(default_factory=list)
+    audio: list[torch.Tensor] | None = None   # per item [samples] float32 at 24 kHz
+    sample_rate: int = 24000
+
+
+class QwenTTS:
+    def __init__(self, folder: Path, config: ModelConfig, model: Qwen3TTS, tokenizer,
+                 defaults: GenerationDefaults, codec=None):
+        self.folder, self.config, self.model = folder, config, model
+        self.tokenizer, self.defaults, self.codec = tokenizer, defaults, codec
+        self.prompts = PromptBuilder(model.talker, config, tokenizer)
+        self._log_mel = LogMel(config.speaker_encoder.sample_rate) if config.speaker_encoder else None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: str | torch.dtype = "auto",
+                        device: str | torch.device = "auto", speech_tokenizer: bool = True) -> "QwenTTS":
+        folder = Path(path)
+        if not folder.is_dir():
+            raise ModelFolderError(
+                f"Model folder not found: {folder}. Download a Qwen3-TTS checkpoint (e.g. "
+                "Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice from Hugging Face) into that folder.")
+        config = ModelConfig.from_dict(read_json(folder / "config.json"), str(folder / "config.json"))
+        files = weight_files(folder)
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        with torch.device("meta"):
+            speaker = SpeakerEncoder(config.speaker_encoder) if config.speaker_encoder else None
+            model = Qwen3TTS(config.talker, speaker)
+        load_into(model, files, dt, dev, what=f"Qwen3-TTS {config.tts_model_type}")
+        codec = None
+        if speech_tokenizer:
+            from .codec import SpeechTokenizer
+
+            sub = folder / "speech_tokenizer"
+            if not sub.is_dir():
+                raise ModelFolderError(
+                    f"{folder} has no speech_tokenizer/ subfolder. Every Qwen3-TTS checkpoint "
+                    "ships one: download the whole model repository, including speech_tokenizer/.")
+            codec = SpeechTokenizer.from_pretrained(sub, dtype=dt, device=dev)
+        return cls(folder, config, model, load_text_tokenizer(folder),
+                   GenerationDefaults.from_file(folder / "generation_config.json"), codec)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def model_type(self) -> str:
+        return self.config.tts_model_type
+
+    @property
+    def speakers(self) -> list[str]:
+        return self.config.speakers
+
+    @property
+    def languages(self) -> list[str]:
+        return self.config.languages
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.talker.codec_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.talker.codec_head.weight.dtype
+
+    def default_sampling(self) -> tuple[Sampling, Sampling]:
+        d = self.defaults
+        return (Sampling(d.do_sample, d.temperature, d.top_k, d.top_p, d.repetition_penalty),
+                Sampling(d.subtalker_dosample, d.subtalker_temperature, d.subtalker_top_k, d.subtalker_top_p))
+
+    # ------------------------------------------------------------------ voices
+    def _require(self, kind: str, action: str) -> None:
+        if self.model_type != kind:
+            names = {"base": "a Base model (e.g. Qwen3-TTS-12Hz-1.7B-Base)",
+                     "custom_voice": "a CustomVoice model (e.g. Qwen3-TTS-12Hz-1.7B-CustomVoice)",
+                     "voice_design": "the VoiceDesign model (Qwen3-TTS-12Hz-1.7B-VoiceDesign)"}
+            raise UnsupportedModeError(
+                f"{action} needs {names[kind]}; the loaded model {self.folder.name} is a "
+                f"{self.model_type} model.")
+
+    @torch.inference_mode()
+    def speaker_embedding(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """x-vector of a reference clip -> [D] float32 (cpu)."""
+        self._require("base", "Voice cloning")
+        return self._xvector(audio_io.prepare_reference(waveform, sample_rate))
+
+    def _xvector(self, wav: torch.Tensor) -> torch.Tensor:
+        mel = self._log_mel(wav[None])                                      # [1, frames, 128] fp32
+        return self.model.speaker_encoder(mel.to(self.device, self.dtype))[0].float().cpu()
+
+    @torch.inference_mode()
+    def create_voice_clone_prompt(self, waveform: torch.Tensor, sample_rate: int,
+                                  ref_text: str | None = None, x_vector_only: bool = False) -> VoicePrompt:
+        """A reusable cloned voice from reference audio. In-context mode (default) also encodes
+        the reference to codes and needs its transcript; x-vector-only mode needs neither."""
+        self._require("base", "Voice cloning")
+        ref_text = (ref_text or "").strip()
+        if not x_vector_only and not ref_text:
+            raise InputError("In-context voice cloning needs the transcript of the reference audio "
+                             "(ref_text). Type what is said in the clip, or use x-vector-only mode.")
+        wav = audio_io.prepare_reference(waveform, sample_rate)
+        embedding = self._xvector(wav)
+        if x_vector_only:
+            return VoicePrompt(embedding)
+        codes, lengths = self.codec.encode([wav], [audio_io.MODEL_RATE])
+        return VoicePrompt(embedding, codes[0, :, :lengths[0]].t().contiguous().cpu(), ref_text)
+
+    # ------------------------------------------------------------------ generation
+    def check(self, req: Request) -> Request:
+        if not isinstance(req.text, str) or not req.text.strip():
+            raise InputError("The text is empty; type something to say.")
+        language = (req.language or "auto").strip().lower()
+        if language not in self.languages:
+            raise InputError(f"Unsupported language {req.language!r}. Choose one of: "
+                             f"{', '.join(self.languages)}.")
+        speaker = req.speaker.strip().lower() if req.speaker else None
+        if speaker and speaker not in self.config.talker.spk_id:
+            raise InputError(f"Unknown speaker {req.speaker!r}. This model has: "
+                             f"{', '.join(self.speakers) or 'no built-in speakers'}.")
+        instruct = req.instruct.strip() if req.instruct else None
+        return replace(req, text=req.text.strip(), language=language, speaker=speaker, instruct=instruct or None)
+
+    def generate_custom_voice(self, text: str | Sequence[str], speaker: str | Sequence[str],
+                              language: str | Sequence[str] = "auto",
+                              instruct: str | Sequence[str | None] | None = None,
+                              non_streaming_text: bool = True, **options) -> GenerationResult:
+        """Built-in speakers (CustomVoice models), with an optional style instruction."""
+        self._require("custom_voice", "Custom voice")
+        texts = _as_list(text)
+        warnings = []
+        if self.config.tts_model_size == "0b6" and any(_broadcast(instruct, len(texts))):
+            warnings.append("The 0.6B CustomVoice model does not follow instructions; the "
+                            "instruction was ignored. Use the 1.7B model for style control.")
+            instruct = None
+        reqs = [Request(t, l, s, i, None, non_streaming_text) for t, l, s, i in zip(
+            texts, _broadcast(language, len(texts)), _broadcast(speaker, len(texts)),
+            _broadcast(instruct, len(texts)))]
+        for r in reqs:
+            if not r.speaker:
+                raise InputError(f"Choose a speaker: {', '.join(self.speakers)}.")
+        return self.generate(reqs, warnings=warnings, **options)
+
+    def generate_voice_design(self, text: str | Sequence[str], instruct: str | Sequence[str],
+                              language: str | Sequence[str] = "auto", non_streaming_text: bool = True,
+                              **options) -> GenerationResult:
+        """A new voice from a natural-language description (VoiceDesign model)."""
+        self._require("voice_design", "Voice design")
+        texts = _as_list(text)
+        reqs = [Request(t, l, None, i, None, non_streaming_text) for t, l, i in zip(
+            texts, _broadcast(language, len(texts)), _broadcast(instruct, len(texts)))]
+        return self.generate(reqs, **options)
+
+    def generate_voice_clone(self, text: str | Sequence[str], voice: VoicePrompt | Sequence[VoicePrompt],
+                             language: str | Sequence[str] = "auto", non_streaming_text: bool = False,
+                             **options) -> GenerationResult:
+        """Speech in a cloned voice (Base models); `voice` from create_voice_clone_prompt."""
+        self._require("base", "Voice cloning")
+        texts = _as_list(text)
+        voices = _broadcast(voice, len(texts))
+        for v in voices:
+            if not isinstance(v, VoicePrompt):
+                raise InputError("Voice cloning needs a voice made by create_voice_clone_prompt.")
+            if v.speaker_embedding.numel() != self.config.talker.hidden_size:
+                raise InputError(
+                    f"This voice was made with another model size (x-vector of {v.speaker_embedding.numel()} "
+                    f"values; this model uses {self.config.talker.hidden_size}). Re-create it with this model.")
+        reqs = [Request(t, l, None, None, v, non_streaming_text) for t, l, v in zip(
+            texts, _broadcast(language, len(texts)), voices)]
+        return self.generate(reqs, **options)
+
+    def build_prompts(self, requests: Sequence[Request]) -> list[TalkerPrompt]:
+        return [self.prompts.build(self.check(r)) for r in requests]
+
+    @torch.inference_mode()
+    def generate(self, requests: Sequence[Request], max_frames: int | None = None,
+                 sampling: Sampling | None = None, sub_sampling: Sampling | None = None,
+                 seed: int | None = None, decode: bool = False,
+                 on_frame: Callable[[int, torch.Tensor], None] | None = None,
+                 warnings: list[str] | None = None) -> GenerationResult:
+        """Generates a batch (texts may differ in length, voice and language)."""
+        if not requests:
+            raise InputError("Nothing to generate: no texts given.")
+        default, default_sub = self.default_sampling()
+        sampling = (sampling or default).check("Talker")
+        sub_sampling = (sub_sampling or default_sub).check("Code predictor")
+        prompts = self.build_prompts(requests)
+        text_tokens = max(len(p.ids["text"]) - 8 for p in prompts)
+        if text_tokens > MAX_TEXT_TOKENS:
+            raise InputError(f"The text is {text_tokens} tokens long; one generation takes at most "
+                             f"{MAX_TEXT_TOKENS}. Split it, or use the long-text node which does that.")
+        cap = max(1, self.defaults.max_new_tokens - 1)
+        if max_frames is None:
+            max_frames = auto_max_frames(text_tokens, cap)
+        if not isinstance(max_frames, int) or max_frames < 1:
+            raise InputError(f"max_frames must be a positive integer (got {max_frames!r}).")
+        longest = max(p.embeds.shape[0] for p in prompts)
+        if longest + max_frames > self.config.talker.max_position_embeddings:
+            raise InputError(
+                f"Prompt ({longest} positions) plus {max_frames} frames exceeds the model context of "
+                f"{self.config.talker.max_position_embeddings}; shorten the text or the reference.")
+        tts_pad = self.model.talker.embed_text(
+            torch.tensor([self.config.tts_pad_token_id], device=self.device))[0]
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        frames: Frames = generate(self.model.talker, collate(prompts, tts_pad), max_frames,
+                                  sampling, sub_sampling, generator, on_frame)
+        result = GenerationResult(frames.codes, frames.stopped, list(warnings or []))
+        for w in result.warnings:
+            log.warning(w)
+        if decode:
+            result.audio = self.decode(result.codes, [r.voice for r in requests])
+        return result
+
+    # ------------------------------------------------------------------ audio
+    def decode(self, codes: Sequence[torch.Tensor], voices: Sequence[VoicePrompt | None] | None = None):
+        """Codes -> 24 kHz waveforms. For in-context clones the reference codes are decoded in
+        front (as context for the causal decoder) and their share of the audio is cut off."""
+        if self.codec is None:
+            raise ModelFolderError("This model was loaded without its speech tokenizer.")
+        voices = list(voices or [None] * len(codes))
+        full = [torch.cat([v.ref_codes, c]) if v is not None and v.in_context else c
+                for c, v in zip(codes, voices)]
+        wavs = self.codec.decode(full)
+        out = []
+        for wav, c, f in zip(wavs, codes, full):
+            cut = int((f.shape[0] - c.shape[0]) / max(f.shape[0], 1) * wav.shape[-1])
+            out.append(wav[cut:])
+        return out
+
+
+def _as_list(x) -> list:
+    if isinstance(x, str) or not isinstance(x, Sequence):
+        return [x]
+    return list(x)
+
+
+def _broadcast(x, n: int) -> list:
+    items = _as_list(x)
+    if len(items) == 1:
+        return items * n
+    if len(items) != n:
+        raise InputError(f"Got {len(items)} values for a batch of {n} texts; give one or {n}.")
+    return items

@@ -1,0 +1,143 @@
+"""Talker prompts: the text track and the codec track of every mode, summed position by position.
+
+Layout (one item; `|` separates segments, "-" is nothing on that track):
+
+    text  : [instruct...] <|im_start|> assistant \\n | pad ... pad  bos | <body>
+    codec :       -            -         -       - | tags [spk]  pad  | <body>
+
+`tags` are the think tags with the language id (or "nothink" for auto); `spk` is a built-in
+speaker id or a cloned speaker's x-vector. The body depends on the mode:
+  streaming text     text: t0          codec: bos         then t1..tn, eos fed one per frame
+  non-streaming text text: t0..tn eos pad  codec: pad..pad bos   then pad per frame
+  clone, in-context  text: ref + target text, eos   codec: bos + reference frames
+                     (streaming: aligned position by position, the longer side continues as
+                     the per-frame text; non-streaming: text first, then the frames)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import ModelConfig
+from .talker import Talker
+
+
+@dataclass
+class VoicePrompt:
+    """A cloned voice: the reference's x-vector and, for in-context cloning, its codes and
+    transcript."""
+    speaker_embedding: torch.Tensor            # [D] float32
+    ref_codes: torch.Tensor | None = None      # [T, 16] int64
+    ref_text: str | None = None
+
+    @property
+    def in_context(self) -> bool:
+        return self.ref_codes is not None
+
+
+@dataclass
+class Request:
+    """One item of a generation batch."""
+    text: str
+    language: str = "auto"
+    speaker: str | None = None                 # built-in speaker (CustomVoice)
+    instruct: str | None = None                # style / voice description
+    voice: VoicePrompt | None = None           # cloned voice (Base)
+    non_streaming_text: bool = True
+
+
+@dataclass
+class TalkerPrompt:
+    embeds: torch.Tensor                       # [L, D] prefill input
+    trailing: torch.Tensor                     # [N, D] text track fed one entry per frame
+    ids: dict = field(default_factory=dict)    # token ids used (for inspection and tests)
+
+
+def assistant_text(text: str) -> str:
+    return f"<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def reference_text(text: str) -> str:
+    return f"<|im_start|>assistant\n{text}<|im_end|>\n"
+
+
+def instruct_text(text: str) -> str:
+    return f"<|im_start|>user\n{text}<|im_end|>\n"
+
+
+class PromptBuilder:
+    def __init__(self, talker: Talker, config: ModelConfig, tokenizer):
+        self.talker, self.config, self.tokenizer = talker, config, tokenizer
+
+    @property
+    def device(self):
+        return self.talker.codec_head.weight.device
+
+    def tokenize(self, s: str) -> torch.Tensor:
+        return torch.tensor(self.tokenizer(s)["input_ids"], dtype=torch.long, device=self.device)
+
+    def language_id(self, language: str, speaker: str | None) -> int | None:
+        """Codec id of the language tag; None for auto. Dialect speakers use their dialect's id
+        when the language is Chinese or auto."""
+        t = self.config.talker
+        lang = language.lower()
+        dialect = t.spk_is_dialect.get(speaker.lower()) if speaker else False
+        if dialect and lang in ("chinese", "auto"):
+            return t.codec_language_id[dialect]
+        return None if lang == "auto" else t.codec_language_id[lang]
+
+    def build(self, req: Request) -> TalkerPrompt:
+        t, c = self.talker, self.config
+        tc = c.talker
+
+        def codes(*ids):
+            return t.embed_codes(torch.tensor(ids, dtype=torch.long, device=self.device))
+
+        def text(ids):
+            return t.embed_text(ids)
+
+        tts_bos, tts_eos, tts_pad = text(torch.tensor(
+            [c.tts_bos_token_id, c.tts_eos_token_id, c.tts_pad_token_id], device=self.device)).split(1)
+        ids = {"text": self.tokenize(assistant_text(req.text))}
+        parts = []
+        if req.instruct:
+            ids["instruct"] = self.tokenize(instruct_text(req.instruct))
+            parts.append(text(ids["instruct"]))
+
+        lang = self.language_id(req.language, req.speaker)
+        tags = (tc.codec_think_id, tc.codec_think_bos_id, lang, tc.codec_think_eos_id) if lang is not None \
+            else (tc.codec_nothink_id, tc.codec_think_bos_id, tc.codec_think_eos_id)
+        speaker = []
+        if req.voice is not None:
+            speaker = [req.voice.speaker_embedding.to(self.device, tts_pad.dtype)[None]]
+        elif req.speaker:
+            speaker = [codes(tc.spk_id[req.speaker.lower()])]
+        codec_pre = torch.cat([codes(*tags), *speaker, codes(tc.codec_pad_id, tc.codec_bos_id)])  # [C, D]
+        n_pre = codec_pre.shape[0]
+        parts.append(text(ids["text"][:3]))                                      # <|im_start|>assistant\n
+        parts.append(torch.cat([tts_pad.expand(n_pre - 2, -1), tts_bos]) + codec_pre[:-1])
+
+        body = ids["text"][3:-5]
+        if req.voice is not None and req.voice.in_context:
+            ids["ref"] = self.tokenize(reference_text(req.voice.ref_text))
+            txt = torch.cat([text(torch.cat([ids["ref"][3:-2], body])), tts_eos])   # [T1, D]
+            ref = req.voice.ref_codes.to(self.device)
+            cod = torch.cat([codes(tc.codec_bos_id), t.embed_frame(ref)])           # [T2, D]
+            if req.non_streaming_text:
+                parts += [txt + codes(*[tc.codec_pad_id] * len(txt)), cod + tts_pad]
+                trailing = tts_pad
+            elif len(txt) > len(cod):
+                parts.append(txt[:len(cod)] + cod)
+                trailing = txt[len(cod):]
+            else:
+                parts.append(torch.cat([txt, tts_pad.expand(len(cod) - len(txt), -1)]) + cod)
+                trailing = tts_pad
+        elif req.non_streaming_text:
+            parts.append(torch.cat([text(body), tts_eos]) + codes(*[tc.codec_pad_id] * (len(body) + 1)))
+            parts.append(tts_pad + codec_pre[-1:])
+            trailing = tts_pad
+        else:
+            parts.append(text(body[:1]) + codec_pre[-1:])
+            trailing = torch.cat([text(body[1:]), tts_eos])
+        return TalkerPrompt(embeds=torch.cat(parts), trailing=trailing, ids=ids)

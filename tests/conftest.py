@@ -1,0 +1,42 @@
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+MODELS = FIXTURES / "models" / "qwen-tts"
+AUDIO = FIXTURES / "audio"
+GOLDEN = FIXTURES / "golden"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(2)
+
+
+def load_golden(name: str):
+    from safetensors.torch import load_file
+
+    return load_file(str(GOLDEN / f"{name}.safetensors")), json.loads((GOLDEN / f"{name}.json").read_text())
+
+
+_MODELS: dict = {}
+
+
+def tiny_model(name: str, speech_tokenizer: bool = True):
+    """Loads a fixture model once per test session (fp32, CPU)."""
+    from qwen_tts_core.api import QwenTTS
+
+    key = (name, speech_tokenizer)
+    if key not in _MODELS:
+        _MODELS[key] = QwenTTS.from_pretrained(MODELS / name, dtype="fp32", device="cpu",
+                                               speech_tokenizer=speech_tokenizer)
+    return _MODELS[key]
+
+
+@pytest.fixture(scope="session")
+def generation_golden():
+    return load_golden("generation")
