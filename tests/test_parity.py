@@ -10,6 +10,8 @@ from qwen_tts_core.generate import collate, prefill
 from qwen_tts_core.prompt import Request, VoicePrompt
 from qwen_tts_core.sampling import Sampling
 
+pytestmark = pytest.mark.core
+
 TOL = 1e-4
 GOLDEN, META = load_golden("generation")
 CASES = sorted(META["cases"])

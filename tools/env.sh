@@ -1,0 +1,23 @@
+# Shared by tools/test.sh and tools/demo.sh: creates (once) and updates the local venv.
+#
+# torch 2.9.1 + torchaudio 2.9.1: the pack itself takes whatever torch/torchaudio pair ComfyUI
+# ships, but the test venv needs a pair that exists on PyPI. torchaudio's newest PyPI release
+# pairs with torch 2.11 and the local torch 2.13 CPU wheel has no torchaudio at all; 2.9.1 is the
+# pair ComfyUI itself was tested with (CUDA build, runs fine on CPU; ~3 min to install cold).
+VENV=${QWEN_TTS_VENV:-.venv}
+T457="$VENV/transformers-4.57"
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
+if ! "$PY" -c "import torch, torchaudio; assert torch.__version__.startswith('2.9.1')" 2>/dev/null; then
+    pip_install "torch==2.9.1" "torchaudio==2.9.1"
+fi
+pip_install -r requirements.txt -r requirements-test.txt "transformers>=5"
+# transformers 4.57.3 as an overlay (PYTHONPATH=$T457) for the second test pass
+if [ ! -f "$T457/.complete" ]; then
+    rm -rf "$T457"
+    "$PY" -m pip install -q --disable-pip-version-check --target "$T457" "transformers==4.57.3" \
+        && touch "$T457/.complete"
+fi
