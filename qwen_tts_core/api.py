@@ -95,13 +95,13 @@ class QwenTTS:
         load_into(model, files, dt, dev, what=f"Qwen3-TTS {config.tts_model_type}")
         codec = None
         if speech_tokenizer:
-            from .codec import SpeechTokenizer
-
             sub = folder / "speech_tokenizer"
             if not sub.is_dir():
                 raise ModelFolderError(
                     f"{folder} has no speech_tokenizer/ subfolder. Every Qwen3-TTS checkpoint "
                     "ships one: download the whole model repository, including speech_tokenizer/.")
+            from .codec import SpeechTokenizer
+
             codec = SpeechTokenizer.from_pretrained(sub, dtype=dt, device=dev)
         return cls(folder, config, model, load_text_tokenizer(folder),
                    GenerationDefaults.from_file(folder / "generation_config.json"), codec)
