@@ -239,7 +239,7 @@ class QwenTTS:
     def generate(self, requests: Sequence[Request], max_frames: int | None = None,
                  sampling: Sampling | None = None, sub_sampling: Sampling | None = None,
                  seed: int | None = None, decode: bool = False,
-                 on_frame: Callable[[int, torch.Tensor], None] | None = None,
+                 on_frame: Callable[[int, torch.Tensor], bool | None] | None = None,
                  warnings: list[str] | None = None) -> GenerationResult:
         """Generates a batch (texts may differ in length, voice and language)."""
         if not requests:

@@ -68,11 +68,12 @@ class Frames:
 @torch.inference_mode()
 def generate(talker: Talker, batch: Batch, max_frames: int, sampling: Sampling, sub_sampling: Sampling,
              generator: torch.Generator | None = None,
-             on_frame: Callable[[int, torch.Tensor], None] | None = None) -> Frames:
+             on_frame: Callable[[int, torch.Tensor], bool | None] | None = None) -> Frames:
     """Greedy or sampled generation of up to `max_frames` frames per item.
 
-    `on_frame(index, frame [B, 16])` is called after each frame (progress, streaming,
-    interruption: it may raise to stop)."""
+    `on_frame(index, frame [B, 16])` is called after each frame (progress, streaming, run-away
+    checks). It may raise to abort (interrupt), or return True to end generation early, keeping
+    the frames so far (those items count as not stopped by end-of-speech)."""
     cfg = talker.cfg
     model = talker.model
     b, prompt_len, _ = batch.embeds.shape
@@ -107,9 +108,7 @@ def generate(talker: Talker, batch: Batch, max_frames: int, sampling: Sampling, 
             sub_caches)
         frame = torch.cat([code0[:, None], rest], dim=1)                       # [B, 16]
         frames.append(frame)
-        if on_frame is not None:
-            on_frame(step, frame)
-        if step + 1 == max_frames:
+        if (on_frame is not None and on_frame(step, frame)) or step + 1 == max_frames:
             break
         text = batch.trailing[:, step] if step < batch.trailing.shape[1] else batch.pad
         x = (talker.embed_frame(frame) + text)[:, None]                       # [B, 1, D]

@@ -65,3 +65,16 @@ def test_bad_sampling_settings_are_rejected(bad):
     with pytest.raises(InputError):
         tts.generate_voice_design("Hi.", "Any voice.", max_frames=3, sampling=Sampling(True, **{
             "temperature": 0.9, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.05, **bad}))
+
+
+def test_on_frame_can_end_generation_early():
+    tts = tiny_model("Tiny-CustomVoice", speech_tokenizer=False)
+    seen = []
+
+    def stop_after_five(index, frame):
+        seen.append(frame.clone())
+        return index == 4
+
+    out = tts.generate_custom_voice("Stop early please.", "vivian", max_frames=30, seed=3, on_frame=stop_after_five)
+    assert out.codes[0].shape[0] == 5 and out.stopped == [False]
+    assert torch.equal(out.codes[0], torch.stack(seen)[:, 0])
