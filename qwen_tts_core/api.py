@@ -16,6 +16,7 @@ import torch
 from . import audio as audio_io
 from .checkpoint import load_into, load_text_tokenizer, weight_files
 from .config import GenerationDefaults, ModelConfig, read_json
+from .duration import FRAME_RATE, max_frames_for  # noqa: F401  (FRAME_RATE is part of the API)
 from .errors import InputError, ModelFolderError, UnsupportedModeError
 from .generate import Frames, collate, generate
 from .prompt import PromptBuilder, Request, TalkerPrompt, VoicePrompt
@@ -26,7 +27,6 @@ from .talker import Qwen3TTS
 log = logging.getLogger("qwen_tts_core")
 
 MAX_TEXT_TOKENS = 4096       # one generation; longer texts go through the long-form splitter
-FRAME_RATE = 12.5            # frames per second of audio
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -51,12 +51,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
-
-
-def auto_max_frames(text_tokens: int, cap: int) -> int:
-    """A safe frame limit for a text: about 2.5x a slow speaking rate (10 frames per text token)
-    plus 3 s, so that a run-away generation stops instead of babbling to the model's cap."""
-    return max(1, min(cap, max(64, 10 * text_tokens + 38)))
 
 
 @dataclass
@@ -224,6 +218,9 @@ class QwenTTS:
         for v in voices:
             if not isinstance(v, VoicePrompt):
                 raise InputError("Voice cloning needs a voice made by create_voice_clone_prompt.")
+            if v.speaker_embedding is None:
+                raise InputError("This voice has no speaker embedding (it carries a designed voice "
+                                 "between long-form chunks); clone from reference audio instead.")
             if v.speaker_embedding.numel() != self.config.talker.hidden_size:
                 raise InputError(
                     f"This voice was made with another model size (x-vector of {v.speaker_embedding.numel()} "
@@ -253,8 +250,8 @@ class QwenTTS:
             raise InputError(f"The text is {text_tokens} tokens long; one generation takes at most "
                              f"{MAX_TEXT_TOKENS}. Split it, or use the long-text node which does that.")
         cap = max(1, self.defaults.max_new_tokens - 1)
-        if max_frames is None:
-            max_frames = auto_max_frames(text_tokens, cap)
+        if max_frames is None:   # per item from its text and language; the batch takes the longest
+            max_frames = max(max_frames_for(r.text, r.language, cap) for r in requests)
         if not isinstance(max_frames, int) or max_frames < 1:
             raise InputError(f"max_frames must be a positive integer (got {max_frames!r}).")
         longest = max(p.embeds.shape[0] for p in prompts)

@@ -6,7 +6,8 @@ Layout (one item; `|` separates segments, "-" is nothing on that track):
     codec :       -            -         -       - | tags [spk]  pad  | <body>
 
 `tags` are the think tags with the language id (or "nothink" for auto); `spk` is a built-in
-speaker id or a cloned speaker's x-vector. The body depends on the mode:
+speaker id or a cloned speaker's x-vector (absent when a voice prompt has no x-vector: the
+long-form carry of a designed voice, whose model has no speaker encoder). The body depends on the mode:
   streaming text     text: t0          codec: bos         then t1..tn, eos fed one per frame
   non-streaming text text: t0..tn eos pad  codec: pad..pad bos   then pad per frame
   clone, in-context  text: ref + target text, eos   codec: bos + reference frames
@@ -26,8 +27,9 @@ from .talker import Talker
 @dataclass
 class VoicePrompt:
     """A cloned voice: the reference's x-vector and, for in-context cloning, its codes and
-    transcript."""
-    speaker_embedding: torch.Tensor            # [D] float32
+    transcript. Without an x-vector (None) it is a pure in-context voice: long-form synthesis
+    uses one to carry a designed voice from its first chunk to the next ones."""
+    speaker_embedding: torch.Tensor | None     # [D] float32
     ref_codes: torch.Tensor | None = None      # [T, 16] int64
     ref_text: str | None = None
 
@@ -109,7 +111,7 @@ class PromptBuilder:
         tags = (tc.codec_think_id, tc.codec_think_bos_id, lang, tc.codec_think_eos_id) if lang is not None \
             else (tc.codec_nothink_id, tc.codec_think_bos_id, tc.codec_think_eos_id)
         speaker = []
-        if req.voice is not None:
+        if req.voice is not None and req.voice.speaker_embedding is not None:
             speaker = [req.voice.speaker_embedding.to(self.device, tts_pad.dtype)[None]]
         elif req.speaker:
             speaker = [codes(tc.spk_id[req.speaker.lower()])]
