@@ -185,7 +185,7 @@ def _merge_markers(sentences: list[str]) -> list[str]:
 def _join(a: str, b: str) -> str:
     if not a:
         return b
-    if _is_cjk(a[-1]) or a[-1] in _CJK_MARKS or a[-1] in "，、；：」』）" or _is_cjk(b[0]):
+    if _is_cjk(a[-1]) or a[-1] in _CJK_MARKS or a[-1] in "，、；：」』）":
         return a + b
     return f"{a} {b}"
 
@@ -251,11 +251,16 @@ def chunk_text(text: str, language: str = "auto", max_seconds: float = DEFAULT_M
     pieces: list[Piece] = []
     for para in paragraphs(text):
         para = _SPACES.sub(" ", para)
-        sentences = []
+        packed, run = [], []
         for s in split_sentences(para, language):
             piece = _piece(s, "sentence", language)
-            sentences += _cut_long(s, language, max_seconds) if piece.seconds > max_seconds else [piece]
-        packed = _pack(sentences, max_seconds)
+            if piece.seconds <= max_seconds:
+                run.append(piece)
+                continue
+            # a sentence too long for one chunk starts its own chunks: cut at its end first
+            packed += _pack(run, max_seconds) + _cut_long(s, language, max_seconds)
+            run = []
+        packed += _pack(run, max_seconds)
         packed[-1] = Piece(packed[-1].text, "paragraph", packed[-1].seconds)
         pieces += packed
     pieces[-1] = Piece(pieces[-1].text, "end", pieces[-1].seconds)

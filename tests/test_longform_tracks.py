@@ -1,0 +1,378 @@
+"""Putting speech on a timeline: narration joined with pauses by how the text breaks, bounded
+memory over a 30-minute text, subtitle-timed tracks whose onsets land on the cue times (measured
+from the audio), speed-ups that keep the pitch, multi-speaker scripts, and every bad input."""
+import math
+import time
+import wave
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from longform_helpers import (SR, EspeakSpeaker, ToneSpeaker, fake_decode, measured_onsets,
+                              peak_growth_mb)
+from qwen_tts_core import InputError
+from qwen_tts_core.longform import (Pauses, Speaker, Voice, WavSink, narrate, parse_script,
+                                    parse_subtitles, perform_script, timed_lines, voice_over)
+from qwen_tts_core.longform.edit import speech_bounds
+
+pytestmark = pytest.mark.core
+
+
+def sounding(audio: torch.Tensor, threshold: float = 0.01, min_gap: float = 0.05) -> list[tuple[float, float]]:
+    """(start, end) seconds of the stretches where the 10 ms envelope exceeds `threshold`."""
+    hop = SR // 100
+    env = audio[: audio.numel() // hop * hop].abs().view(-1, hop).max(dim=1).values
+    loud = (env > threshold).tolist()
+    spans, start = [], None
+    for i, on in enumerate(loud + [False]):
+        if on and start is None:
+            start = i
+        elif not on and start is not None:
+            if spans and (start - spans[-1][1]) / 100 < min_gap:
+                spans[-1] = (spans[-1][0], i)
+            else:
+                spans.append((start, i))
+            start = None
+    return [(a / 100, b / 100) for a, b in spans]
+
+
+def dominant_hz(audio: torch.Tensor) -> float:
+    spectrum = torch.fft.rfft(audio * torch.hann_window(audio.numel())).abs()
+    return float(spectrum.argmax()) * SR / audio.numel()
+
+
+# ------------------------------------------------------------------ narration
+def test_chunks_are_trimmed_and_joined_with_pauses_that_follow_the_text():
+    text = ("The first sentence is here. A second sentence follows it, with a clause that makes it "
+            "long enough to be cut at its comma, as you can see.\n\nA new paragraph starts.")
+    speaker = ToneSpeaker(lead=0.3, tail=0.4)
+    progress = []
+    out = narrate(text, speaker, max_seconds=5, on_progress=progress.append)
+    breaks = [c.pause_after for c in out.chunks]
+    assert breaks == ["sentence", "clause", "paragraph", "end"]
+    spans = sounding(out.audio)
+    assert len(spans) == 4
+    assert spans[0][0] < 0.03                                   # the lead-in silence was trimmed
+    gaps = [b[0] - a[1] for a, b in zip(spans, spans[1:])]
+    margins = 0.1                                               # 80 ms kept after, 20 ms before speech
+    for gap, brk in zip(gaps, breaks):
+        assert gap == pytest.approx(getattr(Pauses(), brk) + margins, abs=0.03), brk
+    assert [p.done for p in progress] == [1, 2, 3, 4] and {p.total for p in progress} == {4}
+    assert progress[-1].seconds == pytest.approx(out.audio.numel() / SR, abs=0.001)
+
+
+def test_cuts_inside_a_clause_are_crossfaded_without_a_pause():
+    words = " ".join(["lorem"] * 120)                     # no punctuation at all
+    out = narrate(words, ToneSpeaker(), max_seconds=5)
+    assert {c.pause_after for c in out.chunks[:-1]} == {"none"}
+    gaps = [b[0] - a[1] for a, b in zip(sounding(out.audio), sounding(out.audio)[1:])]
+    assert all(g < 0.12 for g in gaps)                     # only the trimmed edges' margins
+
+
+def test_emoji_mixed_scripts_and_bad_text():
+    speaker = ToneSpeaker()
+    out = narrate("Hello 👋 world! 我喜欢Python。Привет, мир! 🎉", speaker)
+    assert speaker.spoken == ["Hello world! 我喜欢Python。Привет, мир!"] and out.audio.numel() > SR
+    with pytest.raises(InputError, match="nothing to say"):
+        narrate("🎉🎉 👍", ToneSpeaker())
+    with pytest.raises(InputError, match="empty"):
+        narrate("   ", ToneSpeaker())
+
+
+def test_a_megabyte_text_is_refused_in_memory_at_once_and_streams_to_a_file(tmp_path):
+    """Decision: in memory (what a node returns) a text longer than 3 hours of speech is refused
+    before any work, with the estimate and the way out; written to a file, any length runs, one
+    chunk at a time (a 1 MB text streams in ~9 s of loop overhead; here 100 kB, for speed)."""
+    paragraph = "It was a bright cold day in April, and the clocks were striking thirteen. " * 10 + "\n\n"
+    big = (paragraph * (1_000_000 // len(paragraph) + 1))[:1_000_000]
+    t = time.perf_counter()
+    with pytest.raises(InputError, match=r"about 1\d\.\d hours of speech.*limited to 3 hours.*WavSink"):
+        narrate(big, ToneSpeaker())
+    refused = time.perf_counter() - t
+
+    class Instant:                                        # 0.1 s per chunk: measures the loop itself
+        language = "english"
+        take = ToneSpeaker(lead=0, tail=0).speak("Tick.")
+
+        def speak(self, text, style=None):
+            return self.take
+
+    t = time.perf_counter()
+    out = narrate(big[:100_000], Instant(), sink=WavSink(tmp_path / "book.wav"))
+    streamed = time.perf_counter() - t
+    print(f"1 MB text refused in {refused:.2f} s; 100 kB: {len(out.chunks)} chunks streamed in {streamed:.1f} s")
+    assert refused < 5 and len(out.chunks) > 250
+    with wave.open(str(out.audio)) as w:
+        assert w.getnframes() > len(out.chunks) * 0.5 * SR   # every chunk and pause is in the file
+
+
+def test_thirty_minutes_of_narration_in_bounded_memory(tmp_path):
+    sentence = "The narrator reads another sentence of the long book aloud. "
+    text = lambda minutes: ((sentence * 5 + "\n\n") * 200)[: int(minutes * 60 * 16)]   # noqa: E731
+    # warm up the code paths (allocator pools, torchaudio imports) before measuring
+    narrate(text(1), ToneSpeaker(), sink=WavSink(tmp_path / "warm.wav"))
+    short, out_short = peak_growth_mb(lambda: narrate(text(3), ToneSpeaker(), sink=WavSink(tmp_path / "3.wav")))
+    long, out_long = peak_growth_mb(lambda: narrate(text(30), ToneSpeaker(), sink=WavSink(tmp_path / "30.wav")))
+    with wave.open(str(out_long.audio)) as w:
+        minutes = w.getnframes() / SR / 60
+    in_memory, out_mem = peak_growth_mb(lambda: narrate(text(30), ToneSpeaker()))
+    audio_mb = out_mem.audio.numel() * 4 / 2 ** 20
+    print(f"to a file: {len(out_short.chunks)} chunks +{short:.1f} MB peak, {len(out_long.chunks)} chunks "
+          f"({minutes:.1f} min) +{long:.1f} MB peak; in memory: +{in_memory:.1f} MB for {audio_mb:.1f} MB of audio")
+    assert minutes > 28 and len(out_long.chunks) >= 9 * len(out_short.chunks)
+    assert long < short + 10                       # ten times the chunks, not more memory
+    assert in_memory < 2.2 * audio_mb + 20          # in memory: the pieces and the joined result, no more
+
+
+def test_model_chunk_loop_memory_does_not_grow_with_chunks(tmp_path):
+    """The real chunk loop (prompt, generation, run-away check, decode, trim, join) on the fixture
+    model, with a decode that makes 20 s of audio per chunk: holding on to every chunk's audio
+    would add ~2 MB per chunk, and the measurement sees it (the leaking run below)."""
+    tts = tiny_model("Tiny-CustomVoice", speech_tokenizer=False)
+
+    def long_decode(codes, voices):
+        return [torch.cat([fake_decode(codes, voices)[0]] * round(20 * SR / (codes[0].shape[0] * 1920)))]
+
+    def run(n, name, leak=None):
+        speaker = Speaker(Voice.custom(tts, "vivian", "english"), seed=0, retries=0, max_frames=1,
+                          decode=long_decode, end_of_speech_required=False)
+        if leak is not None:
+            speak = speaker.speak
+            speaker.speak = lambda text, style=None: leak.append(speak(text, style)) or leak[-1]
+        return narrate("\n\n".join(["A short paragraph."] * n), speaker, sink=WavSink(tmp_path / name))
+
+    run(2, "warm.wav")
+    few, _ = peak_growth_mb(lambda: run(2, "few.wav"))
+    many, out = peak_growth_mb(lambda: run(8, "many.wav"))
+    leaked, _ = peak_growth_mb(lambda: run(8, "leak.wav", leak=[]))
+    print(f"fixture model, 20 s chunks: 2 chunks +{few:.1f} MB peak, 8 chunks +{many:.1f} MB, "
+          f"8 chunks kept alive +{leaked:.1f} MB")
+    assert len(out.reports) == 8 and many < few + 4
+    assert leaked > few + 8                         # the measurement would catch a leak
+
+
+# ------------------------------------------------------------------ subtitles
+SRT = """\ufeff1
+00:00:01,000 --> 00:00:03,200
+<i>Hello there.</i>
+
+2
+00:00:04,000 --> 00:00:06,000
+{\\an8}- The second line
+- spans two lines &amp; more.
+
+3
+00:00:08,500 --> 00:00:10,000
+Goodbye.
+"""
+
+VTT = """WEBVTT - a title
+
+NOTE this is a comment
+that spans lines
+
+STYLE
+::cue { color: yellow }
+
+intro
+00:01.000 --> 00:03.200 align:start position:10%
+<v Anna>Hello there.</v>
+
+00:00:04.000 --> 00:00:06.000
+<v.loud Ben>The second <b>line</b>.
+
+00:08.500 --> 00:10.000
+<v Anna>Goodbye.
+"""
+
+
+def test_srt_and_vtt_parse_to_the_same_cues():
+    srt, vtt = parse_subtitles(SRT.replace("\n", "\r\n")), parse_subtitles(VTT)
+    assert [(c.start, c.end, c.text) for c in srt] == [
+        (1.0, 3.2, "Hello there."), (4.0, 6.0, "The second line spans two lines & more."), (8.5, 10.0, "Goodbye.")]
+    assert [(c.start, c.end) for c in vtt] == [(c.start, c.end) for c in srt]
+    assert [c.text for c in vtt] == ["Hello there.", "The second line.", "Goodbye."]
+    assert [c.speaker for c in vtt] == ["Anna", "Ben", "Anna"] and srt[1].line == 6
+    assert [(c.start, c.end, c.text) for c in timed_lines(
+        [(1, 3.2, "Hello there."), {"start": "00:00:04,000", "end": 6, "text": "Two"}, ("8.5", "Bye")])] == [
+        (1.0, 3.2, "Hello there."), (4.0, 6.0, "Two"), (8.5, None, "Bye")]
+
+
+@pytest.mark.parametrize("srt,message", [
+    ("1\n00:00:01,000 --> 00:00:03,000\nA\n\n2\n00:00:02,500 --> 00:00:04,000\nB\n",
+     r"cue 2 \(line 6\) starts at 00:00:02,500 while cue 1 \(line 2\) lasts until 00:00:03,000 "
+     r"\(overlap 0.500 s\)"),
+    ("1\n-00:00:01,000 --> 00:00:03,000\nA\n", r"cue 1 \(line 2\): negative time -00:00:01,000"),
+    ("1\n00:00:05,000 --> 00:00:06,000\nA\n\n2\n00:00:01,000 --> 00:00:02,000\nB\n",
+     r"cue 2 \(line 6\) starts at 00:00:01,000, before cue 1 \(line 2\) \(00:00:05,000\): cues must be in time order"),
+    ("1\n00:00:01,000 --> 00:00:03,000\n\n2\n00:00:04,000 --> 00:00:05,000\nB\n",
+     r"cue 1 \(line 2\) at 00:00:01,000 has no text"),
+    ("1\n00:00:03,000 --> 00:00:02,000\nA\n", r"ends at 00:00:02,000, not after its start 00:00:03,000"),
+    ("1\n00:00:01 --> 00:00:xx\nA\n", r"line 2: cannot read the times in '00:00:01 --> 00:00:xx'"),
+    ("1\nHello without times\n", r"line 1: '1' is not a cue: expected a time line"),
+    ("\n\n  \n", r"subtitles are empty"),
+    ("just some text\nand more\n", r"'just some text' is not a cue"),
+])
+def test_malformed_subtitles_are_refused_with_the_place_and_the_times(srt, message):
+    with pytest.raises(InputError, match=message):
+        parse_subtitles(srt)
+
+
+def test_all_problems_are_listed_at_once():
+    bad = ("1\n00:00:01,000 --> 00:00:03,000\n\n\n2\n00:00:02,000 --> 00:00:04,000\nB\n\n"
+           "3\n00:00:01,000 --> 00:00:01,500\nC\n")
+    with pytest.raises(InputError, match=r"3 problem\(s\)") as e:
+        parse_subtitles(bad)
+    assert "has no text" in str(e.value) and "overlap" in str(e.value) and "time order" in str(e.value)
+    with pytest.raises(InputError, match=r"line 2: \('a', 'b', 'c', 'd'\) is not"):
+        timed_lines([(1, "ok"), ("a", "b", "c", "d")])
+    with pytest.raises(InputError, match="line 1: Not a time: 'soon'"):
+        timed_lines([("soon", "text")])
+
+
+def test_voice_over_onsets_land_on_the_subtitle_times():
+    """Real speech (espeak-ng) with a random lead-in of near-silence per line: each line's speech
+    onset, measured in the finished track, is within 20 ms of its cue."""
+    cues = parse_subtitles(
+        "1\n00:00:00,500 --> 00:00:02,500\nGood evening.\n\n"
+        "2\n00:00:03,250 --> 00:00:05,000\nSeven silver swans swam south.\n\n"
+        "3\n00:00:06,120 --> 00:00:08,000\nFinally, the weather.\n\n"
+        "4\n00:00:09,700 --> 00:00:11,000\nThank you.\n")
+    speaker = EspeakSpeaker(seed=3)
+    track = voice_over(cues, speaker, video_seconds=12.345)
+    assert track.audio.numel() == round(12.345 * SR)
+    onsets = measured_onsets(track.audio, [c.start for c in cues])
+    errors_ms = [1000 * (o - c.start) for o, c in zip(onsets, cues)]
+    print("onset errors (ms):", [round(e, 1) for e in errors_ms], "lead-ins (s):",
+          [round(x, 2) for x in speaker.leads])
+    assert all(abs(e) < 20 for e in errors_ms)
+    assert not track.flags
+
+
+def test_a_long_line_is_sped_up_with_its_pitch_kept():
+    cues = timed_lines([(1.0, 3.0, "A line that needs about three seconds."),
+                        (4.0, 5.0, "Next.")])
+    speaker = ToneSpeaker(scale=3.3 / 2.65)     # the first line: ~3.3 s of tone for a 2.9 s slot
+    track = voice_over(cues, speaker, max_speedup=1.3)
+    first = track.lines[0]
+    assert 1.1 < first.speedup <= 1.3 and not track.flags
+    spans = sounding(track.audio)
+    assert spans[0][0] == pytest.approx(1.0, abs=0.02) and spans[0][1] <= 4.0 - 0.05
+    assert dominant_hz(track.audio[round(1.2 * SR): round(3.5 * SR)]) == pytest.approx(220, abs=2)
+
+
+@pytest.mark.parametrize("overflow", ["shift", "cut"])
+def test_a_line_too_long_even_sped_up_is_flagged(overflow):
+    cues = timed_lines([(0.0, "A line far too long for its tiny slot of time, it goes on."), (2.0, "Next.")])
+    track = voice_over(cues, ToneSpeaker(), max_speedup=1.25, overflow=overflow, video_seconds=4)
+    assert track.lines[0].speedup == 1.25
+    if overflow == "shift":
+        assert track.lines[1].late_by > 0.5
+        assert "runs" in track.flags[0] and "past its time even at 1.25x" in track.flags[0]
+        assert "cue 2 at 00:00:02,000 starts" in track.flags[1] and "late" in track.flags[1]
+        assert sounding(track.audio)[0][1] > 2.5            # one long stretch of speech
+    else:
+        assert track.lines[0].cut_seconds > 1 and "cut off" in track.flags[0]
+        onsets = [s[0] for s in sounding(track.audio)]
+        assert onsets[1] == pytest.approx(2.0, abs=0.02)     # the next line is on time
+        assert sounding(track.audio)[0][1] <= 2.0
+    assert track.audio.numel() == 4 * SR
+
+
+def test_fit_to_cue_end_and_speakers_per_cue():
+    cues = parse_subtitles(VTT)
+    anna, ben = ToneSpeaker(freq=220), ToneSpeaker(freq=330)
+    track = voice_over(cues, {"anna": anna, "Ben": ben}, fit_to="cue_end")
+    assert anna.spoken == ["Hello there.", "Goodbye."] and ben.spoken == ["The second line."]
+    assert dominant_hz(track.audio[round(4.1 * SR): round(4.6 * SR)]) == pytest.approx(330, abs=3)
+    assert all(line.speech_seconds <= line.slot_seconds + 0.05 for line in track.lines)
+    with pytest.raises(InputError, match="unknown speaker 'Ben'"):
+        voice_over(cues, {"Anna": anna, "Carl": ben})
+    with pytest.raises(InputError, match="names no speaker and there are 2 voices"):
+        voice_over(parse_subtitles(SRT), {"Anna": anna, "Ben": ben})
+
+
+def test_bad_voice_over_settings():
+    cues = parse_subtitles(SRT)
+    for kwargs, message in [(dict(video_seconds=9), "cue 3 .* starts at 00:00:08,500, after the video ends"),
+                            (dict(video_seconds=-1), "positive number"),
+                            (dict(overflow="squeeze"), "overflow must be"),
+                            (dict(max_speedup=3), "max_speedup must be between")]:
+        if "video_seconds" in kwargs and kwargs["video_seconds"] == 9:
+            cues_late = timed_lines([(1, "a"), (9.5, "b")])
+            with pytest.raises(InputError, match="cue 2 starts at 00:00:09,500, after the video ends"):
+                voice_over(cues_late, ToneSpeaker(), video_seconds=9)
+            continue
+        with pytest.raises(InputError, match=message):
+            voice_over(cues, ToneSpeaker(), **kwargs)
+
+
+# ------------------------------------------------------------------ scripts
+SCRIPT = """Anna: Hello Ben!
+ben (whispering): Hi Anna.
+I was waiting.
+[door closes]
+Anna: Shall we go?
+
+Anna: It is late.
+Ben：好的。"""
+
+
+def test_script_parsing():
+    lines = parse_script(SCRIPT, ["Anna", "Ben"])
+    assert [(l.speaker, l.text, l.style, l.brk_before) for l in lines] == [
+        ("Anna", "Hello Ben!", None, "start"),
+        ("Ben", "Hi Anna. I was waiting.", "whispering", "turn"),
+        ("Anna", "Shall we go?", None, "paragraph"),
+        ("Anna", "It is late.", None, "paragraph"),
+        ("Ben", "好的。", None, "turn")]
+    assert [l.line for l in lines] == [1, 2, 5, 7, 8]
+    notes = parse_script("Anna: We meet at 10:30 sharp.\nAt 10:30: see http://example.com\nNote, this: fine",
+                         ["Anna"])
+    assert len(notes) == 1 and notes[0].text.endswith("Note, this: fine")
+
+
+@pytest.mark.parametrize("script,message", [
+    ("Anna: Hi.\nCarl: Hello.", r"Line 2: unknown speaker 'Carl'. Voices are given for: Anna, Ben"),
+    ("Hello there.\nAnna: Hi.", r"Line 1 has no speaker: start it with a name and a colon"),
+    ("Anna: Hi.\nBen:   ", r"Line 2: Ben has nothing to say"),
+    ("[music]\n(silence)", r"no spoken lines"),
+    ("", r"script is empty"),
+])
+def test_bad_scripts(script, message):
+    with pytest.raises(InputError, match=message):
+        parse_script(script, ["Anna", "Ben"])
+
+
+def test_script_performance_with_segments_and_pauses():
+    anna, ben = ToneSpeaker(freq=220), ToneSpeaker(freq=330)
+    out = perform_script(SCRIPT, {"Anna": anna, "Ben": ben})
+    assert [s.speaker for s in out.segments] == ["Anna", "Ben", "Anna", "Anna", "Ben"]
+    assert ben.styles == ["whispering", None]
+    for i, s in enumerate(out.segments):
+        expected = 220 if s.speaker == "Anna" else 330
+        assert dominant_hz(out.segment_audio(i)) == pytest.approx(expected, abs=3)
+    gaps = [(b.start - a.end) / SR for a, b in zip(out.segments, out.segments[1:])]
+    pauses = Pauses()
+    assert gaps == pytest.approx([pauses.turn, pauses.paragraph, pauses.paragraph, pauses.turn], abs=0.03)
+    with pytest.raises(InputError, match="unknown speaker 'Anna'"):
+        perform_script(SCRIPT, {"Ben": ben, "Carl": anna})
+
+
+def test_a_script_mixing_built_in_designed_and_cloned_voices():
+    from test_longform_synthesis import golden_clone
+    cv = tiny_model("Tiny-CustomVoice", speech_tokenizer=False)
+    vd = tiny_model("Tiny-VoiceDesign", speech_tokenizer=False)
+    base = tiny_model("Tiny-Base", speech_tokenizer=False)
+    fast = dict(seed=0, retries=0, max_frames=3, decode=fake_decode, end_of_speech_required=False,
+                min_reference_seconds=0)
+    voices = {"Host": Speaker(Voice.custom(cv, "ryan", "english"), **fast),
+              "Guest": Speaker(Voice.design(vd, "A bright young voice.", "english"), **fast),
+              "Clone": Speaker(Voice.clone_of(base, golden_clone(False), "english"), **fast)}
+    out = perform_script("Host (cheerful): Welcome!\nGuest: Thanks.\nClone: Hello.\nGuest: Bye.", voices)
+    assert [s.speaker for s in out.segments] == ["Host", "Guest", "Clone", "Guest"]
+    assert all(s.end - s.start > 0 for s in out.segments)
+    assert out.notes == [] and voices["Guest"].carry is not None
+    noted = perform_script("Clone (angry): Hi.", voices)   # a style on a cloned voice: noted, not applied
+    assert "style (angry) was not applied" in noted.notes[0]
