@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_model
 from longform_helpers import fake_decode
 from qwen_tts_core.longform.runaway import RunawayDetector, RunawayLimits, find_runaway
-from qwen_tts_core.longform.synthesis import Speaker, Voice, seed_for
+from qwen_tts_core.longform.synthesis import Speaker, VoiceSpec, seed_for
 from qwen_tts_core.sampling import Sampling
 
 pytestmark = pytest.mark.core
@@ -92,7 +92,7 @@ def test_runaway_is_stopped_trimmed_and_retried_with_another_seed():
     loop = torch.cat([speech_like(40), torch.tensor([5, 9, 13, 400]).repeat(50)]).tolist()
     clean = speech_like(60, 7).tolist()
     tts = ScriptedTTS({seed_for(0, 0, 0): (loop, True), seed_for(0, 0, 1): (clean, True)})
-    take = Speaker(Voice.custom(tts, "vivian", "english"), seed=0).speak("Hello there.")
+    take = Speaker(VoiceSpec.custom(tts, "vivian", "english"), seed=0).speak("Hello there.")
     assert [c["seed"] for c in tts.calls] == [seed_for(0, 0, 0), seed_for(0, 0, 1)]
     assert take.codes[:, 0].tolist() == clean
     r = take.report
@@ -106,7 +106,7 @@ def test_when_every_attempt_runs_away_the_best_take_is_kept_trimmed():
     hold = torch.cat([speech_like(10), torch.full((80,), 3)]).tolist()
     tts = ScriptedTTS({seed_for(0, 0, 0): (hold, True), seed_for(0, 0, 1): (loop, True)})
     # ~40 frames expected: the loop take (44 frames kept) is closer than the hold take (16 kept)
-    take = Speaker(Voice.custom(tts, "vivian", "english"), seed=0, retries=1).speak(
+    take = Speaker(VoiceSpec.custom(tts, "vivian", "english"), seed=0, retries=1).speak(
         "Hello there, my dear friend, how are you today?")
     r = take.report
     # the generation stopped at detection (frame 69 of the loop take), 44 frames kept
@@ -121,16 +121,30 @@ def test_no_end_of_speech_and_too_short_are_retried():
     tts = ScriptedTTS({seed_for(5, 0, 0): (speech_like(30).tolist(), False),      # frame limit
                        seed_for(5, 0, 1): (speech_like(8).tolist(), True),         # 0.6 s for ~5 s
                        seed_for(5, 0, 2): (speech_like(70).tolist(), True)})
-    take = Speaker(Voice.custom(tts, "vivian", "english"), seed=5).speak(long_text)
+    take = Speaker(VoiceSpec.custom(tts, "vivian", "english"), seed=5).speak(long_text)
     assert take.report.attempts == 3 and take.report.clean and take.codes.shape[0] == 70
     assert "no end of speech" in take.report.problems[0] and "ended too early" in take.report.problems[1]
+
+
+def test_on_frame_sees_every_frame_and_can_interrupt():
+    tts = ScriptedTTS({seed_for(0, 0, 0): (speech_like(30).tolist(), True)})
+    seen = []
+    Speaker(VoiceSpec.custom(tts, "vivian", "english"), seed=0, on_frame=lambda i, f: seen.append(i)).speak("Hi.")
+    assert seen == list(range(30))
+
+    def interrupt(i, frame):
+        if i == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Speaker(VoiceSpec.custom(tts, "vivian", "english"), seed=0, on_frame=interrupt).speak("Hi.")
 
 
 def test_greedy_retries_sample_instead_of_repeating_themselves():
     tts = ScriptedTTS({seed_for(0, 0, 0): (speech_like(30).tolist(), False),
                        seed_for(0, 0, 1): (speech_like(20).tolist(), True)})
     greedy = Sampling(do_sample=False)
-    Speaker(Voice.custom(tts, "vivian", "english"), seed=0, sampling=greedy).speak("Hi.")
+    Speaker(VoiceSpec.custom(tts, "vivian", "english"), seed=0, sampling=greedy).speak("Hi.")
     assert tts.calls[0]["sampling"] is greedy and tts.calls[1]["sampling"] is None
 
 
@@ -159,7 +173,7 @@ def test_fixture_model_forced_into_a_loop_is_stopped_and_retried():
     handle = head.register_forward_hook(pin_code)
     tts.generate = counting_generate
     try:
-        speaker = Speaker(Voice.custom(tts, "vivian", "english"), seed=1, decode=fake_decode,
+        speaker = Speaker(VoiceSpec.custom(tts, "vivian", "english"), seed=1, decode=fake_decode,
                           limits=RunawayLimits(hold_seconds=1.0), max_frames=14,
                           end_of_speech_required=False)
         take = speaker.speak("Hello there.")

@@ -7,7 +7,7 @@ import torch
 from conftest import load_golden, tiny_model
 from longform_helpers import fake_decode
 from qwen_tts_core import InputError, UnsupportedModeError
-from qwen_tts_core.longform import Speaker, Voice, narrate
+from qwen_tts_core.longform import Speaker, VoiceSpec, narrate
 from qwen_tts_core.prompt import Request, VoicePrompt
 
 pytestmark = pytest.mark.core
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.core
 TEXT = "First sentence here.\n\nSecond one follows.\n\nThird one ends it."
 
 
-def speaker_for(voice: Voice) -> tuple[Speaker, list]:
+def speaker_for(voice: VoiceSpec) -> tuple[Speaker, list]:
     """A Speaker for fast tests (4 frames a chunk, no retries) that records its takes."""
     speaker = Speaker(voice, seed=0, retries=0, max_frames=4, decode=fake_decode,
                       end_of_speech_required=False, min_reference_seconds=0)
@@ -48,11 +48,11 @@ def golden_clone(in_context: bool) -> VoicePrompt:
 def test_every_chunk_carries_the_same_speaker_conditioning(kind):
     if kind == "custom":
         tts = tiny_model("Tiny-CustomVoice", speech_tokenizer=False)
-        voice = Voice.custom(tts, "vivian", "english", instruct="Speak warmly.")
+        voice = VoiceSpec.custom(tts, "vivian", "english", instruct="Speak warmly.")
         expected = tts.model.talker.embed_codes(torch.tensor([tts.config.talker.spk_id["vivian"]]))[0]
     else:
         tts = tiny_model("Tiny-Base", speech_tokenizer=False)
-        voice = Voice.clone_of(tts, golden_clone(kind == "clone_in_context"), "english")
+        voice = VoiceSpec.clone_of(tts, golden_clone(kind == "clone_in_context"), "english")
         expected = voice.clone.speaker_embedding
     speaker, takes = speaker_for(voice)
     out = narrate(TEXT, speaker, max_seconds=3)
@@ -71,7 +71,7 @@ def test_every_chunk_carries_the_same_speaker_conditioning(kind):
 
 def test_a_designed_voice_is_carried_from_its_first_chunk():
     tts = tiny_model("Tiny-VoiceDesign", speech_tokenizer=False)
-    voice = Voice.design(tts, "A deep, calm male voice.", "english")
+    voice = VoiceSpec.design(tts, "A deep, calm male voice.", "english")
     speaker, takes = speaker_for(voice)
     narrate(TEXT, speaker, max_seconds=3)
     first, later = takes[0], takes[1:]
@@ -106,18 +106,27 @@ def test_prompt_without_x_vector_only_lacks_the_speaker_row():
     assert torch.allclose(without.embeds, kept)
 
 
+def test_a_carried_voice_is_not_a_clone():
+    base = tiny_model("Tiny-Base", speech_tokenizer=False)
+    voice = golden_clone(in_context=True)
+    with pytest.raises(InputError, match="no speaker embedding"):
+        base.generate_voice_clone("Hello.", VoicePrompt(None, voice.ref_codes, voice.ref_text), max_frames=2)
+    with pytest.raises(InputError, match="no speaker embedding"):
+        VoiceSpec.clone_of(base, VoicePrompt(None, voice.ref_codes, voice.ref_text))
+
+
 def test_voice_checks():
     cv = tiny_model("Tiny-CustomVoice", speech_tokenizer=False)
     vd = tiny_model("Tiny-VoiceDesign", speech_tokenizer=False)
     with pytest.raises(UnsupportedModeError, match="custom voice needs a CustomVoice model"):
-        Voice.custom(vd, "vivian")
+        VoiceSpec.custom(vd, "vivian")
     with pytest.raises(UnsupportedModeError, match="design voice needs the VoiceDesign model"):
-        Voice.design(cv, "A calm voice.")
+        VoiceSpec.design(cv, "A calm voice.")
     with pytest.raises(InputError, match="Unknown speaker 'bob'.*vivian"):
-        Voice.custom(cv, "bob")
+        VoiceSpec.custom(cv, "bob")
     with pytest.raises(InputError, match="needs a description"):
-        Voice.design(vd, "  ")
+        VoiceSpec.design(vd, "  ")
     with pytest.raises(InputError, match="Unsupported language 'klingon'"):
-        Voice.custom(cv, "vivian", language="klingon")
+        VoiceSpec.custom(cv, "vivian", language="klingon")
     with pytest.raises(InputError, match="retries must be"):
-        Speaker(Voice.custom(cv, "vivian"), retries=-1)
+        Speaker(VoiceSpec.custom(cv, "vivian"), retries=-1)

@@ -12,7 +12,7 @@ from conftest import tiny_model
 from longform_helpers import (SR, EspeakSpeaker, ToneSpeaker, fake_decode, measured_onsets,
                               peak_growth_mb)
 from qwen_tts_core import InputError
-from qwen_tts_core.longform import (Pauses, Speaker, Voice, WavSink, narrate, parse_script,
+from qwen_tts_core.longform import (Pauses, Speaker, VoiceSpec, WavSink, narrate, parse_script,
                                     parse_subtitles, perform_script, timed_lines, voice_over)
 from qwen_tts_core.longform.edit import speech_bounds
 
@@ -135,7 +135,7 @@ def test_model_chunk_loop_memory_does_not_grow_with_chunks(tmp_path):
         return [torch.cat([fake_decode(codes, voices)[0]] * round(20 * SR / (codes[0].shape[0] * 1920)))]
 
     def run(n, name, leak=None):
-        speaker = Speaker(Voice.custom(tts, "vivian", "english"), seed=0, retries=0, max_frames=1,
+        speaker = Speaker(VoiceSpec.custom(tts, "vivian", "english"), seed=0, retries=0, max_frames=1,
                           decode=long_decode, end_of_speech_required=False)
         if leak is not None:
             speak = speaker.speak
@@ -367,9 +367,9 @@ def test_a_script_mixing_built_in_designed_and_cloned_voices():
     base = tiny_model("Tiny-Base", speech_tokenizer=False)
     fast = dict(seed=0, retries=0, max_frames=3, decode=fake_decode, end_of_speech_required=False,
                 min_reference_seconds=0)
-    voices = {"Host": Speaker(Voice.custom(cv, "ryan", "english"), **fast),
-              "Guest": Speaker(Voice.design(vd, "A bright young voice.", "english"), **fast),
-              "Clone": Speaker(Voice.clone_of(base, golden_clone(False), "english"), **fast)}
+    voices = {"Host": Speaker(VoiceSpec.custom(cv, "ryan", "english"), **fast),
+              "Guest": Speaker(VoiceSpec.design(vd, "A bright young voice.", "english"), **fast),
+              "Clone": Speaker(VoiceSpec.clone_of(base, golden_clone(False), "english"), **fast)}
     out = perform_script("Host (cheerful): Welcome!\nGuest: Thanks.\nClone: Hello.\nGuest: Bye.", voices)
     assert [s.speaker for s in out.segments] == ["Host", "Guest", "Clone", "Guest"]
     assert all(s.end - s.start > 0 for s in out.segments)

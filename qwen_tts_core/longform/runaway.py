@@ -84,8 +84,8 @@ class RunawayDetector:
             start = t + 1 - span
             if p <= 2 and span >= self._hold:
                 keep = start + lim.frames(lim.keep_pause_seconds)
-                self.found = Runaway("stuck on one sound", t, keep,
-                                     f"{'one code' if p == 1 else 'two codes alternating'} for {span / FRAME_RATE:.1f} s")
+                what = "one code" if p == 1 else "two codes alternating"
+                self.found = Runaway("stuck on one sound", t, keep, f"{what} for {span / FRAME_RATE:.1f} s")
                 break
             held = max(self._runs[1] + 1, self._runs[2] + 2) >= span   # a hold, judged above
             if p > 2 and span >= max(self._repeat, 3 * p) and not held:

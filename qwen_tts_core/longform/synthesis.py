@@ -32,8 +32,10 @@ _KINDS = {"custom_voice": ("custom", "a CustomVoice model"), "voice_design": ("d
 
 
 @dataclass(frozen=True)
-class Voice:
-    """Who speaks, and with which model. Build with `custom`, `design` or `clone`."""
+class VoiceSpec:
+    """Who speaks, and with which model: a built-in speaker, a description or a cloned voice
+    (a `VoicePrompt`, e.g. from create_voice_clone_prompt or a saved voice). Build with
+    `custom`, `design` or `clone_of`, which check the model is of the right kind."""
     tts: object                                # a loaded QwenTTS of the matching kind
     speaker: str | None = None                 # built-in speaker (CustomVoice)
     instruct: str | None = None                # style (CustomVoice 1.7B) or voice description (VoiceDesign)
@@ -41,22 +43,22 @@ class Voice:
     language: str = "auto"
 
     @classmethod
-    def custom(cls, tts, speaker: str, language: str = "auto", instruct: str | None = None) -> "Voice":
+    def custom(cls, tts, speaker: str, language: str = "auto", instruct: str | None = None) -> "VoiceSpec":
         return cls(tts, speaker=speaker, instruct=instruct, language=language).check("custom")
 
     @classmethod
-    def design(cls, tts, description: str, language: str = "auto") -> "Voice":
+    def design(cls, tts, description: str, language: str = "auto") -> "VoiceSpec":
         return cls(tts, instruct=description, language=language).check("design")
 
     @classmethod
-    def clone_of(cls, tts, prompt: VoicePrompt, language: str = "auto") -> "Voice":
+    def clone_of(cls, tts, prompt: VoicePrompt, language: str = "auto") -> "VoiceSpec":
         return cls(tts, clone=prompt, language=language).check("clone")
 
     @property
     def kind(self) -> str:
         return _KINDS[self.tts.model_type][0]
 
-    def check(self, expected: str | None = None) -> "Voice":
+    def check(self, expected: str | None = None) -> "VoiceSpec":
         kind = self.kind
         if expected is not None and kind != expected:
             need = next(name for k, name in _KINDS.values() if k == expected)
@@ -142,14 +144,18 @@ class Speaker:
     expected to last 4 s or more) skipped text and is retried. `end_of_speech_required=False`
     accepts a take that reached the frame limit as clean (for weights that never end on their
     own, such as random test checkpoints). `min_reference_seconds`: a designed voice is carried
-    from the first clean take at least this long.
+    from the first clean take at least this long (`carry_designed_voice=False`: every chunk is
+    designed afresh from the description). `on_frame(index, frame)`: called for every generated
+    frame (progress inside a chunk; raise to interrupt).
     """
 
-    def __init__(self, voice: Voice, seed: int | None = None, sampling: Sampling | None = None,
+    def __init__(self, voice: VoiceSpec, seed: int | None = None, sampling: Sampling | None = None,
                  sub_sampling: Sampling | None = None, retries: int = 2,
                  decode: Callable | None = None, limits: RunawayLimits | None = None,
                  max_frames: int | None = None, too_short: float = 0.3,
-                 end_of_speech_required: bool = True, min_reference_seconds: float = 2.0):
+                 end_of_speech_required: bool = True, min_reference_seconds: float = 2.0,
+                 on_frame: Callable[[int, torch.Tensor], None] | None = None,
+                 carry_designed_voice: bool = True):
         if not isinstance(retries, int) or not 0 <= retries <= 10:
             raise InputError(f"retries must be an integer from 0 to 10 (got {retries!r}).")
         self.voice = voice
@@ -159,14 +165,22 @@ class Speaker:
         self.retries, self.limits, self.max_frames = retries, limits, max_frames
         self.too_short, self.min_reference_seconds = too_short, min_reference_seconds
         self.end_of_speech_required = end_of_speech_required
+        self.on_frame = on_frame
+        self.carry_designed_voice = carry_designed_voice
         self.decode = decode or voice.tts.decode
         self.carry: VoicePrompt | None = None     # designed voice: the first good chunk
         self.chunks_spoken = 0
 
     def _generate(self, request: Request, seed: int, sampling: Sampling | None):
         detector = RunawayDetector(self.limits)
+
+        def on_frame(index: int, frame: torch.Tensor) -> bool:
+            if self.on_frame is not None:
+                self.on_frame(index, frame)
+            return detector(index, frame)
+
         out = self.voice.tts.generate([request], max_frames=self.max_frames, sampling=sampling,
-                                      sub_sampling=self.sub_sampling, seed=seed, on_frame=detector)
+                                      sub_sampling=self.sub_sampling, seed=seed, on_frame=on_frame)
         codes = out.codes[0]
         problem = detector.found
         if problem is None and not out.stopped[0] and self.end_of_speech_required:
@@ -203,10 +217,14 @@ class Speaker:
         report.trimmed_seconds = (codes.shape[0] - kept.shape[0]) / FRAME_RATE
         voice_prompt = request.voice
         audio = self.decode([kept], [voice_prompt])[0] if kept.shape[0] else torch.zeros(0)
-        audio = audio.detach().float().cpu().flatten()
+        # a copy: decode may return a view into a larger buffer (e.g. with the reference decoded
+        # in front of it), which would otherwise stay alive as long as this chunk's audio
+        audio = audio.detach().to("cpu", torch.float32).flatten().clone()
         report.seconds = audio.numel() / 24000
-        if (self.voice.kind == "design" and self.carry is None and problem is None
-                and kept.shape[0] >= self.min_reference_seconds * FRAME_RATE):
+        first_good_design = (self.voice.kind == "design" and self.carry_designed_voice
+                             and self.carry is None and problem is None
+                             and kept.shape[0] >= self.min_reference_seconds * FRAME_RATE)
+        if first_good_design:
             self.carry = VoicePrompt(None, kept.clone(), text)
         return Take(audio, kept, request, report)
 
