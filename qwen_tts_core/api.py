@@ -59,6 +59,15 @@ def auto_max_frames(text_tokens: int, cap: int) -> int:
     return max(1, min(cap, max(64, 10 * text_tokens + 38)))
 
 
+def load_model(config: ModelConfig, files: dict, dtype: torch.dtype, device: torch.device) -> Qwen3TTS:
+    """Builds the modules on the meta device and assigns the checkpoint tensors, already in
+    `dtype` on `device`: no fp32 copy of the model is ever made."""
+    with torch.device("meta"):
+        speaker = SpeakerEncoder(config.speaker_encoder) if config.speaker_encoder else None
+        model = Qwen3TTS(config.talker, speaker)
+    return load_into(model, files, dtype, device, what=f"Qwen3-TTS {config.tts_model_type}")
+
+
 @dataclass
 class GenerationResult:
     codes: list[torch.Tensor]                 # per item [frames, 16] int64 (cpu)
@@ -89,10 +98,7 @@ class QwenTTS:
         files = weight_files(folder)
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        with torch.device("meta"):
-            speaker = SpeakerEncoder(config.speaker_encoder) if config.speaker_encoder else None
-            model = Qwen3TTS(config.talker, speaker)
-        load_into(model, files, dt, dev, what=f"Qwen3-TTS {config.tts_model_type}")
+        model = load_model(config, files, dt, dev)
         codec = None
         if speech_tokenizer:
             sub = folder / "speech_tokenizer"
