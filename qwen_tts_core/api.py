@@ -246,8 +246,11 @@ class QwenTTS:
                  sampling: Sampling | None = None, sub_sampling: Sampling | None = None,
                  seed: int | None = None, decode: bool = False,
                  on_frame: Callable[[int, torch.Tensor], bool | None] | None = None,
-                 warnings: list[str] | None = None) -> GenerationResult:
-        """Generates a batch (texts may differ in length, voice and language)."""
+                 warnings: list[str] | None = None, static: bool = False,
+                 cuda_graphs: bool = False) -> GenerationResult:
+        """Generates a batch (texts may differ in length, voice and language). `static` runs the
+        frame step with fixed shapes (the form CUDA graphs capture; same codes either way);
+        `cuda_graphs` replays it as a CUDA graph on CUDA devices (experimental)."""
         if not requests:
             raise InputError("Nothing to generate: no texts given.")
         default, default_sub = self.default_sampling()
@@ -274,7 +277,7 @@ class QwenTTS:
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(int(seed))
         frames: Frames = generate(self.model.talker, collate(prompts, tts_pad), max_frames,
-                                  sampling, sub_sampling, generator, on_frame)
+                                  sampling, sub_sampling, generator, on_frame, static, cuda_graphs)
         result = GenerationResult(frames.codes, frames.stopped, list(warnings or []))
         for w in result.warnings:
             log.warning(w)
