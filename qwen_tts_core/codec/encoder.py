@@ -7,9 +7,11 @@ half is built: `MimiModel` is constructed with its parameters on the meta device
 therefore costs nothing) and the encoder parameters are loaded from the checkpoint names
 `encoder.*`. Works with transformers 4.57 (flat MimiModel) and 5.x (encoder half as its own model).
 
-The transformer gets an explicit sliding-window mask: transformers 4.57 ignores Mimi's
-`sliding_window` in a plain forward pass (full causal attention), 5.x applies it. With the explicit
-mask both versions compute the same codes, and audio longer than the window can be encoded in
+The transformer gets an explicit attention mask: transformers 4.57 ignores Mimi's
+`sliding_window` in a plain forward pass (full causal attention: what the official package, which
+pins 4.57, computes), 5.x applies it. With an explicit mask both versions compute the same codes.
+By default the mask is Mimi's 250-frame window (the model's design; `full_context=True` gives the
+official 4.57 result, identical for clips up to 10 s), so audio of any length can be encoded in
 blocks: every stage has a finite left context (conv receptive field, layers x (window - 1)
 transformer frames, 2 frames of the stride-2 conv), so a block computed with that much left
 context, and with absolute rotary positions, is the same computation as one whole pass.
@@ -110,28 +112,37 @@ class MimiEncoder(nn.Module):
             out.append(self.encoder(seg)[..., ctx // self.hop:])
         return torch.cat(out, dim=-1)
 
-    def _transformer(self, h: torch.Tensor, start: int) -> torch.Tensor:
-        """h [B, T, C] holding SEANet frames start.. -> transformer outputs, windowed causal."""
+    def _transformer(self, h: torch.Tensor, start: int, window: int | None) -> torch.Tensor:
+        """h [B, T, C] holding SEANet frames start.. -> transformer outputs (causal, windowed
+        unless window is None)."""
         t = h.shape[1]
         pos = torch.arange(start, start + t, device=h.device)
-        mask = (pos[None, :] <= pos[:, None]) & (pos[None, :] > pos[:, None] - self.window)
+        mask = pos[None, :] <= pos[:, None]
+        if window is not None:
+            mask &= pos[None, :] > pos[:, None] - window
         return self.encoder_transformer(h, attention_mask=mask[None, None], position_ids=pos[None]).last_hidden_state
 
     @torch.inference_mode()
-    def forward(self, audio: torch.Tensor, block_frames: int = 750, conv_chunk_frames: int = 250) -> torch.Tensor:
+    def forward(self, audio: torch.Tensor, block_frames: int = 750, conv_chunk_frames: int = 250,
+                full_context: bool = False) -> torch.Tensor:
         """audio [B, N] float32 at 24 kHz -> codes [B, Q, ceil(N / 1920)].
 
         block_frames: code frames per transformer block (750 = 60 s); conv_chunk_frames: SEANet
         frames per conv chunk (250 = 10 s). Both only bound memory; the codes do not depend on them.
+        full_context: attend to the whole past instead of the 250-frame window, as the official
+        package does under transformers 4.57 (one transformer pass: memory grows with T^2).
         """
         feats = self._seanet(audio, conv_chunk_frames).transpose(1, 2)  # [B, T25, C]
         t25 = feats.shape[1]
+        window = None if full_context else self.window
+        if full_context:
+            block_frames = -(-t25 // self.stride)
         codes = []
         for f0 in range(0, -(-t25 // self.stride), block_frames):
             need = max(self.stride * f0 - self.down_context, 0)
             first = max(need - self.transformer_context, 0)
             last = min(self.stride * (f0 + block_frames), t25)
-            h = self._transformer(feats[:, first:last], first)[:, need - first:]
+            h = self._transformer(feats[:, first:last], first, window)[:, need - first:]
             latents = self.downsample(h.transpose(1, 2))  # [B, C, frames (+1 if f0 > 0)]
             if f0 > 0:
                 latents = latents[..., 1:]                # made from replicate padding

@@ -128,7 +128,7 @@ class SpeechTokenizer:
     # ----------------------------------------------------------------------------------------
     # encode
     # ----------------------------------------------------------------------------------------
-    def encode(self, waveforms, sample_rates: int | Sequence[int] = 24000, *,
+    def encode(self, waveforms, sample_rates: int | Sequence[int] = 24000, *, full_context: bool = False,
                block_frames: int = 750, conv_chunk_frames: int = 250) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio -> (codes [B, 16, F] int64 on the model device, padded with PAD; lengths [B]).
 
@@ -138,6 +138,9 @@ class SpeechTokenizer:
         (torchaudio), F_i = ceil(samples_i / 1920). Every clip is encoded as if it were alone.
         Long clips are encoded in blocks (block_frames code frames, conv_chunk_frames 25 Hz frames
         per conv chunk): memory stays bounded and the codes are those of one whole pass.
+        The encoder transformer attends to the last 250 frames of 25 Hz (10 s), as Mimi is built;
+        full_context=True attends to the whole past like qwen-tts 0.1.1 on transformers 4.57
+        (the same codes up to 10 s; beyond, exact official parity with memory growing as T^2).
         """
         if self.encoder is None:
             raise InputError("This SpeechTokenizer was loaded with encoder=False.")
@@ -149,7 +152,7 @@ class SpeechTokenizer:
             by_length.setdefault(x.numel(), []).append(i)
         for idx in by_length.values():   # clips of equal length share a batch, exactly
             batch = torch.stack([clips[i] for i in idx]).to(self.device)
-            c = self.encoder(batch, block_frames=block_frames, conv_chunk_frames=conv_chunk_frames)
+            c = self.encoder(batch, block_frames, conv_chunk_frames, full_context)
             codes[idx, :, :c.shape[-1]] = c
         return codes, torch.tensor(lengths, dtype=torch.long)
 
