@@ -3,9 +3,9 @@ transformer, ConvNeXt upsampling, SnakeBeta conv decoder), written from the offi
 Module names equal the checkpoint names under `decoder.`, so weights load without a mapping.
 
 Every layer is causal with zero lookahead, so one implementation serves whole-sequence and
-streaming decoding: a stateful layer takes its left context from a `state` dict (zeros when the
-dict has none, which is exactly the zero padding of a whole-sequence pass) and leaves its newest
-inputs there for the next call. Shapes: B batch, Q codebooks, T frames, C channels, N samples at
+streaming decoding: a stateful layer takes its left context from a `state` dict (nothing there
+means the start of the sequence: the zero padding of a whole-sequence pass) and leaves what the
+next call needs there (conv inputs, transposed-conv partial sums, attention keys/values). Shapes: B batch, Q codebooks, T frames, C channels, N samples at
 the layer's own rate.
 """
 from __future__ import annotations
@@ -82,20 +82,26 @@ class CausalConv(nn.Module):
 
 class CausalTransConv(nn.Module):
     """ConvTranspose1d (kernel k, stride s) that emits only finished samples: the s outputs of
-    input t see inputs t - ceil(k/s) + 1 .. t, so ceil(k/s) - 1 past inputs are its context and
-    the k - s trailing partial sums of a whole-sequence pass are never needed."""
+    input t see inputs t - ceil(k/s) + 1 .. t. A whole-sequence pass drops the k - s trailing
+    partial sums; a streaming call keeps them and adds them to the head of the next call's output
+    (overlap-add), so a first call is exactly the whole-sequence computation."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int):
         super().__init__()
         self.conv = nn.ConvTranspose1d(cin, cout, kernel, stride=stride)
         self.stride = stride
-        self.context = -(-kernel // stride) - 1
+        self.context = -(-kernel // stride) - 1   # past inputs an output depends on
 
     def forward(self, x: torch.Tensor, state: State) -> torch.Tensor:  # [B, C, T] -> [B, C', T*s]
         n = x.shape[-1] * self.stride
-        y = self.conv(_with_context(self, x, self.context, state))
-        start = self.context * self.stride
-        return y[..., start:start + n]
+        y = self.conv(x)                           # [B, C', (T-1)*s + k]
+        carry = state.get(self)
+        if carry is not None:
+            y[..., :carry.shape[-1]] += carry
+        if y.shape[-1] > n:
+            tail = y[..., n:]
+            state[self] = tail - self.conv.bias[:, None] if self.conv.bias is not None else tail.clone()
+        return y[..., :n]
 
 
 class SnakeBeta(nn.Module):

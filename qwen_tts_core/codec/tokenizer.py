@@ -151,7 +151,8 @@ class SpeechTokenizer:
         for i, x in enumerate(clips):
             by_length.setdefault(x.numel(), []).append(i)
         for idx in by_length.values():   # clips of equal length share a batch, exactly
-            batch = torch.stack([clips[i] for i in idx]).to(self.device)
+            batch = torch.stack([clips[i] for i in idx]) if len(idx) > 1 else clips[idx[0]][None]
+            batch = batch.to(self.device)
             c = self.encoder(batch, block_frames, conv_chunk_frames, full_context)
             codes[idx, :, :c.shape[-1]] = c
         return codes, torch.tensor(lengths, dtype=torch.long)
