@@ -6,9 +6,14 @@ tools/oracle/setup_venv.sh); everywhere else the whole module is skipped with th
 """
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
+if importlib.util.find_spec("qwen_tts") is None:   # checked first: the stubs below are global
+    pytest.skip("official qwen-tts is not installed here; live codec comparison skipped",
+                allow_module_level=True)
 try:
     import official_oracle
 
