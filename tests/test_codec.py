@@ -344,6 +344,8 @@ def test_codes_wrong_shape_or_dtype(tok):
         tok.streaming_decoder(batch_size=2).push(torch.zeros(16, 3, dtype=torch.long))
     with pytest.raises(InputError, match="lengths"):
         tok.decode(torch.zeros(2, 16, 5, dtype=torch.long), lengths=[5, 6])
+    with pytest.raises(InputError, match="decode mode"):
+        tok.decode(torch.zeros(16, 5, dtype=torch.long), mode="fast")
 
 
 def test_codes_empty(tok):

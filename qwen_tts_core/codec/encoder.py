@@ -144,7 +144,7 @@ class MimiEncoder(nn.Module):
             last = min(self.stride * (f0 + block_frames), t25)
             h = self._transformer(feats[:, first:last], first, window)[:, need - first:]
             latents = self.downsample(h.transpose(1, 2))  # [B, C, frames (+1 if f0 > 0)]
-            if f0 > 0:
-                latents = latents[..., 1:]                # made from replicate padding
+            # outputs for the context frames come from the conv's replicate padding: dropped
+            latents = latents[..., (self.stride * f0 - need) // self.stride:]
             codes.append(self.quantizer.encode(latents, self.num_quantizers).transpose(0, 1))
         return torch.cat(codes, dim=-1)

@@ -80,12 +80,11 @@ class SpeechTokenizer:
     def __init__(self, config: CodecConfig, encoder, decoder: SpeechDecoder | None, dtype, device):
         self.config, self.encoder, self.decoder = config, encoder, decoder
         self.dtype, self.device = dtype, torch.device(device)
-        d = DecoderConfig(**{k: v for k, v in config.decoder_config.items() if k in DecoderConfig.__dataclass_fields__})
         self.sample_rate = config.output_sample_rate
         self.samples_per_frame = config.decode_upsample_rate
         self.frame_rate = self.sample_rate / self.samples_per_frame
         self.num_codebooks = config.encoder_valid_num_quantizers
-        self.codebook_size = d.codebook_size
+        self.codebook_size = int(config.decoder_config.get("codebook_size", 2048))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32,
@@ -172,6 +171,8 @@ class SpeechTokenizer:
         with 25 frames of left context (the same as "exact" up to 300 frames).
         """
         dec = self._decoder()
+        if mode not in ("exact", "official"):
+            raise InputError(f"Unknown decode mode {mode!r}; use 'exact' or 'official'.")
         codes, lengths = self._code_batch(codes, lengths)
         b, _, t = codes.shape
         spf = self.samples_per_frame
@@ -181,14 +182,12 @@ class SpeechTokenizer:
             with torch.inference_mode():
                 for i in range(0, t, chunk_frames):
                     out[:, i * spf:(i + chunk_frames) * spf] = dec(codes[..., i:i + chunk_frames], state).float().cpu()
-        elif mode == "official":
+        else:
             with torch.inference_mode():
                 for i in range(0, t, OFFICIAL_CHUNK):
                     ctx = min(i, OFFICIAL_CONTEXT)
                     wav = dec(codes[..., i - ctx:i + OFFICIAL_CHUNK])
                     out[:, i * spf:(i + OFFICIAL_CHUNK) * spf] = wav[:, ctx * spf:].float().cpu()
-        else:
-            raise InputError(f"Unknown decode mode {mode!r}; use 'exact' or 'official'.")
         return [out[i, :n * spf] for i, n in enumerate(lengths)]
 
     def streaming_decoder(self, batch_size: int = 1, chunk_frames: int = 1):
