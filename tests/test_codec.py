@@ -122,15 +122,23 @@ def test_encode_batch_equals_items_any_layout(tok):
 def test_encode_in_blocks_equals_one_pass(tok):
     """22 s: beyond the 250-frame (10 s) attention window, so blocks need their left context."""
     audio = long_clip(22.0)
-    whole, _ = tok.encode(audio, 24000, block_frames=10**6, conv_chunk_frames=10**6)
+    whole, _ = tok.encode(audio, 24000, block_frames=10**6, conv_chunk_frames=10**6, full_context=False)
     for block, conv in ((60, 40), (137, 250)):
-        codes, _ = tok.encode(audio, 24000, block_frames=block, conv_chunk_frames=conv)
+        codes, _ = tok.encode(audio, 24000, block_frames=block, conv_chunk_frames=conv, full_context=False)
         assert torch.equal(codes, whole), (block, conv)
     # The window only matters after 250 frames at 25 Hz (125 code frames); the official package
     # (transformers 4.57) attends to the whole past, which `full_context` reproduces.
     full, _ = tok.encode(audio, 24000, full_context=True)
     assert torch.equal(full[..., :125], whole[..., :125])
     assert not torch.equal(full, whole)
+
+
+def test_encode_auto_context_is_official_up_to_60_seconds(tok):
+    """Default: whole-past attention (the official codes) up to 60 s, the window beyond."""
+    short = long_clip(22.0)
+    assert torch.equal(tok.encode(short, 24000)[0], tok.encode(short, 24000, full_context=True)[0])
+    long = long_clip(61.0)
+    assert torch.equal(tok.encode(long, 24000)[0], tok.encode(long, 24000, full_context=False)[0])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ class CodecConfig:
     decode_upsample_rate: int = 1920
 
 
+FULL_CONTEXT_SECONDS = 60  # encode clips up to this long with the official whole-past attention
+
 def tokenizer_folder(folder: str | Path) -> Path:
     """The folder holding the tokenizer: `folder` itself (standalone Qwen3-TTS-Tokenizer-12Hz)
     or its `speech_tokenizer/` subfolder (a Qwen3-TTS model folder)."""
@@ -127,8 +129,9 @@ class SpeechTokenizer:
     # ----------------------------------------------------------------------------------------
     # encode
     # ----------------------------------------------------------------------------------------
-    def encode(self, waveforms, sample_rates: int | Sequence[int] = 24000, *, full_context: bool = False,
-               block_frames: int = 750, conv_chunk_frames: int = 250) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, waveforms, sample_rates: int | Sequence[int] = 24000, *,
+               full_context: bool | str = "auto", block_frames: int = 750,
+               conv_chunk_frames: int = 250) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio -> (codes [B, 16, F] int64 on the model device, padded with PAD; lengths [B]).
 
         waveforms: a tensor [T] or [C, T] (one clip), [B, C, T] (a batch, e.g. ComfyUI AUDIO), or
@@ -137,9 +140,12 @@ class SpeechTokenizer:
         (torchaudio), F_i = ceil(samples_i / 1920). Every clip is encoded as if it were alone.
         Long clips are encoded in blocks (block_frames code frames, conv_chunk_frames 25 Hz frames
         per conv chunk): memory stays bounded and the codes are those of one whole pass.
-        The encoder transformer attends to the last 250 frames of 25 Hz (10 s), as Mimi is built;
-        full_context=True attends to the whole past like qwen-tts 0.1.1 on transformers 4.57
-        (the same codes up to 10 s; beyond, exact official parity with memory growing as T^2).
+        full_context: the official qwen-tts 0.1.1 (on transformers 4.57) lets the encoder
+        transformer attend to the whole past; Mimi is built with a 250-frame (10 s) window, which
+        bounds memory. "auto" (default) attends to the whole past for clips up to 60 s (exact
+        official codes, e.g. for every voice-clone reference) and uses the window beyond that
+        (bounded memory for hours of audio; codes differ from the official after 10 s).
+        True/False force one or the other.
         """
         if self.encoder is None:
             raise InputError("This SpeechTokenizer was loaded with encoder=False.")
@@ -149,10 +155,11 @@ class SpeechTokenizer:
         by_length: dict[int, list[int]] = {}
         for i, x in enumerate(clips):
             by_length.setdefault(x.numel(), []).append(i)
-        for idx in by_length.values():   # clips of equal length share a batch, exactly
+        for n, idx in by_length.items():   # clips of equal length share a batch, exactly
             batch = torch.stack([clips[i] for i in idx]) if len(idx) > 1 else clips[idx[0]][None]
             batch = batch.to(self.device)
-            c = self.encoder(batch, block_frames, conv_chunk_frames, full_context)
+            full = n <= FULL_CONTEXT_SECONDS * self.sample_rate if full_context == "auto" else bool(full_context)
+            c = self.encoder(batch, block_frames, conv_chunk_frames, full)
             codes[idx, :, :c.shape[-1]] = c
         return codes, torch.tensor(lengths, dtype=torch.long)
 
