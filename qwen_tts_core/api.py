@@ -53,6 +53,15 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return torch.float32
 
 
+def load_model(config: ModelConfig, files: dict, dtype: torch.dtype, device: torch.device) -> Qwen3TTS:
+    """Builds the modules on the meta device and assigns the checkpoint tensors, already in
+    `dtype` on `device`: no fp32 copy of the model is ever made."""
+    with torch.device("meta"):
+        speaker = SpeakerEncoder(config.speaker_encoder) if config.speaker_encoder else None
+        model = Qwen3TTS(config.talker, speaker)
+    return load_into(model, files, dtype, device, what=f"Qwen3-TTS {config.tts_model_type}")
+
+
 @dataclass
 class GenerationResult:
     codes: list[torch.Tensor]                 # per item [frames, 16] int64 (cpu)
@@ -83,10 +92,7 @@ class QwenTTS:
         files = weight_files(folder)
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        with torch.device("meta"):
-            speaker = SpeakerEncoder(config.speaker_encoder) if config.speaker_encoder else None
-            model = Qwen3TTS(config.talker, speaker)
-        load_into(model, files, dt, dev, what=f"Qwen3-TTS {config.tts_model_type}")
+        model = load_model(config, files, dt, dev)
         codec = None
         if speech_tokenizer:
             sub = folder / "speech_tokenizer"
@@ -237,8 +243,11 @@ class QwenTTS:
                  sampling: Sampling | None = None, sub_sampling: Sampling | None = None,
                  seed: int | None = None, decode: bool = False,
                  on_frame: Callable[[int, torch.Tensor], bool | None] | None = None,
-                 warnings: list[str] | None = None) -> GenerationResult:
-        """Generates a batch (texts may differ in length, voice and language)."""
+                 warnings: list[str] | None = None, static: bool = False,
+                 cuda_graphs: bool = False) -> GenerationResult:
+        """Generates a batch (texts may differ in length, voice and language). `static` runs the
+        frame step with fixed shapes (the form CUDA graphs capture; same codes either way);
+        `cuda_graphs` replays it as a CUDA graph on CUDA devices (experimental)."""
         if not requests:
             raise InputError("Nothing to generate: no texts given.")
         default, default_sub = self.default_sampling()
@@ -265,7 +274,7 @@ class QwenTTS:
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(int(seed))
         frames: Frames = generate(self.model.talker, collate(prompts, tts_pad), max_frames,
-                                  sampling, sub_sampling, generator, on_frame)
+                                  sampling, sub_sampling, generator, on_frame, static, cuda_graphs)
         result = GenerationResult(frames.codes, frames.stopped, list(warnings or []))
         for w in result.warnings:
             log.warning(w)

@@ -55,9 +55,16 @@ def filter_logits(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
     return logits
 
 
-def choose(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None) -> torch.Tensor:
-    """logits [B, V] float32 (already penalized/masked) -> ids [B]"""
+def choose(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None = None,
+           noise: torch.Tensor | None = None) -> torch.Tensor:
+    """logits [B, V] float32 (already penalized/masked) -> ids [B]
+
+    Sampling draws from softmax(filtered logits) as argmax(p / E) with E ~ Exp(1) (the
+    exponential race, equivalent to a categorical draw): unlike torch.multinomial it needs no
+    host sync, and the noise can be drawn ahead of time (`noise`, e.g. outside a CUDA graph)."""
     if not s.do_sample:
         return logits.argmax(dim=-1)
     probs = filter_logits(logits, s).softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    if noise is None:
+        noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / noise).argmax(dim=-1)

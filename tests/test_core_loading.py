@@ -139,7 +139,8 @@ def test_missing_speech_tokenizer_says_what_to_fetch(tmp_path):
 
 
 def test_weights_go_straight_into_the_target_dtype(tmp_path):
-    """Peak memory of a bf16 load stays near the bf16 size: no fp32 copy of the model is made.
+    """Peak memory of loading the weights (what from_pretrained does before the tokenizer and
+    the speech tokenizer) stays near the loaded size: no fp32 copy of the model is ever made.
     Measured in a fresh process on a checkpoint made large on purpose (wide text embedding)."""
     folder = copy_model(tmp_path, "Tiny-VoiceDesign")
     cfg = json.loads((folder / "config.json").read_text())
@@ -159,9 +160,16 @@ def test_weights_go_straight_into_the_target_dtype(tmp_path):
     size = os.path.getsize(folder / "model.safetensors")
     assert size > 100e6
     script = textwrap.dedent(f"""
-        import sys, torch, transformers
+        import sys, torch
+        from pathlib import Path
         sys.path.insert(0, {str(ROOT)!r})
-        from qwen_tts_core.api import QwenTTS
+        from qwen_tts_core.api import load_model
+        from qwen_tts_core.checkpoint import weight_files
+        from qwen_tts_core.config import ModelConfig, read_json
+        folder = Path({str(folder)!r})
+        config = ModelConfig.from_dict(read_json(folder / "config.json"))
+        files = weight_files(folder)
+        dtype = dict(bf16=torch.bfloat16, fp32=torch.float32)["{{}}"]
 
         def status(key):  # kB -> bytes
             for line in open("/proc/self/status"):
@@ -170,7 +178,7 @@ def test_weights_go_straight_into_the_target_dtype(tmp_path):
 
         open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
         before = status("VmRSS:")
-        tts = QwenTTS.from_pretrained({str(folder)!r}, dtype="{{}}", device="cpu", speech_tokenizer=False)
+        model = load_model(config, files, dtype, torch.device("cpu"))
         print(status("VmHWM:") - before)
     """)
     peak = {}

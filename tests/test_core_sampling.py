@@ -78,3 +78,15 @@ def test_on_frame_can_end_generation_early():
     out = tts.generate_custom_voice("Stop early please.", "vivian", max_frames=30, seed=3, on_frame=stop_after_five)
     assert out.codes[0].shape[0] == 5 and out.stopped == [False]
     assert torch.equal(out.codes[0], torch.stack(seen)[:, 0])
+
+
+def test_sampling_draws_from_the_filtered_distribution():
+    """The exponential race samples ids with the probabilities softmax(filtered logits) gives."""
+    from qwen_tts_core.sampling import choose
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -8.0]]).repeat(40000, 1)
+    s = Sampling(True, temperature=1.0, top_k=3, top_p=1.0)
+    ids = choose(logits, s, torch.Generator().manual_seed(0))
+    freq = torch.bincount(ids, minlength=5).float() / len(ids)
+    expected = filter_logits(logits[:1], s).softmax(-1)[0]
+    assert freq[3:].sum() == 0                      # outside the top-k: never drawn
+    assert (freq - expected).abs().max() < 0.01     # 40k draws: ~0.0025 standard error

@@ -15,9 +15,13 @@ if ! "$PY" -c "import torch, torchaudio; assert torch.__version__.startswith('2.
     pip_install "torch==2.9.1" "torchaudio==2.9.1"
 fi
 pip_install -r requirements.txt -r requirements-test.txt "transformers>=5"
-# transformers 4.57.3 as an overlay (PYTHONPATH=$T457) for the second test pass
+# transformers 4.57.3 as an overlay (PYTHONPATH=$T457) for the second test pass, with the
+# official qwen-tts 0.1.1 (which pins 4.57.3) beside it for the live parity tests. Its 12 Hz path
+# needs librosa, soundfile and einops; tests/official_oracle.py stubs sox/onnxruntime.
 if [ ! -f "$T457/.complete" ]; then
     rm -rf "$T457"
-    "$PY" -m pip install -q --disable-pip-version-check --target "$T457" "transformers==4.57.3" \
+    "$PY" -m pip install -q --disable-pip-version-check --target "$T457" \
+        "transformers==4.57.3" librosa soundfile einops \
+        && "$PY" -m pip install -q --disable-pip-version-check --target "$T457" --no-deps "qwen-tts==0.1.1" \
         && touch "$T457/.complete"
 fi
