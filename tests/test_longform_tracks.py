@@ -293,6 +293,21 @@ def test_fit_to_cue_end_and_speakers_per_cue():
         voice_over(parse_subtitles(SRT), {"Anna": anna, "Ben": ben})
 
 
+def test_sound_descriptions_are_not_spoken_and_names_pick_voices():
+    cues = parse_subtitles("1\n00:00:01,000 --> 00:00:02,000\n[Music]\n\n"
+                           "2\n00:00:02,500 --> 00:00:04,000\nANNA: [laughs] Hello, Ben!\n\n"
+                           "3\n00:00:04,500 --> 00:00:05,500\n♪ ♪\n\n"
+                           "4\n00:00:06,000 --> 00:00:07,000\nBen: Hi.\n")
+    anna, ben = ToneSpeaker(freq=220), ToneSpeaker(freq=330)
+    track = voice_over(cues, {"Anna": anna, "Ben": ben})
+    assert anna.spoken == ["Hello, Ben!"] and ben.spoken == ["Hi."]
+    assert [line.cue.index for line in track.lines] == [2, 4]
+    assert len(track.notes) == 2 and "cue 1 (line 2) at 00:00:01,000 has nothing to say" in track.notes[0]
+    assert [s[0] for s in sounding(track.audio)] == pytest.approx([2.5, 6.0], abs=0.02)
+    with pytest.raises(InputError, match="None of the subtitle lines has words"):
+        voice_over(parse_subtitles("1\n00:00:01,000 --> 00:00:02,000\n[Music]\n"), anna)
+
+
 def test_bad_voice_over_settings():
     cues = parse_subtitles(SRT)
     for kwargs, message in [(dict(video_seconds=9), "cue 3 .* starts at 00:00:08,500, after the video ends"),

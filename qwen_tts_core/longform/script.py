@@ -33,7 +33,8 @@ class ScriptLine:
     brk_before: str            # "start", "turn" (another speaker), "same" (same speaker), "paragraph"
 
 
-def _speaker_of(raw: str) -> re.Match | None:
+def speaker_prefix(raw: str) -> re.Match | None:
+    """The "Name (style): text" a line starts with (groups name, style, text), or None."""
     m = _SPEAKER_LINE.match(raw.strip())
     if not m or _NOT_A_NAME.search(m.group("name")) or m.group("text").startswith("//"):
         return None           # "Note, this: ...", "At 10:30 ...", "http://..."
@@ -58,7 +59,7 @@ def parse_script(script: str, speakers: Iterable[str]) -> list[ScriptLine]:
             if lines:
                 pending_break = "paragraph"
             continue
-        m = _speaker_of(raw)
+        m = speaker_prefix(raw)
         if m is None:
             if not lines:
                 raise InputError(f"Line {n} has no speaker: start it with a name and a colon, "

@@ -37,6 +37,15 @@ _TAG = re.compile(r"<[^>]*>|\{\\[^}]*\}")
 _DASH = re.compile(r"^\s*[-–—]\s+")
 
 
+_SOUND = re.compile(r"\[[^\]]*\]|[♪♫]+|^\s*\([^)]*\)\s*$")
+
+
+def spoken_text(text: str) -> str:
+    """What of a cue is said: without sound descriptions ([door slams], ♪, a cue that is only
+    "(laughs)") that subtitles for the hard of hearing carry."""
+    return " ".join(_SOUND.sub(" ", text).split())
+
+
 def format_time(seconds: float) -> str:
     sign = "-" if seconds < 0 else ""
     ms = round(abs(seconds) * 1000)

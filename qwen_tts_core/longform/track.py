@@ -9,6 +9,7 @@ chunk (narration) or line (tracks, scripts); the callback may raise to stop (int
 from __future__ import annotations
 
 import math
+import re
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,9 @@ from ..duration import expected_seconds
 from ..errors import InputError
 from . import edit
 from . import languages as langs
-from .normalize import Normalization, normalize_text
-from .script import ScriptLine, parse_script
-from .subtitles import Cue, format_time
+from .normalize import Normalization, clean, normalize_text
+from .script import ScriptLine, parse_script, speaker_prefix
+from .subtitles import Cue, format_time, spoken_text
 from .synthesis import ChunkReport
 from .text import DEFAULT_MAX_SECONDS, Chunk, chunk_text
 
@@ -32,6 +33,7 @@ SAMPLE_RATE = edit.SAMPLE_RATE
 MAX_IN_MEMORY_HOURS = 3.0
 CROSSFADE_MS = 20
 RUN_ON_TOLERANCE = 0.05      # seconds a line may run into the gap before the next one unflagged
+_SPEAKABLE = re.compile(r"[^\W_]")
 
 
 @dataclass(frozen=True)
@@ -288,19 +290,24 @@ class Track:
         return [f for f in (line.flagged() for line in self.lines) if f]
 
 
-def _speaker_for(cue: Cue, speakers):
+def _speaker_for(cue: Cue, text: str, speakers) -> tuple[object, str]:
+    """(speaker, text) of a cue: one voice for all, or by the cue's WebVTT voice, or by a
+    "Name: " the text starts with (a name that has a voice)."""
     if not isinstance(speakers, dict):
-        return speakers
+        return speakers, text
+    by_name = {name.strip().lower(): speaker for name, speaker in speakers.items()}
     if cue.speaker is not None:
-        for name, speaker in speakers.items():
-            if name.strip().lower() == cue.speaker.strip().lower():
-                return speaker
+        if cue.speaker.strip().lower() in by_name:
+            return by_name[cue.speaker.strip().lower()], text
         raise InputError(f"{cue.where()}: unknown speaker {cue.speaker!r}; voices are given for: "
                          f"{', '.join(speakers)}.")
+    named = speaker_prefix(text)
+    if named and named.group("name").strip().lower() in by_name:
+        return by_name[named.group("name").strip().lower()], named.group("text")
     if len(speakers) == 1:
-        return next(iter(speakers.values()))
+        return next(iter(speakers.values())), text
     raise InputError(f"{cue.where()} names no speaker and there are {len(speakers)} voices; mark "
-                     "the speaker in the subtitles (WebVTT <v Name>) or give one voice.")
+                     "the speaker (WebVTT <v Name>, or 'Name: ' before the text) or give one voice.")
 
 
 def voice_over(cues: list[Cue], speakers, *, video_seconds: float | None = None,
@@ -336,9 +343,19 @@ def voice_over(cues: list[Cue], speakers, *, video_seconds: float | None = None,
     joiner = Joiner()
     lines: list[LineReport] = []
     notes: list[str] = []
-    for i, cue in enumerate(cues):
-        speaker = _speaker_for(cue, speakers)
-        _, chunks, chunk_notes = _prepare(cue.text, speaker, None, normalization, max_seconds)
+    spoken = []                                  # (cue, speaker, text) of the cues with words
+    for cue in cues:
+        text = spoken_text(cue.text)
+        if not _SPEAKABLE.search(clean(text)):
+            notes.append(f"{cue.where()} at {format_time(cue.start)} has nothing to say "
+                         f"({cue.text!r}); skipped")
+            continue
+        spoken.append((cue, *_speaker_for(cue, text, speakers)))
+    if not spoken:
+        raise InputError("None of the subtitle lines has words to speak.")
+    cues = [cue for cue, _, _ in spoken]
+    for i, (cue, speaker, text) in enumerate(spoken):
+        _, chunks, chunk_notes = _prepare(text, speaker, None, normalization, max_seconds)
         notes += [n for n in chunk_notes if n not in notes]
         line_joiner = Joiner()
         _, reports = _say_chunks(chunks, speaker, line_joiner, Pauses())
