@@ -123,7 +123,8 @@ def rss_kb(field: str = "VmRSS") -> int:
 def _return_freed_memory_to_the_system() -> None:
     """glibc keeps freed heap memory and reuses it, so a leak could hide in memory freed
     earlier. A fixed mmap threshold makes every buffer over 128 kB (any audio chunk) its own
-    mapping, returned on free: resident memory then follows the live buffers."""
+    mapping, returned on free: resident memory then follows the live buffers. (Process-wide
+    for the rest of the test session: glibc's default threshold, without its upward drift.)"""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:

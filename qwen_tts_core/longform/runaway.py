@@ -36,7 +36,8 @@ class Runaway:
     detail: str = ""
 
     def describe(self) -> str:
-        return f"{self.reason} from {self.keep / FRAME_RATE:.1f} s" + (f" ({self.detail})" if self.detail else "")
+        where = f" from {self.keep / FRAME_RATE:.1f} s" if self.keep < self.frame else ""
+        return f"{self.reason}{where}" + (f" ({self.detail})" if self.detail else "")
 
 
 class RunawayDetector:
