@@ -240,8 +240,11 @@ class QwenTTS:
                  sampling: Sampling | None = None, sub_sampling: Sampling | None = None,
                  seed: int | None = None, decode: bool = False,
                  on_frame: Callable[[int, torch.Tensor], None] | None = None,
-                 warnings: list[str] | None = None) -> GenerationResult:
-        """Generates a batch (texts may differ in length, voice and language)."""
+                 warnings: list[str] | None = None,
+                 on_start: Callable[[int], None] | None = None) -> GenerationResult:
+        """Generates a batch (texts may differ in length, voice and language).
+        `on_start(max_frames)` is called once before the first frame with the frame limit in
+        force (for progress bars); `on_frame(index, frame [B, 16])` after each frame."""
         if not requests:
             raise InputError("Nothing to generate: no texts given.")
         default, default_sub = self.default_sampling()
@@ -264,6 +267,8 @@ class QwenTTS:
                 f"{self.config.talker.max_position_embeddings}; shorten the text or the reference.")
         tts_pad = self.model.talker.embed_text(
             torch.tensor([self.config.tts_pad_token_id], device=self.device))[0]
+        if on_start is not None:
+            on_start(max_frames)
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(int(seed))
