@@ -60,8 +60,11 @@ def make_input_dir(target: Path, with_video: bool = False) -> Path:
     for name, src in INPUT_FILES.items():
         if not (target / name).exists():
             (target / name).symlink_to(src)
-    if with_video and not (target / VIDEO_INPUT).exists():
-        write_test_video(target / VIDEO_INPUT)
+    if not (target / VIDEO_INPUT).exists():
+        if with_video:
+            write_test_video(target / VIDEO_INPUT)
+        else:
+            (target / VIDEO_INPUT).write_bytes(b"")   # the LoadVideo stand-in does not read it
     return target
 
 
@@ -225,18 +228,19 @@ FRONT_END_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 
 
-def widget_names(cls) -> list[tuple[str, bool]]:
-    """(input id, has a control_after_generate value after it) of the widget inputs, in order."""
+def is_widget(inp) -> bool:
     from comfy_api.latest import io
 
-    out = []
+    return isinstance(inp, (io.Int.Input, io.Float.Input, io.String.Input, io.Boolean.Input, io.Combo.Input)) \
+        and not getattr(inp, "force_input", None)
+
+
+def widget_names(cls) -> list[tuple[str, bool]]:
+    """(input id, has a control_after_generate value after it) of the widget inputs, in the
+    front end's order (required, then optional)."""
     inputs = cls.define_schema().inputs
-    for inp in [i for i in inputs if not i.optional] + [i for i in inputs if i.optional]:
-        if isinstance(inp, (io.Int.Input, io.Float.Input, io.String.Input, io.Boolean.Input, io.Combo.Input)):
-            if getattr(inp, "force_input", None):
-                continue
-            out.append((inp.id, bool(getattr(inp, "control_after_generate", None))))
-    return out
+    return [(i.id, bool(getattr(i, "control_after_generate", None)))
+            for i in [i for i in inputs if not i.optional] + [i for i in inputs if i.optional] if is_widget(i)]
 
 
 def to_api(workflow: dict) -> dict:
@@ -287,6 +291,27 @@ def to_api(workflow: dict) -> dict:
                 inputs[name] = [origin, slot]
         prompt[nid] = {"class_type": n["type"], "inputs": inputs}
     return prompt
+
+
+TEST_MAX_SECONDS = 1.2   # >= 1 s: a designed clip must be long enough to clone from
+
+
+def limit_length(prompt: dict, seconds: float = TEST_MAX_SECONDS) -> dict:
+    """The test substitution besides the model names: generation nodes whose length is automatic
+    (max_seconds 0, a few hundred frames on tiny random models) stop after `seconds`."""
+    for node in prompt.values():
+        if node["inputs"].get("max_seconds") == 0:
+            node["inputs"]["max_seconds"] = seconds
+    return prompt
+
+
+def limit_workflow_length(wf: dict, seconds: float = TEST_MAX_SECONDS) -> dict:
+    """Same on a UI-format workflow (for the real ComfyUI run): max_seconds is the last widget."""
+    for n in wf["nodes"]:
+        if n["type"] in ("QwenTTSCustomVoice", "QwenTTSVoiceDesign", "QwenTTSVoiceClone") \
+                and n["widgets_values"][-1] == 0:
+            n["widgets_values"][-1] = seconds
+    return wf
 
 
 def load_workflow(path: Path) -> dict:
