@@ -190,6 +190,7 @@ class TokenizerHandle:
 
     def ready(self):
         load_to_device([self.patcher])
+        speech_codes.follow_modules(self.tokenizer)
         return self.tokenizer
 
 
@@ -218,6 +219,8 @@ class ModelHandle:
     def ready(self, with_codec: bool = True, batch: int = 1, frames: int = 2048) -> QwenTTS:
         load_to_device([self.patcher] + ([self.codec_patcher] if with_codec else []),
                        self.memory_estimate(batch, frames))
+        if with_codec and self.tts.codec is not None:
+            speech_codes.follow_modules(self.tts.codec)
         return self.tts
 
     def memory_estimate(self, batch: int, frames: int) -> int:

