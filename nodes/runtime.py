@@ -160,7 +160,7 @@ def devices(choice: str) -> tuple[torch.device, torch.device]:
     raise InputError(f"Unknown device {choice!r}; use auto, cuda, cpu or mps.")
 
 
-class _Weights(torch.nn.Module):
+class QwenTTSWeights(torch.nn.Module):
     """Container that lets ComfyUI's ModelPatcher move a group of our modules as one model."""
 
     def __init__(self, **modules):
@@ -170,7 +170,7 @@ class _Weights(torch.nn.Module):
 
 
 def patcher(module: torch.nn.Module, load: torch.device, offload: torch.device):
-    return comfy.model_patcher.ModelPatcher(_Weights(weights=module), load_device=load, offload_device=offload)
+    return comfy.model_patcher.ModelPatcher(QwenTTSWeights(weights=module), load_device=load, offload_device=offload)
 
 
 def load_to_device(patchers: list, memory_required: int = 0) -> None:

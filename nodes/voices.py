@@ -74,7 +74,8 @@ class QwenTTSSaveVoice(io.ComfyNode):
                                  tooltip="Replace an existing, different voice of the same name. Off: "
                                          "such a save stops with an error and the old file is kept."),
             ],
-            outputs=[VoiceType.Output("voice", display_name="voice", tooltip="The same voice, passed on."),
+            # output ids must differ from input ids (ComfyUI refuses the schema otherwise)
+            outputs=[VoiceType.Output("saved_voice", display_name="voice", tooltip="The same voice, passed on."),
                      io.String.Output("path", display_name="path", tooltip="Where the voice was saved.")],
         )
 

@@ -73,6 +73,9 @@ def test_every_node_has_id_category_and_tooltips(N, rt):
                    "QwenTTSLoadVoice", "QwenTTSEncodeAudio", "QwenTTSDecodeCodes"]
     for cls in comfy_env.pack().nodes.NODES:
         s = cls.define_schema()
+        s.validate()
+        inputs, outputs = [i.id for i in s.inputs], [o.id for o in s.outputs]
+        assert len(set(inputs + outputs)) == len(inputs + outputs), s.node_id   # as ComfyUI requires
         assert s.category == "audio/qwen-tts" and s.display_name.startswith("Qwen3-TTS ")
         for inp in s.inputs:
             assert inp.tooltip and len(inp.tooltip) > 15, (s.node_id, inp.id)
