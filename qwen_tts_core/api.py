@@ -59,6 +59,15 @@ def auto_max_frames(text_tokens: int, cap: int) -> int:
     return max(1, min(cap, max(64, 10 * text_tokens + 38)))
 
 
+def load_model(config: ModelConfig, files: dict, dtype: torch.dtype, device: torch.device) -> Qwen3TTS:
+    """Builds the modules on the meta device and assigns the checkpoint tensors, already in
+    `dtype` on `device`: no fp32 copy of the model is ever made."""
+    with torch.device("meta"):
+        speaker = SpeakerEncoder(config.speaker_encoder) if config.speaker_encoder else None
+        model = Qwen3TTS(config.talker, speaker)
+    return load_into(model, files, dtype, device, what=f"Qwen3-TTS {config.tts_model_type}")
+
+
 @dataclass
 class GenerationResult:
     codes: list[torch.Tensor]                 # per item [frames, 16] int64 (cpu)
@@ -89,19 +98,16 @@ class QwenTTS:
         files = weight_files(folder)
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        with torch.device("meta"):
-            speaker = SpeakerEncoder(config.speaker_encoder) if config.speaker_encoder else None
-            model = Qwen3TTS(config.talker, speaker)
-        load_into(model, files, dt, dev, what=f"Qwen3-TTS {config.tts_model_type}")
+        model = load_model(config, files, dt, dev)
         codec = None
         if speech_tokenizer:
-            from .codec import SpeechTokenizer
-
             sub = folder / "speech_tokenizer"
             if not sub.is_dir():
                 raise ModelFolderError(
                     f"{folder} has no speech_tokenizer/ subfolder. Every Qwen3-TTS checkpoint "
                     "ships one: download the whole model repository, including speech_tokenizer/.")
+            from .codec import SpeechTokenizer
+
             codec = SpeechTokenizer.from_pretrained(sub, dtype=dt, device=dev)
         return cls(folder, config, model, load_text_tokenizer(folder),
                    GenerationDefaults.from_file(folder / "generation_config.json"), codec)
@@ -239,10 +245,13 @@ class QwenTTS:
     def generate(self, requests: Sequence[Request], max_frames: int | None = None,
                  sampling: Sampling | None = None, sub_sampling: Sampling | None = None,
                  seed: int | None = None, decode: bool = False,
-                 on_frame: Callable[[int, torch.Tensor], None] | None = None,
-                 warnings: list[str] | None = None,
+                 on_frame: Callable[[int, torch.Tensor], bool | None] | None = None,
+                 warnings: list[str] | None = None, static: bool = False,
+                 cuda_graphs: bool = False,
                  on_start: Callable[[int], None] | None = None) -> GenerationResult:
-        """Generates a batch (texts may differ in length, voice and language).
+        """Generates a batch (texts may differ in length, voice and language). `static` runs the
+        frame step with fixed shapes (the form CUDA graphs capture; same codes either way);
+        `cuda_graphs` replays it as a CUDA graph on CUDA devices (experimental).
         `on_start(max_frames)` is called once before the first frame with the frame limit in
         force (for progress bars); `on_frame(index, frame [B, 16])` after each frame."""
         if not requests:
@@ -273,7 +282,7 @@ class QwenTTS:
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(int(seed))
         frames: Frames = generate(self.model.talker, collate(prompts, tts_pad), max_frames,
-                                  sampling, sub_sampling, generator, on_frame)
+                                  sampling, sub_sampling, generator, on_frame, static, cuda_graphs)
         result = GenerationResult(frames.codes, frames.stopped, list(warnings or []))
         for w in result.warnings:
             log.warning(w)

@@ -48,10 +48,14 @@ class Rotary:
         # (device="cpu": modules are built under torch.device("meta"), this table must be real)
         steps = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float()
         self.inv_freq = 1.0 / (theta ** (steps / head_dim))
+        self._on_device: dict = {}  # no host-to-device copy per call (CUDA graphs forbid it)
 
     def __call__(self, positions: torch.Tensor, dtype: torch.dtype):
         """positions [..., T] (int) -> cos, sin [..., T, Dh]"""
-        angles = positions.to(torch.float64)[..., None] * self.inv_freq.to(positions.device, torch.float64)
+        inv_freq = self._on_device.get(positions.device)
+        if inv_freq is None:
+            inv_freq = self._on_device[positions.device] = self.inv_freq.to(positions.device, torch.float64)
+        angles = positions.to(torch.float64)[..., None] * inv_freq
         angles = torch.cat([angles, angles], dim=-1)
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
@@ -71,13 +75,19 @@ class KVCache:
         self.k = torch.zeros(batch, kv_heads, max_len, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
 
-    def write(self, start: int, k: torch.Tensor, v: torch.Tensor, end: int | None = None):
-        """Stores k/v [B, K, T, Dh] at positions start..; returns the cache up to `end`
-        (default: the last written position)."""
+    def write(self, start, k: torch.Tensor, v: torch.Tensor, end: int | None = None):
+        """Stores k/v [B, K, T, Dh] at positions start.. (an int, or a 0-d tensor for static
+        shapes); returns the cache up to `end` (default: the last written position)."""
         t = k.shape[2]
-        self.k[:, :, start:start + t] = k
-        self.v[:, :, start:start + t] = v
-        end = start + t if end is None else end
+        if isinstance(start, torch.Tensor):
+            index = start + torch.arange(t, device=k.device)
+            self.k.index_copy_(2, index, k)
+            self.v.index_copy_(2, index, v)
+            end = self.k.shape[2] if end is None else end
+        else:
+            self.k[:, :, start:start + t] = k
+            self.v[:, :, start:start + t] = v
+            end = start + t if end is None else end
         return self.k[:, :, :end], self.v[:, :, :end]
 
 

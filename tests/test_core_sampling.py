@@ -1,0 +1,92 @@
+"""Sampling: our logits filters equal transformers' processors; seeded sampling is reproducible."""
+import pytest
+import torch
+from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor,
+                                                    TemperatureLogitsWarper, TopKLogitsWarper,
+                                                    TopPLogitsWarper)
+
+from conftest import tiny_model
+from qwen_tts_core.sampling import Sampling, filter_logits, penalize_repeats
+
+pytestmark = pytest.mark.core
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.9, 50, 1.0), (0.7, 5, 0.8), (1.0, 0, 0.5), (1.3, 1, 1.0)])
+def test_filters_match_transformers(temperature, top_k, top_p):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 2048, generator=g) * 3
+    ours = filter_logits(logits, Sampling(True, temperature, top_k, top_p)).softmax(-1)
+    ref = logits.clone()
+    ids = torch.zeros(3, 0, dtype=torch.long)
+    if temperature != 1.0:
+        ref = TemperatureLogitsWarper(temperature)(ids, ref)
+    if top_k:
+        ref = TopKLogitsWarper(top_k)(ids, ref)
+    if top_p < 1.0:
+        ref = TopPLogitsWarper(top_p)(ids, ref)
+    assert torch.allclose(ours, ref.softmax(-1), atol=1e-7)
+
+
+def test_repetition_penalty_matches_transformers():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 100, generator=g)
+    history = torch.tensor([[3, 7, 7, 50], [0, 99, 1, 2]])
+    seen = torch.zeros(2, 100, dtype=torch.bool).scatter(1, history, True)
+    ref = RepetitionPenaltyLogitsProcessor(1.05)(history, logits.clone())
+    assert torch.equal(penalize_repeats(logits, seen, 1.05), ref)
+
+
+def test_seeded_sampling_is_reproducible_and_seed_dependent():
+    tts = tiny_model("Tiny-CustomVoice", speech_tokenizer=False)
+    kwargs = dict(text="A sampled sentence.", speaker="vivian", language="english", max_frames=12)
+    a = tts.generate_custom_voice(seed=123, **kwargs).codes[0]
+    b = tts.generate_custom_voice(seed=123, **kwargs).codes[0]
+    c = tts.generate_custom_voice(seed=124, **kwargs).codes[0]
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_sampled_codes_are_audio_codes_only():
+    """Control ids (2048..3071 except EOS) are never produced as audio codes."""
+    tts = tiny_model("Tiny-VoiceDesign", speech_tokenizer=False)
+    hot = Sampling(True, temperature=5.0, top_k=0, top_p=1.0)
+    out = tts.generate_voice_design("Hot sampling.", "Any voice.", max_frames=30, seed=5,
+                                    sampling=hot, sub_sampling=hot)
+    codes = out.codes[0]
+    assert codes.numel() > 0 and codes.min() >= 0 and codes.max() < 2048
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=0.0), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1),
+                                 dict(repetition_penalty=0.0)])
+def test_bad_sampling_settings_are_rejected(bad):
+    from qwen_tts_core import InputError
+
+    tts = tiny_model("Tiny-VoiceDesign", speech_tokenizer=False)
+    with pytest.raises(InputError):
+        tts.generate_voice_design("Hi.", "Any voice.", max_frames=3, sampling=Sampling(True, **{
+            "temperature": 0.9, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.05, **bad}))
+
+
+def test_on_frame_can_end_generation_early():
+    tts = tiny_model("Tiny-CustomVoice", speech_tokenizer=False)
+    seen = []
+
+    def stop_after_five(index, frame):
+        seen.append(frame.clone())
+        return index == 4
+
+    out = tts.generate_custom_voice("Stop early please.", "vivian", max_frames=30, seed=3, on_frame=stop_after_five)
+    assert out.codes[0].shape[0] == 5 and out.stopped == [False]
+    assert torch.equal(out.codes[0], torch.stack(seen)[:, 0])
+
+
+def test_sampling_draws_from_the_filtered_distribution():
+    """The exponential race samples ids with the probabilities softmax(filtered logits) gives."""
+    from qwen_tts_core.sampling import choose
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -8.0]]).repeat(40000, 1)
+    s = Sampling(True, temperature=1.0, top_k=3, top_p=1.0)
+    ids = choose(logits, s, torch.Generator().manual_seed(0))
+    freq = torch.bincount(ids, minlength=5).float() / len(ids)
+    expected = filter_logits(logits[:1], s).softmax(-1)[0]
+    assert freq[3:].sum() == 0                      # outside the top-k: never drawn
+    assert (freq - expected).abs().max() < 0.01     # 40k draws: ~0.0025 standard error
