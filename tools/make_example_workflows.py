@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,34 +86,45 @@ class Graph:
         src["outputs"][slot]["links"].append(lid)
         self.links.append([lid, src["id"], slot, dst["id"], dst["inputs"].index(inp), typ])
 
-    def note(self, pos, text: str, size=(420, 160)) -> None:
+    def note(self, pos, text: str, size=(320, 180)) -> None:
         self.nodes.append({"id": len(self.nodes) + 1, "type": "MarkdownNote", "pos": list(pos), "size": list(size),
                            "flags": {}, "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [],
                            "properties": {}, "widgets_values": [text]})
 
+    def view(self, width=1400, height=950) -> dict:
+        """Canvas scale/offset that shows the whole graph in a window of this size."""
+        x0 = min(n["pos"][0] for n in self.nodes)
+        y0 = min(n["pos"][1] for n in self.nodes)
+        x1 = max(n["pos"][0] + n["size"][0] for n in self.nodes)
+        y1 = max(n["pos"][1] + n["size"][1] for n in self.nodes)
+        scale = round(min(1.0, (width - 100) / (x1 - x0), (height - 120) / (y1 - y0)), 3)
+        return {"scale": scale, "offset": [round(40 / scale - x0), round(70 / scale - y0)]}
+
     def save(self, name: str) -> None:
-        wf = {"id": f"qwen-tts-{name}", "revision": 0, "last_node_id": len(self.nodes),
+        # the front end requires a UUID as the workflow id; a fixed one per example
+        wf = {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"qwen-tts-comfyui/example_workflows/{name}")),
+              "revision": 0, "last_node_id": len(self.nodes),
               "last_link_id": len(self.links), "nodes": self.nodes, "links": self.links, "groups": [],
-              "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 60]}}, "version": 0.4}
+              "config": {}, "extra": {"ds": self.view()}, "version": 0.4}
         OUT.mkdir(exist_ok=True)
         (OUT / f"{name}.json").write_text(json.dumps(wf, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def loader(g: Graph, name: str, pos=(0, 0)) -> dict:
-    return g.add("QwenTTSModelLoader", pos, {"model_name": name}, size=(360, 130))
+    return g.add("QwenTTSModelLoader", pos, {"model_name": name}, size=(320, 130))
 
 
 def custom_voice():
     g = Graph()
     m = loader(g, CUSTOM)
-    gen = g.add("QwenTTSCustomVoice", (420, 0), {
+    gen = g.add("QwenTTSCustomVoice", (370, 0), {
         "text": "Welcome to the show! Today we are talking about the quiet art of making coffee.",
         "language": "English", "speaker": "Ryan", "instruction": "Cheerful and energetic, like a radio host."},
-        size=(400, 520))
-    save = g.add("SaveAudio", (880, 0), {"filename_prefix": "audio/qwen_tts_custom_voice"}, size=(320, 120))
+        size=(380, 520))
+    save = g.add("SaveAudio", (800, 0), {"filename_prefix": "audio/qwen_tts_custom_voice"}, size=(320, 200))
     g.link(m, 0, gen, "model")
     g.link(gen, 0, save, "audio")
-    g.note((0, 200), "**Custom voice**: a built-in speaker of a CustomVoice checkpoint, with an optional "
+    g.note((0, 180), "**Custom voice**: a built-in speaker of a CustomVoice checkpoint, with an optional "
                      "style instruction. Put the checkpoint in `models/qwen-tts/Qwen3-TTS-12Hz-1.7B-CustomVoice`.")
     g.save("custom_voice")
 
@@ -120,15 +132,15 @@ def custom_voice():
 def voice_design():
     g = Graph()
     m = loader(g, DESIGN)
-    gen = g.add("QwenTTSVoiceDesign", (420, 0), {
+    gen = g.add("QwenTTSVoiceDesign", (370, 0), {
         "text": "Long ago, when the mountains were young, a lighthouse keeper found a letter in a bottle.",
         "language": "English",
         "voice_description": "An elderly storyteller, male, low gravelly voice, slow and warm, slight British accent."},
-        size=(400, 500))
-    save = g.add("SaveAudio", (880, 0), {"filename_prefix": "audio/qwen_tts_voice_design"}, size=(320, 120))
+        size=(380, 500))
+    save = g.add("SaveAudio", (800, 0), {"filename_prefix": "audio/qwen_tts_voice_design"}, size=(320, 200))
     g.link(m, 0, gen, "model")
     g.link(gen, 0, save, "audio")
-    g.note((0, 200), "**Voice design**: describe the voice in words (VoiceDesign checkpoint). To keep a "
+    g.note((0, 180), "**Voice design**: describe the voice in words (VoiceDesign checkpoint). To keep a "
                      "designed voice for many lines, see *design_then_clone*.")
     g.save("voice_design")
 
@@ -136,21 +148,21 @@ def voice_design():
 def voice_clone():
     g = Graph()
     m = loader(g, BASE)
-    ref = g.add("LoadAudio", (0, 180), {"audio": REFERENCE}, size=(360, 140))
-    voice = g.add("QwenTTSVoiceFromAudio", (420, 0), {
-        "reference_text": "Type here exactly what is said in the reference clip.", "mode": "auto"}, size=(380, 260))
-    gen = g.add("QwenTTSVoiceClone", (860, 0), {
+    ref = g.add("LoadAudio", (0, 180), {"audio": REFERENCE}, size=(320, 200))
+    voice = g.add("QwenTTSVoiceFromAudio", (370, 0), {
+        "reference_text": "Type here exactly what is said in the reference clip.", "mode": "auto"}, size=(340, 260))
+    gen = g.add("QwenTTSVoiceClone", (760, 0), {
         "text": "This sentence was never recorded, yet it sounds like the reference speaker.",
-        "language": "English"}, size=(400, 440))
-    save = g.add("SaveAudio", (1320, 0), {"filename_prefix": "audio/qwen_tts_voice_clone"}, size=(320, 120))
-    keep = g.add("QwenTTSSaveVoice", (420, 320), {"name": "my_cloned_voice", "overwrite": False}, size=(380, 130))
+        "language": "English"}, size=(380, 480))
+    save = g.add("SaveAudio", (1190, 0), {"filename_prefix": "audio/qwen_tts_voice_clone"}, size=(320, 200))
+    keep = g.add("QwenTTSSaveVoice", (370, 300), {"name": "my_cloned_voice", "overwrite": False}, size=(340, 120))
     g.link(m, 0, voice, "model")
     g.link(ref, 0, voice, "reference_audio")
     g.link(m, 0, gen, "model")
     g.link(voice, 0, gen, "voice")
     g.link(gen, 0, save, "audio")
     g.link(voice, 0, keep, "voice")
-    g.note((0, 380), f"**Voice clone** (Base checkpoint): put a 3-10 s clip in ComfyUI's input folder "
+    g.note((0, 430), f"**Voice clone** (Base checkpoint): put a 3-10 s clip in ComfyUI's input folder "
                      f"(here `{REFERENCE}`) and type its transcript. Save Voice keeps the voice in "
                      "`models/qwen-tts-voices/` for the Load Voice node.")
     g.save("voice_clone")
@@ -160,18 +172,18 @@ def design_then_clone():
     line = "Hello, I am the narrator of this audiobook, and I will read every chapter for you."
     g = Graph()
     md = loader(g, DESIGN)
-    mb = loader(g, BASE, (0, 420))
-    design = g.add("QwenTTSVoiceDesign", (420, 0), {
+    mb = loader(g, BASE, (0, 180))
+    design = g.add("QwenTTSVoiceDesign", (370, 0), {
         "text": line, "language": "English",
         "voice_description": "A young woman, clear and friendly voice, medium pace, neutral American accent."},
-        size=(400, 500))
-    voice = g.add("QwenTTSVoiceFromAudio", (880, 0), {"reference_text": line, "mode": "in-context"}, size=(380, 260))
-    gen = g.add("QwenTTSVoiceClone", (1320, 0), {
+        size=(380, 500))
+    voice = g.add("QwenTTSVoiceFromAudio", (800, 0), {"reference_text": line, "mode": "in-context"}, size=(340, 260))
+    gen = g.add("QwenTTSVoiceClone", (1190, 0), {
         "text": "Chapter one. The house on the hill.\nNobody had lived there for years.\n"
                 "Then one night, a light appeared in the window.",
-        "language": "English", "one_text_per_line": True}, size=(400, 460))
-    save = g.add("SaveAudio", (1780, 0), {"filename_prefix": "audio/qwen_tts_narrator"}, size=(320, 120))
-    keep = g.add("QwenTTSSaveVoice", (880, 320), {"name": "designed_narrator", "overwrite": False}, size=(380, 130))
+        "language": "English", "one_text_per_line": True}, size=(380, 480))
+    save = g.add("SaveAudio", (1190, 530), {"filename_prefix": "audio/qwen_tts_narrator"}, size=(320, 200))
+    keep = g.add("QwenTTSSaveVoice", (800, 300), {"name": "designed_narrator", "overwrite": False}, size=(340, 120))
     g.link(md, 0, design, "model")
     g.link(design, 0, voice, "reference_audio")
     g.link(mb, 0, voice, "model")
@@ -179,51 +191,51 @@ def design_then_clone():
     g.link(voice, 0, gen, "voice")
     g.link(gen, 1, save, "audio")
     g.link(voice, 0, keep, "voice")
-    g.note((0, 600), "**Design a voice once, reuse it**: the VoiceDesign model speaks one line in the "
+    g.note((0, 360), "**Design a voice once, reuse it**: the VoiceDesign model speaks one line in the "
                      "described voice; a Base model clones that clip (in-context: the clip plus its text) and "
                      "speaks every line in the same voice. `audio_list` saves one file per line. "
-                     "Save Voice keeps it for later sessions (Load Voice).", size=(400, 200))
+                     "Save Voice keeps it for later sessions (Load Voice).", size=(320, 260))
     g.save("design_then_clone")
 
 
 def tokenizer_round_trip():
     g = Graph()
-    tok = g.add("QwenTTSSpeechTokenizerLoader", (0, 0), {"tokenizer_name": TOKENIZER}, size=(360, 130))
-    ref = g.add("LoadAudio", (0, 180), {"audio": REFERENCE}, size=(360, 140))
-    enc = g.add("QwenTTSEncodeAudio", (420, 0), size=(320, 80))
-    dec = g.add("QwenTTSDecodeCodes", (800, 0), size=(320, 80))
-    save = g.add("SaveAudio", (1180, 0), {"filename_prefix": "audio/qwen_tts_round_trip"}, size=(320, 120))
+    tok = g.add("QwenTTSSpeechTokenizerLoader", (0, 0), {"tokenizer_name": TOKENIZER}, size=(320, 130))
+    ref = g.add("LoadAudio", (0, 180), {"audio": REFERENCE}, size=(320, 200))
+    enc = g.add("QwenTTSEncodeAudio", (370, 0), size=(300, 80))
+    dec = g.add("QwenTTSDecodeCodes", (720, 0), size=(300, 80))
+    save = g.add("SaveAudio", (1070, 0), {"filename_prefix": "audio/qwen_tts_round_trip"}, size=(320, 200))
     g.link(tok, 0, enc, "speech_tokenizer")
     g.link(ref, 0, enc, "audio")
     g.link(tok, 0, dec, "speech_tokenizer")
     g.link(enc, 0, dec, "codes")
     g.link(dec, 0, save, "audio")
-    g.note((0, 380), "**Speech tokenizer round trip**: audio -> 12.5 Hz codes (16 codebooks) -> audio, with "
-                     "the standalone Qwen3-TTS-Tokenizer-12Hz (any model folder works too).")
+    g.note((370, 140), "**Speech tokenizer round trip**: audio -> 12.5 Hz codes (16 codebooks) -> audio, with "
+                     "the standalone Qwen3-TTS-Tokenizer-12Hz (any model folder works too).", size=(400, 140))
     g.save("tokenizer_round_trip")
 
 
 def video_voice_over():
     g = Graph()
-    vid = g.add("LoadVideo", (0, 0), {"file": VIDEO}, size=(360, 300))
-    parts = g.add("GetVideoComponents", (0, 360), size=(300, 100))
-    m = loader(g, CUSTOM, (0, 520))
-    gen = g.add("QwenTTSCustomVoice", (420, 200), {
+    vid = g.add("LoadVideo", (0, 0), {"file": VIDEO}, size=(320, 330))
+    parts = g.add("GetVideoComponents", (0, 380), size=(300, 100))
+    m = loader(g, CUSTOM, (0, 530))
+    gen = g.add("QwenTTSCustomVoice", (370, 170), {
         "text": "Here is the view from the top. Take a breath, and enjoy it.",
         "language": "English", "speaker": "Serena", "instruction": "Calm documentary narration."},
-        size=(400, 520))
-    make = g.add("CreateVideo", (880, 0), {"fps": 30.0}, size=(300, 100))
-    save = g.add("SaveVideo", (1240, 0), {"filename_prefix": "video/qwen_tts_voice_over", "format": "auto",
-                                          "codec": "auto"}, size=(360, 320))
+        size=(380, 520))
+    make = g.add("CreateVideo", (800, 0), {"fps": 30.0}, size=(300, 110))
+    save = g.add("SaveVideo", (1150, 0), {"filename_prefix": "video/qwen_tts_voice_over", "format": "auto",
+                                          "codec": "auto"}, size=(340, 360))
     g.link(vid, 0, parts, "video")
     g.link(parts, 0, make, "images")
     g.link(parts, 2, make, "fps")
     g.link(m, 0, gen, "model")
     g.link(gen, 0, make, "audio")
     g.link(make, 0, save, "video")
-    g.note((420, 0), f"**Video voice-over**: narration generated and muxed onto a video with ComfyUI's core "
+    g.note((370, 0), f"**Video voice-over**: narration generated and muxed onto a video with ComfyUI's core "
                      f"video nodes (the video's own frames and frame rate; `{VIDEO}` in the input folder). "
-                     "The video's length decides how much of the narration is kept.", size=(400, 160))
+                     "The video's length decides how much of the narration is kept.", size=(380, 140))
     g.save("video_voice_over")
 
 
