@@ -57,8 +57,8 @@ def voice_roots() -> list[Path]:
 
 def list_model_folders(kind: str = "any") -> list[str]:
     """Folder names under models/qwen-tts that hold a config.json (one level, or two for
-    `org/name` layouts). kind: "model" (TTS checkpoints), "tokenizer" (anything with a speech
-    tokenizer: the standalone one and every model) or "any"."""
+    `org/name` layouts). kind "model": TTS checkpoints only; "any": also the standalone speech
+    tokenizer (every model folder holds a tokenizer too)."""
     names = []
     for root in model_roots():
         if not root.is_dir():
