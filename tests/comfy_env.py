@@ -185,9 +185,14 @@ def validate(cls, inputs: dict) -> None:
             raise ValidationError(f"{schema.node_id}: custom validation failed: {r}")
 
 
+_CACHE: dict = {}
+
+
 def run_prompt(prompt: dict) -> dict:
     """Executes an API-format prompt; returns {node_id: outputs} where every output is a list
-    of values (as ComfyUI keeps them). Output nodes and everything they need run, once each."""
+    of values (as ComfyUI keeps them). Output nodes and everything they need run, once each.
+    Like ComfyUI's cache, a node with only literal inputs (e.g. a loader) that ran before with the
+    same inputs is not run again."""
     classes = node_classes()
     missing = sorted({n["class_type"] for n in prompt.values()} - set(classes))
     if missing:
@@ -202,6 +207,11 @@ def run_prompt(prompt: dict) -> dict:
         node = prompt[nid]
         cls = classes[node["class_type"]]
         schema = cls.define_schema()
+        literal = not any(isinstance(v, list) for v in node["inputs"].values()) and not schema.is_output_node
+        key = (node["class_type"], json.dumps(node["inputs"], sort_keys=True))
+        if literal and key in _CACHE:
+            done[nid] = _CACHE[key]
+            return done[nid]
         args: dict[str, list] = {}
         for name, v in node["inputs"].items():
             if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str):
@@ -221,6 +231,8 @@ def run_prompt(prompt: dict) -> dict:
                 else:
                     outs[slot].append(value)
         done[nid] = outs
+        if literal:
+            _CACHE[key] = outs
         return outs
 
     for nid, node in prompt.items():
