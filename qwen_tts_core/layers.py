@@ -40,22 +40,25 @@ class Rotary:
 
     The talker's multimodal RoPE feeds the same position to all three streams for speech, which
     makes it exactly the plain 1-D rotary embedding, so one implementation serves all models.
-    Angles are formed in float64 so that long streams stay accurate.
+    Angles are formed in float64 so that long streams stay accurate; `angle_dtype=torch.float32`
+    rounds them as transformers does (bit-for-bit parity with an official model that was run on
+    short sequences, at the cost of an angle error of half an fp32 ulp at long positions).
     """
 
-    def __init__(self, head_dim: int, theta: float):
+    def __init__(self, head_dim: int, theta: float, angle_dtype: torch.dtype = torch.float64):
         # inverse frequencies exactly as transformers' default rope init computes them (fp32)
         # (device="cpu": modules are built under torch.device("meta"), this table must be real)
         steps = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float()
         self.inv_freq = 1.0 / (theta ** (steps / head_dim))
+        self.angle_dtype = angle_dtype
         self._on_device: dict = {}  # no host-to-device copy per call (CUDA graphs forbid it)
 
     def __call__(self, positions: torch.Tensor, dtype: torch.dtype):
         """positions [..., T] (int) -> cos, sin [..., T, Dh]"""
         inv_freq = self._on_device.get(positions.device)
         if inv_freq is None:
-            inv_freq = self._on_device[positions.device] = self.inv_freq.to(positions.device, torch.float64)
-        angles = positions.to(torch.float64)[..., None] * inv_freq
+            inv_freq = self._on_device[positions.device] = self.inv_freq.to(positions.device, self.angle_dtype)
+        angles = positions.to(self.angle_dtype)[..., None] * inv_freq
         angles = torch.cat([angles, angles], dim=-1)
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
@@ -89,6 +92,28 @@ class KVCache:
             self.v[:, :, start:start + t] = v
             end = start + t if end is None else end
         return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class SlidingKV:
+    """Keys/values of the last `keep` positions of one attention layer: the state of a
+    sliding-window layer between streaming calls. Same `write` interface as `KVCache`; new
+    positions are always appended after the kept ones."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.k = self.v = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def write(self, start: int, k: torch.Tensor, v: torch.Tensor, end: int | None = None):
+        """Appends k/v [B, K, T, Dh]; returns kept + new keys/values ([B, K, S + T, Dh])."""
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        cut = max(k.shape[2] - self.keep, 0)
+        self.k, self.v = k[:, :, cut:], v[:, :, cut:]
+        return k, v
 
 
 def attention(q, k, v, mask):

@@ -1,0 +1,53 @@
+"""Streaming decode: frames in as the talker makes them, finished audio out.
+
+The decoder is causal with no lookahead, so every sample of a frame is final once the frame is
+decoded: the first audio comes after 1 frame (80 ms at 12.5 Hz). The state between calls is
+explicit (conv left contexts, the transformer's position and sliding-window keys/values), so the
+joined outputs equal `SpeechTokenizer.decode` of the whole sequence for any chunking.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class StreamingDecoder:
+    """push(codes) -> audio of the frames decoded now; flush() -> audio of the frames still held.
+
+    chunk_frames: frames decoded per decoder call. 1 gives the lowest latency; larger chunks are
+    faster per frame, and push() holds frames back until a whole chunk is there.
+    To continue from reference audio (voice cloning), push its codes first and drop that audio.
+    """
+
+    def __init__(self, tokenizer, batch_size: int = 1, chunk_frames: int = 1):
+        if batch_size < 1 or chunk_frames < 1:
+            raise ValueError("batch_size and chunk_frames must be >= 1")
+        self.tokenizer, self.decoder = tokenizer, tokenizer._decoder()
+        self.batch_size, self.chunk_frames = batch_size, chunk_frames
+        self.reset()
+
+    def reset(self) -> None:
+        self.state: dict = {}
+        self.pending = torch.zeros(self.batch_size, self.tokenizer.num_codebooks, 0,
+                                   dtype=torch.long, device=self.tokenizer.device)
+        self.frames_decoded = 0
+
+    def push(self, codes) -> torch.Tensor:
+        """codes [B, 16, n] (or [16, n] / [n, 16] for one stream) -> float32 CPU audio
+        [B, m * 1920], m = the frames decoded by this call (whole chunks only)."""
+        self.pending = torch.cat([self.pending, self.tokenizer.stream_codes(codes, self.batch_size)], dim=-1)
+        return self._decode(self.pending.shape[-1] // self.chunk_frames * self.chunk_frames)
+
+    def flush(self) -> torch.Tensor:
+        """Decodes the frames held back by push(); the stream can go on afterwards."""
+        return self._decode(self.pending.shape[-1])
+
+    def _decode(self, n: int) -> torch.Tensor:
+        spf = self.tokenizer.samples_per_frame
+        out = torch.empty(self.batch_size, n * spf, dtype=torch.float32)
+        with torch.inference_mode():
+            for i in range(0, n, self.chunk_frames):
+                out[:, i * spf:(i + self.chunk_frames) * spf] = \
+                    self.decoder(self.pending[..., i:min(i + self.chunk_frames, n)], self.state).float().cpu()
+        self.pending = self.pending[..., n:]
+        self.frames_decoded += n
+        return out
