@@ -287,14 +287,18 @@ class QwenTTS:
                  seed: int | None = None, decode: bool = False,
                  on_frame: Callable[[int, torch.Tensor], bool | None] | None = None,
                  warnings: list[str] | None = None, static: bool = False,
-                 cuda_graphs: bool = False) -> GenerationResult:
+                 cuda_graphs: bool = False,
+                 on_start: Callable[[int], None] | None = None) -> GenerationResult:
         """Generates a batch (texts may differ in length, voice and language).
 
-        `on_frame(index, frame [B, 16])` runs after each frame (progress, interrupt by raising,
-        return True to stop early). `static` runs the frame step with fixed shapes (the form CUDA
-        graphs capture; same codes either way); `cuda_graphs` replays it as a CUDA graph on CUDA
-        devices (experimental, not yet measured)."""
+        `on_start(max_frames)` runs once before the first frame with the frame limit in force
+        (progress bars); `on_frame(index, frame [B, 16])` after each frame (progress, interrupt
+        by raising, return True to stop early). `static` runs the frame step with fixed shapes
+        (the form CUDA graphs capture; same codes either way); `cuda_graphs` replays it as a CUDA
+        graph on CUDA devices (experimental, not yet measured)."""
         loop = self.frame_loop(requests, max_frames, sampling, sub_sampling, seed, static, cuda_graphs)
+        if on_start is not None:
+            on_start(loop.max_frames)
         frames = collect(loop, on_frame)
         result = GenerationResult(frames.codes, frames.stopped, list(warnings or []))
         for w in result.warnings:
