@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -18,7 +18,7 @@ from .checkpoint import load_into, load_text_tokenizer, weight_files
 from .config import GenerationDefaults, ModelConfig, read_json
 from .duration import FRAME_RATE, max_frames_for  # noqa: F401  (FRAME_RATE is part of the API)
 from .errors import InputError, ModelFolderError, UnsupportedModeError
-from .generate import Frames, collate, generate
+from .generate import FrameLoop, collate, collect
 from .prompt import PromptBuilder, Request, TalkerPrompt, VoicePrompt
 from .sampling import Sampling
 from .speaker import LogMel, SpeakerEncoder
@@ -60,6 +60,13 @@ def load_model(config: ModelConfig, files: dict, dtype: torch.dtype, device: tor
         speaker = SpeakerEncoder(config.speaker_encoder) if config.speaker_encoder else None
         model = Qwen3TTS(config.talker, speaker)
     return load_into(model, files, dtype, device, what=f"Qwen3-TTS {config.tts_model_type}")
+
+
+@dataclass
+class AudioChunk:
+    item: int                                 # index of the item in the batch
+    audio: torch.Tensor                       # [samples] float32 at 24 kHz
+    final: bool                               # the item's last chunk
 
 
 @dataclass
@@ -238,16 +245,10 @@ class QwenTTS:
     def build_prompts(self, requests: Sequence[Request]) -> list[TalkerPrompt]:
         return [self.prompts.build(self.check(r)) for r in requests]
 
-    @torch.inference_mode()
-    def generate(self, requests: Sequence[Request], max_frames: int | None = None,
-                 sampling: Sampling | None = None, sub_sampling: Sampling | None = None,
-                 seed: int | None = None, decode: bool = False,
-                 on_frame: Callable[[int, torch.Tensor], bool | None] | None = None,
-                 warnings: list[str] | None = None, static: bool = False,
-                 cuda_graphs: bool = False) -> GenerationResult:
-        """Generates a batch (texts may differ in length, voice and language). `static` runs the
-        frame step with fixed shapes (the form CUDA graphs capture; same codes either way);
-        `cuda_graphs` replays it as a CUDA graph on CUDA devices (experimental)."""
+    def frame_loop(self, requests: Sequence[Request], max_frames: int | None = None,
+                   sampling: Sampling | None = None, sub_sampling: Sampling | None = None,
+                   seed: int | None = None, static: bool = False, cuda_graphs: bool = False) -> FrameLoop:
+        """Validates a batch and sets up its generation (an iterator of frames)."""
         if not requests:
             raise InputError("Nothing to generate: no texts given.")
         default, default_sub = self.default_sampling()
@@ -268,19 +269,72 @@ class QwenTTS:
             raise InputError(
                 f"Prompt ({longest} positions) plus {max_frames} frames exceeds the model context of "
                 f"{self.config.talker.max_position_embeddings}; shorten the text or the reference.")
-        tts_pad = self.model.talker.embed_text(
-            torch.tensor([self.config.tts_pad_token_id], device=self.device))[0]
+        with torch.inference_mode():
+            tts_pad = self.model.talker.embed_text(
+                torch.tensor([self.config.tts_pad_token_id], device=self.device))[0]
+            batch = collate(prompts, tts_pad)
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        frames: Frames = generate(self.model.talker, collate(prompts, tts_pad), max_frames,
-                                  sampling, sub_sampling, generator, on_frame, static, cuda_graphs)
+        return FrameLoop(self.model.talker, batch, max_frames, sampling, sub_sampling, generator,
+                         static, cuda_graphs)
+
+    def generate(self, requests: Sequence[Request], max_frames: int | None = None,
+                 sampling: Sampling | None = None, sub_sampling: Sampling | None = None,
+                 seed: int | None = None, decode: bool = False,
+                 on_frame: Callable[[int, torch.Tensor], bool | None] | None = None,
+                 warnings: list[str] | None = None, static: bool = False,
+                 cuda_graphs: bool = False,
+                 on_start: Callable[[int], None] | None = None) -> GenerationResult:
+        """Generates a batch (texts may differ in length, voice and language).
+
+        `on_start(max_frames)` runs once before the first frame with the frame limit in force
+        (progress bars); `on_frame(index, frame [B, 16])` after each frame (progress, interrupt
+        by raising, return True to stop early). `static` runs the frame step with fixed shapes
+        (the form CUDA graphs capture; same codes either way); `cuda_graphs` replays it as a CUDA
+        graph on CUDA devices (experimental, not yet measured)."""
+        loop = self.frame_loop(requests, max_frames, sampling, sub_sampling, seed, static, cuda_graphs)
+        if on_start is not None:
+            on_start(loop.max_frames)
+        frames = collect(loop, on_frame)
         result = GenerationResult(frames.codes, frames.stopped, list(warnings or []))
         for w in result.warnings:
             log.warning(w)
         if decode:
             result.audio = self.decode(result.codes, [r.voice for r in requests])
         return result
+
+    def stream(self, requests: Sequence[Request], chunk_frames: int = 4, **options) -> Iterator["AudioChunk"]:
+        """Generates and decodes at the same time: yields each item's audio in chunks of
+        `chunk_frames` frames (80 ms each) as soon as they are generated; the last chunk of an
+        item has final=True. Options as for generate(). The joined chunks of an item equal
+        decode() of its codes (in-context clones: the reference frames prime the decoder)."""
+        if self.codec is None:
+            raise ModelFolderError("This model was loaded without its speech tokenizer.")
+        if chunk_frames < 1:
+            raise InputError("chunk_frames must be >= 1.")
+        loop = self.frame_loop(requests, **options)
+        decoders = [self.codec.streaming_decoder(1, chunk_frames) for _ in requests]
+        for d, r in zip(decoders, requests):
+            if r.voice is not None and r.voice.in_context:
+                d.push(r.voice.ref_codes.t()[None].to(self.device))
+                d.flush()
+        done = [False] * len(requests)
+        for step, frame in loop:
+            ended = loop.length.tolist()
+            for i, d in enumerate(decoders):
+                if done[i]:
+                    continue
+                if 0 <= ended[i] <= step:                       # ended before this frame
+                    done[i] = True
+                    yield AudioChunk(i, d.flush()[0], True)
+                    continue
+                audio = d.push(frame[i, :, None][None])
+                if audio.shape[-1]:
+                    yield AudioChunk(i, audio[0], False)
+        for i, d in enumerate(decoders):
+            if not done[i]:
+                yield AudioChunk(i, d.flush()[0], True)
 
     # ------------------------------------------------------------------ audio
     def decode(self, codes: Sequence[torch.Tensor], voices: Sequence[VoicePrompt | None] | None = None):

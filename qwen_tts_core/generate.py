@@ -184,37 +184,48 @@ class GraphedStep:
             self.graph.replay()  # capture records the step without running it
 
 
-@torch.inference_mode()
-def generate(talker: Talker, batch: Batch, max_frames: int, sampling: Sampling, sub_sampling: Sampling,
-             generator: torch.Generator | None = None,
-             on_frame: Callable[[int, torch.Tensor], bool | None] | None = None,
-             static: bool = False, cuda_graphs: bool = False) -> Frames:
-    """Greedy or sampled generation of up to `max_frames` frames per item. `static` uses the
-    fixed-shape step; `cuda_graphs` (CUDA only, implies static) replays it as a CUDA graph.
+class FrameLoop:
+    """Iterates (index, frame [B, 16]) as generation goes. `length[i]` becomes the number of
+    frames before item i's end-of-speech once it is chosen (-1 until then); iteration ends when
+    every item has ended or after `max_frames`. `static` uses the fixed-shape step;
+    `cuda_graphs` (CUDA only, implies static) replays it as a CUDA graph."""
 
-    `on_frame(index, frame [B, 16])` is called after each frame (progress, streaming, run-away
-    checks). It may raise to abort (interrupt), or return True to end generation early, keeping
-    the frames so far (those items count as not stopped by end-of-speech)."""
-    cuda_graphs = cuda_graphs and batch.embeds.device.type == "cuda"
-    state = FrameStep(talker, batch, max_frames, sampling, sub_sampling, static or cuda_graphs)
-    state.prefill(generator)
-    run_step = GraphedStep(state) if cuda_graphs else state.step
-    b = batch.embeds.shape[0]
+    def __init__(self, talker: Talker, batch: Batch, max_frames: int, sampling: Sampling,
+                 sub_sampling: Sampling, generator: torch.Generator | None = None,
+                 static: bool = False, cuda_graphs: bool = False):
+        cuda_graphs = cuda_graphs and batch.embeds.device.type == "cuda"
+        self.state = FrameStep(talker, batch, max_frames, sampling, sub_sampling, static or cuda_graphs)
+        self.run_step = GraphedStep(self.state) if cuda_graphs else self.state.step
+        self.generator, self.max_frames = generator, max_frames
+        self.length = torch.full((batch.embeds.shape[0],), -1, dtype=torch.long, device=batch.embeds.device)
+
+    def __iter__(self):
+        state = self.state
+        with torch.inference_mode():
+            state.prefill(self.generator)
+            for step in range(self.max_frames):
+                self.length = torch.where((state.code0 == state.eos) & (self.length < 0), step, self.length)
+                if bool((self.length >= 0).all()):
+                    return
+                state.draw_noise(self.generator)
+                self.run_step()
+                yield step, state.frame.clone()
+
+
+def collect(loop: FrameLoop, on_frame: Callable[[int, torch.Tensor], bool | None] | None = None) -> Frames:
+    """Runs a FrameLoop to the end and cuts each item at its end-of-speech.
+
+    `on_frame(index, frame [B, 16])` is called after each frame (progress, run-away checks). It
+    may raise to abort (interrupt), or return True to end generation early, keeping the frames
+    so far (those items count as not stopped by end-of-speech)."""
     frames: list[torch.Tensor] = []
-    length = torch.full((b,), -1, dtype=torch.long, device=batch.embeds.device)  # frames before end-of-speech
-    for step in range(max_frames):
-        length = torch.where((state.code0 == state.eos) & (length < 0), step, length)
-        if bool((length >= 0).all()):
-            break
-        state.draw_noise(generator)
-        run_step()
-        frame = state.frame.clone()
+    for step, frame in loop:
         frames.append(frame)
         if on_frame is not None and on_frame(step, frame):
             break
-
-    stopped = (length >= 0).tolist()
-    length = torch.where(length < 0, len(frames), length).tolist()
-    groups = talker.cfg.num_code_groups
+    b = loop.length.shape[0]
+    stopped = (loop.length >= 0).tolist()
+    length = torch.where(loop.length < 0, len(frames), loop.length).tolist()
+    groups = loop.state.frame.shape[1]
     all_codes = torch.stack(frames, dim=1).cpu() if frames else torch.zeros(b, 0, groups, dtype=torch.long)
     return Frames([all_codes[i, :n] for i, n in enumerate(length)], stopped)

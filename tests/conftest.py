@@ -40,3 +40,19 @@ def tiny_model(name: str, speech_tokenizer: bool = True):
 @pytest.fixture(scope="session")
 def generation_golden():
     return load_golden("generation")
+
+
+def require_codec():
+    """Skips the calling test when the speech tokenizer (qwen_tts_core.codec) is not in this
+    checkout; only an import failure skips."""
+    try:
+        import qwen_tts_core.codec  # noqa: F401
+    except ImportError as e:
+        reason = f"needs the speech tokenizer: qwen_tts_core.codec does not import ({e})"
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def codec():
+    require_codec()

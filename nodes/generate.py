@@ -1,0 +1,150 @@
+"""Generation nodes: built-in speakers (CustomVoice), designed voices (VoiceDesign) and cloned
+voices (Base). They validate, call the core with a progress bar that also checks for interrupts,
+and return the audio and the codes."""
+from __future__ import annotations
+
+import logging
+
+from comfy_api.latest import io
+from qwen_tts_core.errors import InputError
+from qwen_tts_core.sampling import Sampling
+from qwen_tts_core.speech_codes import SpeechCodes
+from qwen_tts_core.voice import Voice
+
+from . import runtime
+from .types import (CATEGORY, SPEAKERS, Codes, Voice as VoiceType, audio_outputs, generation_inputs,
+                    model_input, split_texts, text_inputs, to_audio)
+
+log = logging.getLogger("qwen_tts_nodes")
+
+
+def _outputs() -> list[io.Output]:
+    return audio_outputs() + [Codes.Output("codes", display_name="codes",
+                                           tooltip="The speech codes of the clips (decode them again "
+                                                   "with Decode Codes to Audio).")]
+
+
+def _generate(model, method: str, texts: list[str], seed, temperature, top_k, top_p,
+              repetition_penalty, max_seconds, contexts=None, **kwargs) -> io.NodeOutput:
+    if model is None or not hasattr(model, "ready"):
+        raise InputError("Connect a Qwen3-TTS Model Loader to 'model'.")
+    sampling = Sampling(do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0,
+                        top_k=int(top_k), top_p=float(top_p), repetition_penalty=float(repetition_penalty))
+    # temperature 0: fully greedy (the code predictor too), so the same text always gives the same speech
+    sub_sampling = None if temperature > 0 else Sampling(do_sample=False)
+    max_frames = runtime.seconds_to_frames(max_seconds)
+    tts = model.ready(with_codec=True, batch=len(texts), frames=max_frames or 2048)
+    progress = runtime.FrameProgress()
+    result = runtime.run_interruptible(lambda: getattr(tts, method)(
+        texts, max_frames=max_frames, sampling=sampling.check("Talker"), sub_sampling=sub_sampling,
+        seed=int(seed), decode=True, on_frame=progress.on_frame, on_start=progress.on_start, **kwargs))
+    for i, stopped in enumerate(result.stopped):
+        if not stopped:
+            log.warning("Qwen3-TTS: clip %d reached the length limit before the speech ended; raise "
+                        "max_seconds if it was cut.", i + 1)
+    batch, items = to_audio(result.audio, result.sample_rate)
+    return io.NodeOutput(batch, items, SpeechCodes(result.codes, contexts or []))
+
+
+class QwenTTSCustomVoice(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="QwenTTSCustomVoice",
+            display_name="Qwen3-TTS Custom Voice (built-in speakers)",
+            category=CATEGORY,
+            description="Speech in one of the built-in voices of a CustomVoice model, optionally "
+                        "styled by an instruction.",
+            inputs=[
+                model_input("A CustomVoice model (e.g. Qwen3-TTS-12Hz-1.7B-CustomVoice)."),
+                *text_inputs("Hello! This voice was made with Qwen3-TTS in ComfyUI."),
+                io.Combo.Input("speaker", options=SPEAKERS, default="Vivian",
+                               tooltip="Built-in voice of the released CustomVoice models; the loaded "
+                                       "model is checked when the node runs (Eric: Sichuan dialect, "
+                                       "Dylan: Beijing dialect)."),
+                io.String.Input("instruction", multiline=True, default="",
+                                tooltip="Optional speaking style, e.g. 'Speak slowly and warmly, like a "
+                                        "bedtime story.' Leave empty for none (followed by the 1.7B "
+                                        "model only)."),
+                *generation_inputs(),
+            ],
+            outputs=_outputs(),
+        )
+
+    @classmethod
+    def validate_inputs(cls, speaker):
+        return True  # checked against the loaded model at run time (newer checkpoints may add speakers)
+
+    @classmethod
+    def execute(cls, model, text, language, speaker, instruction, one_text_per_line, seed, temperature,
+                top_k, top_p, repetition_penalty, max_seconds) -> io.NodeOutput:
+        texts = split_texts(text, one_text_per_line)
+        if not isinstance(speaker, str) or not speaker.strip():
+            raise InputError("Choose a speaker.")
+        return _generate(model, "generate_custom_voice", texts, seed, temperature, top_k, top_p,
+                         repetition_penalty, max_seconds, speaker=speaker, language=language,
+                         instruct=(instruction or "").strip() or None)
+
+
+class QwenTTSVoiceDesign(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="QwenTTSVoiceDesign",
+            display_name="Qwen3-TTS Voice Design (describe a voice)",
+            category=CATEGORY,
+            description="Speech in a new voice made from a description (VoiceDesign model). To keep "
+                        "the voice for more lines, clone it from this output with a Base model.",
+            inputs=[
+                model_input("The VoiceDesign model (Qwen3-TTS-12Hz-1.7B-VoiceDesign)."),
+                *text_inputs("Welcome back, travellers. Tonight's story begins at the edge of the sea."),
+                io.String.Input("voice_description", multiline=True,
+                                default="A calm middle-aged male narrator with a deep, warm voice.",
+                                tooltip="Describe the voice: gender, age, timbre, accent, emotion, pace."),
+                *generation_inputs(),
+            ],
+            outputs=_outputs(),
+        )
+
+    @classmethod
+    def execute(cls, model, text, language, voice_description, one_text_per_line, seed, temperature,
+                top_k, top_p, repetition_penalty, max_seconds) -> io.NodeOutput:
+        texts = split_texts(text, one_text_per_line)
+        if not isinstance(voice_description, str) or not voice_description.strip():
+            raise InputError("The voice description is empty; describe the voice, e.g. 'a young "
+                             "woman with a bright, cheerful voice'.")
+        return _generate(model, "generate_voice_design", texts, seed, temperature, top_k, top_p,
+                         repetition_penalty, max_seconds, instruct=voice_description.strip(),
+                         language=language)
+
+
+class QwenTTSVoiceClone(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="QwenTTSVoiceClone",
+            display_name="Qwen3-TTS Speak with Cloned Voice",
+            category=CATEGORY,
+            description="Speech in a cloned voice (Base model); the voice comes from Make Voice from "
+                        "Reference Audio or Load Voice.",
+            inputs=[
+                model_input("A Base model (e.g. Qwen3-TTS-12Hz-1.7B-Base), the size the voice was made with."),
+                VoiceType.Input("voice", tooltip="A cloned voice (Make Voice from Reference Audio or Load Voice)."),
+                *text_inputs("This is my cloned voice, speaking a new line."),
+                *generation_inputs(),
+            ],
+            outputs=_outputs(),
+        )
+
+    @classmethod
+    def execute(cls, model, voice, text, language, one_text_per_line, seed, temperature, top_k, top_p,
+                repetition_penalty, max_seconds) -> io.NodeOutput:
+        texts = split_texts(text, one_text_per_line)
+        if not isinstance(voice, Voice):
+            raise InputError("Connect a voice from 'Make Voice from Reference Audio' or 'Load Voice'.")
+        if hasattr(model, "tts"):
+            voice.check_fits(model.tts)
+        context = [voice.prompt.ref_codes if voice.prompt.in_context else None] * len(texts)
+        return _generate(model, "generate_voice_clone", texts, seed, temperature, top_k, top_p,
+                         repetition_penalty, max_seconds, contexts=context, voice=voice.prompt,
+                         language=language)

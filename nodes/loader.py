@@ -1,0 +1,86 @@
+"""Loaders: a Qwen3-TTS checkpoint folder, or the speech tokenizer alone."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from . import runtime
+from .types import CATEGORY, DEVICES, DTYPES, Model, Tokenizer
+
+
+def _device_inputs() -> list[io.Input]:
+    return [
+        io.Combo.Input("dtype", options=DTYPES, default="auto",
+                       tooltip="Weight precision. auto: bf16 on GPUs that support it (else fp16), "
+                               "fp32 on CPU."),
+        io.Combo.Input("device", options=DEVICES, default="auto",
+                       tooltip="Where to run. auto: ComfyUI's device (the GPU, or the CPU when "
+                               "ComfyUI runs with --cpu). ComfyUI offloads the model when other "
+                               "models need the memory."),
+    ]
+
+
+class QwenTTSModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="QwenTTSModelLoader",
+            display_name="Qwen3-TTS Model Loader",
+            category=CATEGORY,
+            description="Loads a Qwen3-TTS checkpoint folder from models/qwen-tts/ (CustomVoice, "
+                        "VoiceDesign or Base) with its speech tokenizer.",
+            inputs=[
+                io.Combo.Input("model_name", options=runtime.list_model_folders("model"),
+                               tooltip="A checkpoint folder under models/qwen-tts/ (also the "
+                                       "qwen-tts paths of extra_model_paths.yaml), e.g. "
+                                       "Qwen3-TTS-12Hz-1.7B-CustomVoice. See docs/NODES.md for "
+                                       "the download commands."),
+                *_device_inputs(),
+            ],
+            outputs=[
+                Model.Output("model", display_name="model",
+                             tooltip="The loaded model; connect it to the node of its kind "
+                                     "(CustomVoice, VoiceDesign or Base)."),
+                Tokenizer.Output("speech_tokenizer", display_name="speech_tokenizer",
+                                 tooltip="The model's own speech tokenizer, for Encode/Decode."),
+                io.String.Output("info", display_name="info",
+                                 tooltip="Model type, size, precision, device and speakers."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model_name):
+        # A name missing from the list is reported at run time with download instructions.
+        return True
+
+    @classmethod
+    def execute(cls, model_name, dtype, device) -> io.NodeOutput:
+        handle = runtime.load_model(model_name, dtype, device)
+        return io.NodeOutput(handle, handle.tokenizer(), handle.describe())
+
+
+class QwenTTSSpeechTokenizerLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="QwenTTSSpeechTokenizerLoader",
+            display_name="Qwen3-TTS Speech Tokenizer Loader",
+            category=CATEGORY,
+            description="Loads the Qwen3-TTS 12 Hz speech tokenizer (audio <-> codes): the standalone "
+                        "Qwen3-TTS-Tokenizer-12Hz folder, or the one inside any model folder.",
+            inputs=[
+                io.Combo.Input("tokenizer_name", options=runtime.list_model_folders("any"),
+                               tooltip="Qwen3-TTS-Tokenizer-12Hz, or any Qwen3-TTS model folder "
+                                       "(its speech_tokenizer/ subfolder is used)."),
+                *_device_inputs(),
+            ],
+            outputs=[Tokenizer.Output("speech_tokenizer", display_name="speech_tokenizer",
+                                      tooltip="The speech tokenizer, for Encode/Decode.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, tokenizer_name):
+        return True
+
+    @classmethod
+    def execute(cls, tokenizer_name, dtype, device) -> io.NodeOutput:
+        return io.NodeOutput(runtime.load_tokenizer(tokenizer_name, dtype, device))

@@ -1,0 +1,109 @@
+"""Wire types of the pack and the inputs/outputs that several nodes share."""
+from __future__ import annotations
+
+import torch
+
+from comfy_api.latest import io
+from qwen_tts_core.errors import InputError
+
+CATEGORY = "audio/qwen-tts"
+SAMPLE_RATE = 24000
+
+Model = io.Custom("QWEN_TTS_MODEL")          # nodes.runtime.ModelHandle
+Tokenizer = io.Custom("QWEN_TTS_TOKENIZER")  # nodes.runtime.TokenizerHandle
+Voice = io.Custom("QWEN_TTS_VOICE")          # qwen_tts_core.voice.Voice
+Codes = io.Custom("QWEN_TTS_CODES")          # qwen_tts_core.speech_codes.SpeechCodes
+
+# Known at definition time (ComfyUI combos are static); the loaded model is checked at run time.
+SPEAKERS = ["Vivian", "Serena", "Uncle_Fu", "Ryan", "Aiden", "Ono_Anna", "Sohee", "Eric", "Dylan"]
+LANGUAGES = ["Auto", "English", "Chinese", "German", "Italian", "Portuguese", "Spanish", "Japanese",
+             "Korean", "French", "Russian"]
+DTYPES = ["auto", "bf16", "fp16", "fp32"]
+DEVICES = ["auto", "cuda", "cpu", "mps"]
+
+
+def model_input(tooltip: str) -> io.Input:
+    return Model.Input("model", tooltip=tooltip)
+
+
+def text_inputs(default: str) -> list[io.Input]:
+    return [
+        io.String.Input("text", multiline=True, default=default,
+                        tooltip="What to say. With 'one text per line' on, every non-empty line is "
+                                "a separate clip, generated together as a batch."),
+        io.Combo.Input("language", options=LANGUAGES, default="Auto",
+                       tooltip="Language of the text. Auto lets the model tell from the text."),
+    ]
+
+
+def generation_inputs() -> list[io.Input]:
+    """Sampling and batching widgets shared by the generation nodes (defaults = the released
+    checkpoints' generation_config.json)."""
+    return [
+        io.Boolean.Input("one_text_per_line", default=False,
+                         tooltip="Off: the whole text is one clip. On: each non-empty line is its own "
+                                 "clip; all lines are generated as one batch."),
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                     tooltip="Random seed; the same seed and settings give the same speech."),
+        io.Float.Input("temperature", default=0.9, min=0.0, max=2.0, step=0.05,
+                       tooltip="Sampling temperature of the talker. Lower = steadier, higher = more "
+                               "varied. 0 = greedy, no sampling at all (same text, same speech)."),
+        io.Int.Input("top_k", default=50, min=0, max=2048,
+                     tooltip="Sample only among the k most likely codes (0 = no limit)."),
+        io.Float.Input("top_p", default=1.0, min=0.01, max=1.0, step=0.01,
+                       tooltip="Nucleus sampling: keep the most likely codes up to this total "
+                               "probability (1 = off)."),
+        io.Float.Input("repetition_penalty", default=1.05, min=1.0, max=2.0, step=0.01,
+                       tooltip="Penalty on codes already used; >1 avoids loops and babbling."),
+        io.Float.Input("max_seconds", default=0.0, min=0.0, max=600.0, step=1.0,
+                       tooltip="Upper limit on the length of each clip in seconds. 0 = automatic "
+                               "from the text length (stops run-away generations)."),
+    ]
+
+
+def audio_outputs() -> list[io.Output]:
+    return [
+        io.Audio.Output("audio", display_name="audio",
+                        tooltip="All clips as one AUDIO batch [clips, 1, samples] at 24 kHz; shorter "
+                                "clips are padded with silence at the end to the longest."),
+        io.Audio.Output("audio_list", display_name="audio_list", is_output_list=True,
+                        tooltip="The clips as a list, each at its own length (a node connected here "
+                                "runs once per clip, e.g. Save Audio writes one file per clip)."),
+    ]
+
+
+def split_texts(text: str, one_per_line: bool) -> list[str]:
+    if not isinstance(text, str):
+        raise InputError(f"The text must be a string, got {type(text).__name__}.")
+    if one_per_line:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if not lines:
+            raise InputError("The text is empty; type one line per clip.")
+        return lines
+    if not text.strip():
+        raise InputError("The text is empty; type something to say.")
+    return [text]
+
+
+def to_audio(waves: list[torch.Tensor], sample_rate: int = SAMPLE_RATE) -> tuple[dict, list[dict]]:
+    """Per-clip waveforms [samples] -> (padded AUDIO batch, list of single-clip AUDIO)."""
+    if not waves:
+        raise InputError("No audio was produced.")
+    longest = max(int(w.shape[-1]) for w in waves)
+    batch = torch.zeros(len(waves), 1, longest)
+    for i, w in enumerate(waves):
+        batch[i, 0, : w.shape[-1]] = w.float().cpu()
+    items = [{"waveform": w.float().cpu().reshape(1, 1, -1), "sample_rate": sample_rate} for w in waves]
+    return {"waveform": batch, "sample_rate": sample_rate}, items
+
+
+def audio_clips(audio) -> list[tuple[torch.Tensor, int]]:
+    """A ComfyUI AUDIO -> [(waveform [channels, samples], sample_rate)] per batch item."""
+    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+        raise InputError("Expected an AUDIO input ({'waveform': [batch, channels, samples], "
+                         "'sample_rate': int}); connect e.g. a Load Audio node.")
+    wav = audio["waveform"]
+    if not isinstance(wav, torch.Tensor) or wav.dim() != 3:
+        shape = tuple(wav.shape) if isinstance(wav, torch.Tensor) else type(wav).__name__
+        raise InputError(f"The AUDIO waveform has shape {shape}; expected [batch, channels, samples].")
+    return [(wav[i], audio["sample_rate"]) for i in range(wav.shape[0])]

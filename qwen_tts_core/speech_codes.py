@@ -1,0 +1,145 @@
+"""Audio <-> speech codes through the speech tokenizer, for callers that hold codes on their own
+(the ComfyUI Encode/Decode nodes, saved voices). This module is the one place outside `api.py`
+that calls `qwen_tts_core.codec`; everything here takes the tokenizer object that
+`SpeechTokenizer.from_pretrained` returns (also `QwenTTS.codec`).
+
+    tok = load_speech_tokenizer("models/qwen-tts/Qwen3-TTS-Tokenizer-12Hz")
+    codes = encode(tok, waveform, 44100)           # [frames, 16] int64
+    audio = decode(tok, [codes])[0]                # [samples] float32 at 24 kHz
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from . import audio as audio_io
+from .config import read_json
+from .errors import InputError, ModelFolderError, QwenTTSError
+
+TOKENIZER_MODEL_TYPE = "qwen3_tts_tokenizer_12hz"
+NUM_CODEBOOKS = 16
+CODEBOOK_SIZE = 2048
+SAMPLES_PER_FRAME = 1920
+SAMPLE_RATE = audio_io.MODEL_RATE
+
+
+@dataclass
+class SpeechCodes:
+    """Generated or encoded codes of a batch: per item [frames, 16] int64, and per item the
+    reference codes an in-context clone was generated after (decoded in front as context for
+    the causal decoder, then cut off), or None."""
+    items: list[torch.Tensor]
+    context: list[torch.Tensor | None] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.context:
+            self.context = [None] * len(self.items)
+        if len(self.context) != len(self.items):
+            raise InputError("SpeechCodes: one context entry per item is needed.")
+
+    @property
+    def frames(self) -> list[int]:
+        return [int(c.shape[0]) for c in self.items]
+
+    def seconds(self) -> list[float]:
+        return [n * SAMPLES_PER_FRAME / SAMPLE_RATE for n in self.frames]
+
+
+def tokenizer_folder(path: str | Path) -> Path:
+    """The speech-tokenizer folder of `path`: the standalone Qwen3-TTS-Tokenizer-12Hz folder itself,
+    or a model folder's `speech_tokenizer/` subfolder."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelFolderError(
+            f"Speech tokenizer folder not found: {folder}. Download Qwen/Qwen3-TTS-Tokenizer-12Hz "
+            "into that folder (or pick a Qwen3-TTS model folder, which ships its own).")
+    raw = read_json(folder / "config.json")
+    if raw.get("model_type") == TOKENIZER_MODEL_TYPE:
+        return folder
+    if raw.get("model_type") == "qwen3_tts":
+        sub = folder / "speech_tokenizer"
+        if not sub.is_dir():
+            raise ModelFolderError(
+                f"{folder} has no speech_tokenizer/ subfolder. Every Qwen3-TTS checkpoint ships one: "
+                "download the whole model repository, including speech_tokenizer/.")
+        return tokenizer_folder(sub)
+    raise ModelFolderError(f"{folder} is neither a Qwen3-TTS speech tokenizer (model_type "
+                           f"'{TOKENIZER_MODEL_TYPE}') nor a Qwen3-TTS model folder "
+                           f"(its config.json says {raw.get('model_type')!r}).")
+
+
+def load_speech_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32,
+                          device: str | torch.device = "cpu"):
+    folder = tokenizer_folder(path)
+    try:
+        from .codec import SpeechTokenizer
+    except ImportError as e:
+        raise QwenTTSError(f"The speech tokenizer code (qwen_tts_core.codec) is missing from this "
+                           f"install ({e}); reinstall the node pack.") from None
+    return SpeechTokenizer.from_pretrained(folder, dtype=dtype, device=device)
+
+
+def modules(tokenizer) -> nn.Module:
+    """The torch modules of a tokenizer (for moving it between devices as one unit)."""
+    if isinstance(tokenizer, nn.Module):
+        return tokenizer
+    found = {k: v for k, v in vars(tokenizer).items() if isinstance(v, nn.Module)}
+    if not found:
+        raise TypeError(f"{type(tokenizer).__name__} holds no torch modules.")
+    return nn.ModuleDict(found)
+
+
+def follow_modules(tokenizer) -> None:
+    """After its modules were moved (e.g. by ComfyUI's offloading), point the tokenizer's own
+    `device` (where it puts inputs) at them again."""
+    if isinstance(tokenizer, nn.Module) or not hasattr(tokenizer, "device"):
+        return
+    for p in modules(tokenizer).parameters():
+        tokenizer.device = p.device
+        return
+
+
+def check_codes(codes: torch.Tensor, what: str = "codes") -> torch.Tensor:
+    """[frames, 16] integer codes in 0..2047 -> int64 (cpu)."""
+    if not isinstance(codes, torch.Tensor) or codes.dim() != 2 or codes.shape[1] != NUM_CODEBOOKS:
+        shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise InputError(f"The {what} have shape {shape}; expected [frames, {NUM_CODEBOOKS}].")
+    if codes.is_floating_point() or codes.is_complex():
+        raise InputError(f"The {what} must be integers, got {codes.dtype}.")
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= CODEBOOK_SIZE):
+        raise InputError(f"The {what} hold values outside 0..{CODEBOOK_SIZE - 1}; they are not "
+                         "Qwen3-TTS 12 Hz speech codes.")
+    return codes.to(torch.int64).cpu()
+
+
+def encode(tokenizer, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """One clip (any layout, rate, channel count) -> codes [frames, 16] int64 (cpu)."""
+    wav = audio_io.prepare(waveform, sample_rate, "audio to encode")
+    if wav.numel() < SAMPLES_PER_FRAME:
+        raise InputError(f"The audio to encode is {wav.numel() / SAMPLE_RATE * 1000:.0f} ms long; "
+                         f"one code frame needs {SAMPLES_PER_FRAME / SAMPLE_RATE * 1000:.0f} ms.")
+    codes, lengths = tokenizer.encode([wav], [SAMPLE_RATE])
+    return codes[0, :, : int(lengths[0])].t().contiguous().to(torch.int64).cpu()
+
+
+def decode(tokenizer, codes: SpeechCodes | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Codes -> per item [samples] float32 at 24 kHz. Context codes (in-context clones) are
+    decoded in front and their share of the audio cut off, as `QwenTTS.decode` does."""
+    if not isinstance(codes, SpeechCodes):
+        codes = SpeechCodes(list(codes))
+    items = [check_codes(c) for c in codes.items]
+    full = [torch.cat([check_codes(ctx, "context codes"), c]) if ctx is not None else c
+            for c, ctx in zip(items, codes.context)]
+    if any(f.shape[0] == 0 for f in full):
+        raise InputError("Nothing to decode: an item has 0 frames.")
+    wavs = tokenizer.decode(full)
+    out = []
+    for wav, c, f in zip(wavs, items, full):
+        wav = wav.reshape(-1).float().cpu()
+        cut = int((f.shape[0] - c.shape[0]) / f.shape[0] * wav.shape[-1])
+        out.append(wav[cut:])
+    return out

@@ -1,0 +1,258 @@
+"""The example workflows and the bad inputs of issue #6 in a real ComfyUI server.
+
+Runs only when COMFYUI_DIR points to a ComfyUI checkout (COMFYUI_PYTHON: the python of a venv with
+ComfyUI's and this pack's requirements, default: this python). Uses the shared harness
+shared/tools/comfy_e2e/run_e2e.py (COMFY_E2E_DIR to point elsewhere): it starts `main.py --cpu`
+with this pack in custom_nodes/, queues each workflow through the HTTP API, waits on /history
+and checks the output files. The workflows run on the tiny fixture checkpoints, linked under the
+real checkpoint names, with their automatic length cut to a fraction of a second
+(comfy_env.limit_workflow_length); everything else is as shipped.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+import types
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+import comfy_env
+from qwen_tts_core.audio import read_wav, write_wav
+
+ROOT = comfy_env.ROOT
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
+HARNESS = Path(os.environ.get("COMFY_E2E_DIR", ROOT.parent / "shared" / "tools" / "comfy_e2e"))
+NODE_IDS = ["QwenTTSModelLoader", "QwenTTSSpeechTokenizerLoader", "QwenTTSCustomVoice", "QwenTTSVoiceDesign",
+            "QwenTTSVoiceFromAudio", "QwenTTSVoiceClone", "QwenTTSSaveVoice", "QwenTTSLoadVoice",
+            "QwenTTSEncodeAudio", "QwenTTSDecodeCodes"]
+CUSTOM, BASE = "Qwen3-TTS-12Hz-1.7B-CustomVoice", "Qwen3-TTS-12Hz-1.7B-Base"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def comfyui():
+    if not COMFYUI_DIR:
+        reason = "COMFYUI_DIR is not set (point it at a ComfyUI checkout to run the real-server tests)"
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    if not (HARNESS / "run_e2e.py").is_file():
+        pytest.fail(f"COMFYUI_DIR is set but the harness is missing: {HARNESS / 'run_e2e.py'}")
+
+
+def _sampling(seconds=0.3, seed=1):
+    return {"one_text_per_line": False, "seed": seed, "temperature": 0.9, "top_k": 50, "top_p": 1.0,
+            "repetition_penalty": 1.05, "max_seconds": seconds}
+
+
+def _custom_voice_prompt(text="Hello.", speaker="Vivian", model=CUSTOM, seconds=0.3, seed=1, prefix="bad"):
+    return {"1": {"class_type": "QwenTTSModelLoader", "inputs": {"model_name": model, "dtype": "auto", "device": "auto"}},
+            "2": {"class_type": "QwenTTSCustomVoice", "inputs": {
+                "model": ["1", 0], "text": text, "language": "Auto", "speaker": speaker, "instruction": "",
+                **_sampling(seconds, seed)}},
+            "3": {"class_type": "SaveAudio", "inputs": {"audio": ["2", 0], "filename_prefix": f"audio/{prefix}"}}}
+
+
+def _clone_prompt(reference="qwen_tts_reference.wav", text="", voice_name="e2e voice"):
+    return {"1": {"class_type": "QwenTTSModelLoader", "inputs": {"model_name": BASE, "dtype": "auto", "device": "auto"}},
+            "2": {"class_type": "LoadAudio", "inputs": {"audio": reference}},
+            "3": {"class_type": "QwenTTSVoiceFromAudio", "inputs": {
+                "model": ["1", 0], "reference_audio": ["2", 0], "reference_text": text, "mode": "auto"}},
+            "4": {"class_type": "QwenTTSVoiceClone", "inputs": {
+                "model": ["1", 0], "voice": ["3", 0], "text": "A new line.", "language": "English", **_sampling()}},
+            "5": {"class_type": "SaveAudio", "inputs": {"audio": ["4", 0], "filename_prefix": "audio/clone"}},
+            "6": {"class_type": "QwenTTSSaveVoice", "inputs": {"voice": ["3", 0], "name": voice_name, "overwrite": False}}}
+
+
+def _load_voice_prompt(name):
+    return {"1": {"class_type": "QwenTTSModelLoader", "inputs": {"model_name": BASE, "dtype": "auto", "device": "auto"}},
+            "2": {"class_type": "QwenTTSLoadVoice", "inputs": {"model": ["1", 0], "voice_name": name}},
+            "3": {"class_type": "QwenTTSVoiceClone", "inputs": {
+                "model": ["1", 0], "voice": ["2", 0], "text": "Hi.", "language": "Auto", **_sampling()}},
+            "4": {"class_type": "SaveAudio", "inputs": {"audio": ["3", 0], "filename_prefix": "audio/loaded"}}}
+
+
+# workflow file -> (API prompt, regex the error must match; None = must succeed)
+BAD_INPUTS = {
+    "bad_missing_model": (_custom_voice_prompt(model="Qwen3-TTS-12Hz-0.6B-CustomVoice"),
+                          r"hf download Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice --local-dir"),
+    "bad_wrong_model_type": ({**_custom_voice_prompt(), "2": {"class_type": "QwenTTSVoiceDesign", "inputs": {
+        "model": ["1", 0], "text": "Hi", "language": "Auto", "voice_description": "a deep voice", **_sampling()}}},
+        r"needs the VoiceDesign model"),
+    "bad_empty_text": (_custom_voice_prompt(text="  "), r"text is empty"),
+    "bad_unknown_speaker": (_custom_voice_prompt(speaker="Bob"), r"Unknown speaker 'Bob'. This model has: serena"),
+    "bad_silent_reference": (_clone_prompt("silent.wav"), r"reference audio is silent"),
+    "bad_short_reference": (_clone_prompt("short.wav"), r"voice cloning needs at least 1 s"),
+    "bad_voice_name": (_clone_prompt(voice_name="../../x"), r"Invalid voice name"),
+    "bad_corrupt_voice": (_load_voice_prompt("corrupt"), r"damaged or not a safetensors file"),
+    "bad_newer_voice": (_load_voice_prompt("future"), r"newer version of the Qwen3-TTS nodes"),
+    "ok_stereo_48k_reference": (_clone_prompt("stereo_48k.wav", voice_name="stereo"), None),
+    "ok_long_reference_trimmed": (_clone_prompt("long_75s.wav", voice_name="long"), None),
+}
+
+
+def _inputs(folder: Path) -> Path:
+    comfy_env.make_input_dir(folder)
+    wav, rate = read_wav(comfy_env.FIXTURE_AUDIO / "ref_en.wav")
+    write_wav(folder / "silent.wav", torch.zeros(1, 3 * 24000))
+    write_wav(folder / "short.wav", wav[:, : rate // 2], rate)
+    import torchaudio.functional as AF
+
+    w48 = AF.resample(wav[:1], rate, 48000)
+    write_wav(folder / "stereo_48k.wav", torch.cat([w48, 0.7 * w48]), 48000)
+    write_wav(folder / "long_75s.wav", wav[:1].repeat(1, 75 * rate // wav.shape[-1] + 1)[:, : 75 * rate], rate)
+    video = folder / comfy_env.VIDEO_INPUT
+    if video.exists():
+        video.unlink()
+    subprocess.run([PYTHON, "-c", "import sys; sys.path[:0] = sys.argv[2:]; import comfy_env; "
+                    "comfy_env.write_test_video(__import__('pathlib').Path(sys.argv[1]))",
+                    str(video), str(ROOT / "tests"), str(ROOT)], check=True)
+    return folder
+
+
+def _voices(models: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from qwen_tts_core.prompt import VoicePrompt
+    from qwen_tts_core.voice import Voice, save_voice
+
+    folder = models / "qwen-tts-voices"
+    (folder / "corrupt.safetensors").write_bytes(b"\x20\x00\x00\x00\x00\x00\x00\x00{not json")
+    path = save_voice(Voice(VoicePrompt(torch.randn(32)), "base", "1b7", 32), folder, "future")
+    save_file(load_file(str(path)), str(path), metadata={"format": "qwen-tts-voice", "format_version": "2"})
+
+
+def _run_harness(tmp: Path, workflows: Path, models: Path, inputs: Path, expect_fail=(), extra=()):
+    report = tmp / "report.json"
+    cmd = [sys.executable, str(HARNESS / "run_e2e.py"), "--comfy", COMFYUI_DIR, "--pack", str(ROOT),
+           "--pack-name", "qwen-tts-comfyui", "--models", str(models), "--workflows", str(workflows),
+           "--python", PYTHON, f"--server-arg=--input-directory={inputs}", "--json-report", str(report),
+           "--artifacts", str(tmp / "artifacts"), *[f"--expect-node={n}" for n in NODE_IDS],
+           *[f"--expect-fail={e}" for e in expect_fail], *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    print(proc.stdout[-20000:], proc.stderr[-5000:])
+    return proc, json.loads(report.read_text()) if report.exists() else {}
+
+
+def test_example_workflows_and_bad_inputs(tmp_path):
+    models = comfy_env.make_models_dir(tmp_path / "models")
+    _voices(models)
+    inputs = _inputs(tmp_path / "input")
+    workflows = tmp_path / "workflows"
+    workflows.mkdir()
+    for path in comfy_env.WORKFLOWS.glob("*.json"):
+        wf = comfy_env.limit_workflow_length(json.loads(path.read_text()))
+        (workflows / path.name).write_text(json.dumps(wf))
+    expect = []
+    for name, (prompt, error) in BAD_INPUTS.items():
+        (workflows / f"{name}.json").write_text(json.dumps(prompt))
+        if error:
+            expect.append(f"{name}={error}")
+    proc, report = _run_harness(tmp_path, workflows, models, inputs, expect)
+    results = {r["workflow"]: r for r in report.get("workflows", [])}
+    assert report.get("server_alive_at_end") is True
+    assert sorted(report.get("pack_nodes", [])) == sorted(NODE_IDS)
+    assert not report.get("pack_import_problems")
+    for name, r in results.items():
+        assert r["ok"], f"{name}: {r['error']}"
+    assert len(results) == 6 + len(BAD_INPUTS) and proc.returncode == 0
+    for name in [p.name for p in comfy_env.WORKFLOWS.glob("*.json")] + \
+            [f"{n}.json" for n, (_, e) in BAD_INPUTS.items() if e is None]:
+        files = [f for f in results[name]["outputs"] if f["exists"] and f["bytes"] > 0]
+        assert files, name
+        for f in files:
+            streams = {s["type"]: s for s in (f.get("media") or {}).get("streams", [])}
+            assert "audio" in streams, (name, f)
+            if name.startswith("video"):
+                assert "video" in streams and streams["audio"]["codec"] == "aac"
+            else:
+                assert streams["audio"]["sample_rate"] == 24000 and streams["audio"]["channels"] == 1
+    assert len(results["design_then_clone.json"]["outputs"]) == 3          # one file per line
+    log = (tmp_path / "artifacts" / "comfyui.log").read_text(errors="replace")
+    assert "Reference audio is 75.0 s long; using its first 60 s" in log
+    voices = sorted(p.name for p in (models / "qwen-tts-voices").iterdir())
+    assert "my_cloned_voice.safetensors" in voices and "designed_narrator.safetensors" in voices
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_no_model_folders_at_all(tmp_path):
+    (tmp_path / "models").mkdir()
+    workflows = tmp_path / "workflows"
+    workflows.mkdir()
+    (workflows / "custom_voice.json").write_text((comfy_env.WORKFLOWS / "custom_voice.json").read_text())
+    proc, report = _run_harness(tmp_path, workflows, tmp_path / "models", comfy_env.make_input_dir(tmp_path / "in"),
+                                [r"custom_voice=There are no Qwen3-TTS folders there yet.*hf download "
+                                 r"Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice --local-dir .*models/qwen-tts/"])
+    assert proc.returncode == 0 and report["server_alive_at_end"] is True
+
+
+def _harness_module():
+    spec = importlib.util.spec_from_file_location("run_e2e", HARNESS / "run_e2e.py")
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    return m
+
+
+def test_interrupt_then_two_prompts_back_to_back(tmp_path):
+    e2e = _harness_module()
+    base = tmp_path / "base"
+    for d in ("custom_nodes", "input", "output", "temp", "user"):
+        (base / d).mkdir(parents=True)
+    (base / "custom_nodes" / "qwen-tts-comfyui").symlink_to(ROOT)
+    e2e.link_models(str(comfy_env.make_models_dir(tmp_path / "models")), str(base / "models"))
+    args = types.SimpleNamespace(python=PYTHON, comfy=COMFYUI_DIR, port=0, with_api_nodes=False, server_arg=[],
+                                 pycache=os.path.join("/tmp", "comfy_e2e_pycache"), online=False)
+    server = e2e.Server(args, str(base))
+    server.start()
+    try:
+        ready, why = server.wait_ready(600)
+        assert ready, why + server.log_tail(40)
+
+        def queue(prompt):
+            st, body = e2e.http_json(server.url, "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
+            assert st == 200, body
+            return body["prompt_id"]
+
+        def finished(pid, timeout=600):
+            t0 = time.time()
+            while time.time() - t0 < timeout:
+                st, h = e2e.http_json(server.url, f"/history/{pid}")
+                if st == 200 and pid in h and (h[pid].get("status") or {}).get("completed") is not None:
+                    status = h[pid]["status"]
+                    if status.get("completed") or status.get("status_str") in ("success", "error"):
+                        return h[pid]
+                time.sleep(0.3)
+            raise AssertionError(f"prompt {pid} did not finish")
+
+        long_pid = queue(_custom_voice_prompt(text="A long narration " * 20, seconds=600, prefix="long"))
+        # wait until the generation is under way (model loaded, frames coming)
+        t0 = time.time()
+        while "Loaded Qwen3-TTS-12Hz-1.7B-CustomVoice" not in server.log_text() and time.time() - t0 < 300:
+            time.sleep(0.5)
+        time.sleep(3)
+        t_interrupt = time.time()
+        assert e2e.http_json(server.url, "/interrupt", {})[0] == 200
+        entry = finished(long_pid)
+        stopped_after = time.time() - t_interrupt
+        kinds = {k: d for k, d in entry["status"]["messages"]}
+        assert "execution_interrupted" in kinds and kinds["execution_interrupted"]["node_type"] == "QwenTTSCustomVoice"
+        assert stopped_after < 10, f"interrupt took {stopped_after:.1f} s"
+        assert not list((base / "output").rglob("long*"))
+        # two prompts queued back to back, the second before the first finished
+        first, second = queue(_custom_voice_prompt(seed=1, prefix="first")), queue(_custom_voice_prompt(seed=2, prefix="second"))
+        for pid in (first, second):
+            assert finished(pid)["status"]["status_str"] == "success"
+        assert list((base / "output" / "audio").glob("first_*.flac")) and list((base / "output" / "audio").glob("second_*.flac"))
+        # "Unload models" (the front end's button): the model is let go, and loaded again when used
+        loads = server.log_text().count("Requested to load QwenTTSWeights")
+        assert e2e.http_json(server.url, "/free", {"unload_models": True, "free_memory": True})[0] == 200
+        time.sleep(2)
+        assert finished(queue(_custom_voice_prompt(seed=3, prefix="after_unload")))["status"]["status_str"] == "success"
+        assert server.log_text().count("Requested to load QwenTTSWeights") > loads
+        assert server.alive() and e2e.http_json(server.url, "/system_stats")[0] == 200
+    finally:
+        server.stop()

