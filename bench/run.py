@@ -4,15 +4,18 @@ checkpoints in the official layout), same machine, same run. Writes a Markdown a
     python bench/run.py --device cpu --sizes 0.6B --batches 1 --frames 32
     python bench/run.py --device cuda --sizes 0.6B,1.7B --batches 1,16 --dtype bf16
 
-The official side runs in its own venv (it pins transformers 4.57.3): --official-python, by
-default .venv-oracle/bin/python (made by tools/oracle/setup_venv.sh). Each measurement runs in a
-fresh process, after one short warm-up generation.
+The official side needs transformers 4.57.3 (it pins it). By default it runs with the same
+python and torch as ours (the .venv of tools/env.sh) with the transformers-4.57 overlay, where
+tools/env.sh also installs qwen-tts 0.1.1, on PYTHONPATH; --official-python/--official-pythonpath
+point elsewhere (e.g. the oracle venv of tools/oracle/setup_venv.sh). Each measurement runs in
+a fresh process, after one short warm-up generation.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -23,20 +26,24 @@ ROOT = HERE.parent
 FRAME_RATE = 12.5
 
 
-def worker(python: str, *args: str, timeout: int = 7200) -> dict:
+def worker(python: str, *args: str, pythonpath: str | None = None, timeout: int = 7200) -> dict:
     cmd = [python, str(HERE / "worker.py"), *args]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     for line in run.stdout.splitlines():
         if line.startswith("BENCH "):
             return json.loads(line[6:])
     raise RuntimeError(f"{' '.join(cmd)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
 
 
-def ensure_weights(official_python: str, size: str) -> Path:
+def ensure_weights(official: dict, size: str) -> Path:
     folder = HERE / ".cache" / f"Qwen3-TTS-{size}-CustomVoice-random"
     if not (folder / "speech_tokenizer" / "model.safetensors").exists():
         print(f"writing random {size} weights to {folder} ...", flush=True)
-        worker(official_python, "weights", "--model", str(folder), "--size", size)
+        worker(official["python"], "weights", "--model", str(folder), "--size", size,
+               pythonpath=official["pythonpath"])
     return folder
 
 
@@ -81,7 +88,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument("--frames", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--official-python", default=str(ROOT / ".venv-oracle" / "bin" / "python"))
+    ap.add_argument("--official-python", default=sys.executable)
+    ap.add_argument("--official-pythonpath", default=str(ROOT / ".venv" / "transformers-4.57"))
     ap.add_argument("--ours-python", default=sys.executable)
     ap.add_argument("--skip-official", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results"))
@@ -90,14 +98,16 @@ def main() -> None:
     rows = []
     common = ["--device", args.device, "--dtype", args.dtype, "--frames", str(args.frames),
               "--threads", str(args.threads)]
+    official = {"python": args.official_python, "pythonpath": args.official_pythonpath}
     for size in args.sizes.split(","):
-        folder = ensure_weights(args.official_python, size)
+        folder = ensure_weights(official, size)
         for batch in map(int, args.batches.split(",")):
             base = ["--model", str(folder), "--size", size, "--batch", str(batch), *common]
             pair = {"ours": derived(worker(args.ours_python, "ours", *base))}
             print(f"{size} b{batch} ours: {pair['ours']['xrt']:.3f} xRT", flush=True)
             if not args.skip_official:
-                pair["official"] = derived(worker(args.official_python, "official", *base))
+                pair["official"] = derived(worker(args.official_python, "official", *base,
+                                                  pythonpath=args.official_pythonpath))
                 print(f"{size} b{batch} official: {pair['official']['xrt']:.3f} xRT", flush=True)
                 pair["ours"]["speedup"] = pair["ours"]["xrt"] / pair["official"]["xrt"]
                 pair["official"]["speedup"] = 1.0

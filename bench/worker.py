@@ -90,9 +90,9 @@ def run_official(args) -> dict:
     from qwen_tts import Qwen3TTSModel
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    kwargs = dict(dtype=dtype, device_map=args.device)
-    if args.device.startswith("cuda"):
-        kwargs["attn_implementation"] = "sdpa"
+    kwargs = dict(dtype=dtype)
+    if args.device.startswith("cuda"):  # as the official README loads it (needs accelerate)
+        kwargs.update(device_map=args.device, attn_implementation="sdpa")
     tts = Qwen3TTSModel.from_pretrained(args.model, **kwargs)
     talker = tts.model.talker
     cp_timer, talker_timer, codes_timer = Timer(args.device), Timer(args.device), Timer(args.device)

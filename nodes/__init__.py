@@ -3,6 +3,7 @@ from . import runtime
 from .codec import QwenTTSDecodeCodes, QwenTTSEncodeAudio
 from .generate import QwenTTSCustomVoice, QwenTTSVoiceClone, QwenTTSVoiceDesign
 from .loader import QwenTTSModelLoader, QwenTTSSpeechTokenizerLoader
+from .longform import NODES as LONGFORM_NODES
 from .voices import QwenTTSLoadVoice, QwenTTSSaveVoice, QwenTTSVoiceFromAudio
 
 runtime.register_folders()
@@ -13,4 +14,5 @@ NODES = [
     QwenTTSCustomVoice, QwenTTSVoiceDesign,
     QwenTTSVoiceFromAudio, QwenTTSVoiceClone, QwenTTSSaveVoice, QwenTTSLoadVoice,
     QwenTTSEncodeAudio, QwenTTSDecodeCodes,
+    *LONGFORM_NODES,
 ]

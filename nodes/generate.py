@@ -7,13 +7,12 @@ import logging
 
 from comfy_api.latest import io
 from qwen_tts_core.errors import InputError
-from qwen_tts_core.sampling import Sampling
 from qwen_tts_core.speech_codes import SpeechCodes
 from qwen_tts_core.voice import Voice
 
 from . import runtime
 from .types import (CATEGORY, SPEAKERS, Codes, Voice as VoiceType, audio_outputs, generation_inputs,
-                    model_input, split_texts, text_inputs, to_audio)
+                    model_input, sampling_settings, split_texts, text_inputs, to_audio)
 
 log = logging.getLogger("qwen_tts_nodes")
 
@@ -28,15 +27,12 @@ def _generate(model, method: str, texts: list[str], seed, temperature, top_k, to
               repetition_penalty, max_seconds, contexts=None, **kwargs) -> io.NodeOutput:
     if model is None or not hasattr(model, "ready"):
         raise InputError("Connect a Qwen3-TTS Model Loader to 'model'.")
-    sampling = Sampling(do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0,
-                        top_k=int(top_k), top_p=float(top_p), repetition_penalty=float(repetition_penalty))
-    # temperature 0: fully greedy (the code predictor too), so the same text always gives the same speech
-    sub_sampling = None if temperature > 0 else Sampling(do_sample=False)
+    sampling, sub_sampling = sampling_settings(temperature, top_k, top_p, repetition_penalty)
     max_frames = runtime.seconds_to_frames(max_seconds)
     tts = model.ready(with_codec=True, batch=len(texts), frames=max_frames or 2048)
     progress = runtime.FrameProgress()
     result = runtime.run_interruptible(lambda: getattr(tts, method)(
-        texts, max_frames=max_frames, sampling=sampling.check("Talker"), sub_sampling=sub_sampling,
+        texts, max_frames=max_frames, sampling=sampling, sub_sampling=sub_sampling,
         seed=int(seed), decode=True, on_frame=progress.on_frame, on_start=progress.on_start, **kwargs))
     for i, stopped in enumerate(result.stopped):
         if not stopped:

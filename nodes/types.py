@@ -5,6 +5,7 @@ import torch
 
 from comfy_api.latest import io
 from qwen_tts_core.errors import InputError
+from qwen_tts_core.sampling import Sampling
 
 CATEGORY = "audio/qwen-tts"
 SAMPLE_RATE = 24000
@@ -43,6 +44,16 @@ def generation_inputs() -> list[io.Input]:
         io.Boolean.Input("one_text_per_line", default=False,
                          tooltip="Off: the whole text is one clip. On: each non-empty line is its own "
                                  "clip; all lines are generated as one batch."),
+        *sampling_inputs(),
+        io.Float.Input("max_seconds", default=0.0, min=0.0, max=600.0, step=1.0,
+                       tooltip="Upper limit on the length of each clip in seconds. 0 = automatic "
+                               "from the text length (stops run-away generations)."),
+    ]
+
+
+def sampling_inputs() -> list[io.Input]:
+    """Seed and sampling widgets (defaults = the released checkpoints' generation_config.json)."""
+    return [
         io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                      tooltip="Random seed; the same seed and settings give the same speech."),
         io.Float.Input("temperature", default=0.9, min=0.0, max=2.0, step=0.05,
@@ -55,10 +66,16 @@ def generation_inputs() -> list[io.Input]:
                                "probability (1 = off)."),
         io.Float.Input("repetition_penalty", default=1.05, min=1.0, max=2.0, step=0.01,
                        tooltip="Penalty on codes already used; >1 avoids loops and babbling."),
-        io.Float.Input("max_seconds", default=0.0, min=0.0, max=600.0, step=1.0,
-                       tooltip="Upper limit on the length of each clip in seconds. 0 = automatic "
-                               "from the text length (stops run-away generations)."),
     ]
+
+
+def sampling_settings(temperature, top_k, top_p, repetition_penalty) -> tuple[Sampling, Sampling | None]:
+    """(talker, code predictor) sampling from the widgets. Temperature 0 is fully greedy (the code
+    predictor too), so the same text always gives the same speech; otherwise the code predictor
+    keeps the model's defaults."""
+    sampling = Sampling(do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0,
+                        top_k=int(top_k), top_p=float(top_p), repetition_penalty=float(repetition_penalty))
+    return sampling.check("Talker"), (None if temperature > 0 else Sampling(do_sample=False))
 
 
 def audio_outputs() -> list[io.Output]:

@@ -402,6 +402,9 @@ def core_nodes() -> dict:
         def __init__(self, images, fps, audio):
             self.images, self.fps, self.audio = images, fps, audio
 
+        def get_duration(self) -> float:  # as ComfyUI's VideoInput: frames / frame rate
+            return self.images.shape[0] / self.fps
+
     class LoadVideo(io.ComfyNode):
         @classmethod
         def define_schema(cls):

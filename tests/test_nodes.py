@@ -70,7 +70,9 @@ def test_every_node_has_id_category_and_tooltips(N, rt):
     ids = [c.define_schema().node_id for c in comfy_env.pack().nodes.NODES]
     assert ids == ["QwenTTSModelLoader", "QwenTTSSpeechTokenizerLoader", "QwenTTSCustomVoice",
                    "QwenTTSVoiceDesign", "QwenTTSVoiceFromAudio", "QwenTTSVoiceClone", "QwenTTSSaveVoice",
-                   "QwenTTSLoadVoice", "QwenTTSEncodeAudio", "QwenTTSDecodeCodes"]
+                   "QwenTTSLoadVoice", "QwenTTSEncodeAudio", "QwenTTSDecodeCodes", "QwenTTSSpeakerBuiltIn",
+                   "QwenTTSSpeakerDesigned", "QwenTTSSpeakerCloned", "QwenTTSNarrate", "QwenTTSSubtitleVoiceOver",
+                   "QwenTTSScript"]
     for cls in comfy_env.pack().nodes.NODES:
         s = cls.define_schema()
         s.validate()

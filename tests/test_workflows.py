@@ -12,7 +12,8 @@ import comfy_env
 
 WORKFLOWS = sorted(comfy_env.WORKFLOWS.glob("*.json"))
 EXPECTED = {"custom_voice", "voice_design", "voice_clone", "design_then_clone", "tokenizer_round_trip",
-            "video_voice_over"}
+            "video_voice_over", "long_text_narration", "subtitle_voice_over", "dialogue_script"}
+LONG_AUDIO_NODES = {"QwenTTSNarrate", "QwenTTSSubtitleVoiceOver", "QwenTTSScript"}
 AUDIO_NODES = {"QwenTTSCustomVoice", "QwenTTSVoiceDesign", "QwenTTSVoiceClone", "QwenTTSDecodeCodes"}
 
 
@@ -67,6 +68,11 @@ def test_workflow_runs(path, codec):
             assert torch.isfinite(audio["waveform"]).all() and audio["waveform"].abs().max() > 0
             for item in items:
                 assert item["sample_rate"] == 24000 and item["waveform"].shape[:2] == (1, 1)
+        if node["class_type"] in LONG_AUDIO_NODES:
+            (audio,), report = done[nid][0], done[nid][-1]
+            assert audio["sample_rate"] == 24000 and audio["waveform"].shape[:2] == (1, 1)
+            assert torch.isfinite(audio["waveform"]).all() and audio["waveform"].abs().max() > 0
+            assert isinstance(report[0], str) and report[0]
     written = sorted(p for p in set(out_dir.rglob("*.wav")) - before)
     assert written, "the workflow saved nothing"
     for p in written:
@@ -74,6 +80,10 @@ def test_workflow_runs(path, codec):
             assert w.getframerate() == 24000 and w.getnchannels() == 1 and w.getnframes() > 0
     if path.stem == "design_then_clone":
         assert len(written) == 3                                   # audio_list: one file per line
+    if path.stem == "subtitle_voice_over":                          # the track has the video's length
+        meta = json.loads(written[0].with_suffix(".json").read_text())
+        with wave.open(str(written[0])) as w:
+            assert w.getnframes() == int(meta["frames"] / meta["fps"] * 24000)
     if path.stem == "video_voice_over":
         meta = json.loads(written[0].with_suffix(".json").read_text())
         with wave.open(str(written[0])) as w:                      # narration cut to the video length

