@@ -30,7 +30,8 @@ PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
 HARNESS = Path(os.environ.get("COMFY_E2E_DIR", ROOT.parent / "shared" / "tools" / "comfy_e2e"))
 NODE_IDS = ["QwenTTSModelLoader", "QwenTTSSpeechTokenizerLoader", "QwenTTSCustomVoice", "QwenTTSVoiceDesign",
             "QwenTTSVoiceFromAudio", "QwenTTSVoiceClone", "QwenTTSSaveVoice", "QwenTTSLoadVoice",
-            "QwenTTSEncodeAudio", "QwenTTSDecodeCodes"]
+            "QwenTTSEncodeAudio", "QwenTTSDecodeCodes", "QwenTTSSpeakerBuiltIn", "QwenTTSSpeakerDesigned",
+            "QwenTTSSpeakerCloned", "QwenTTSNarrate", "QwenTTSSubtitleVoiceOver", "QwenTTSScript"]
 CUSTOM, BASE = "Qwen3-TTS-12Hz-1.7B-CustomVoice", "Qwen3-TTS-12Hz-1.7B-Base"
 
 
@@ -159,7 +160,8 @@ def test_example_workflows_and_bad_inputs(tmp_path):
     assert not report.get("pack_import_problems")
     for name, r in results.items():
         assert r["ok"], f"{name}: {r['error']}"
-    assert len(results) == 6 + len(BAD_INPUTS) and proc.returncode == 0
+    assert len(results) == len(list(comfy_env.WORKFLOWS.glob("*.json"))) + len(BAD_INPUTS)
+    assert proc.returncode == 0
     for name in [p.name for p in comfy_env.WORKFLOWS.glob("*.json")] + \
             [f"{n}.json" for n, (_, e) in BAD_INPUTS.items() if e is None]:
         files = [f for f in results[name]["outputs"] if f["exists"] and f["bytes"] > 0]
@@ -167,11 +169,15 @@ def test_example_workflows_and_bad_inputs(tmp_path):
         for f in files:
             streams = {s["type"]: s for s in (f.get("media") or {}).get("streams", [])}
             assert "audio" in streams, (name, f)
-            if name.startswith("video"):
-                assert "video" in streams and streams["audio"]["codec"] == "aac"
+            if "video" in streams:   # SaveVideo writes mp4: h264 + AAC (stereo)
+                assert name in ("video_voice_over.json", "subtitle_voice_over.json")
+                assert streams["video"]["codec"] == "h264" and streams["audio"]["codec"] == "aac"
             else:
                 assert streams["audio"]["sample_rate"] == 24000 and streams["audio"]["channels"] == 1
     assert len(results["design_then_clone.json"]["outputs"]) == 3          # one file per line
+    track = next(f for f in results["subtitle_voice_over.json"]["outputs"] if f["exists"])
+    streams = {s["type"]: s for s in track["media"]["streams"]}
+    assert abs(streams["audio"]["duration_s"] - streams["video"]["duration_s"]) < 0.05  # track = video length
     log = (tmp_path / "artifacts" / "comfyui.log").read_text(errors="replace")
     assert "Reference audio is 75.0 s long; using its first 60 s" in log
     voices = sorted(p.name for p in (models / "qwen-tts-voices").iterdir())
@@ -228,7 +234,11 @@ def test_interrupt_then_two_prompts_back_to_back(tmp_path):
                 time.sleep(0.3)
             raise AssertionError(f"prompt {pid} did not finish")
 
-        long_pid = queue(_custom_voice_prompt(text="A long narration " * 20, seconds=600, prefix="long"))
+        # 40 clips in one batch, up to 600 s each: the batch runs until the last clip ends, so it is
+        # still generating when the interrupt comes (a single clip of a random model may end early)
+        long = _custom_voice_prompt(text="\n".join(["A long narration."] * 40), seconds=600, prefix="long")
+        long["2"]["inputs"]["one_text_per_line"] = True
+        long_pid = queue(long)
         # wait until the generation is under way (model loaded, frames coming)
         t0 = time.time()
         while "Loaded Qwen3-TTS-12Hz-1.7B-CustomVoice" not in server.log_text() and time.time() - t0 < 300:
