@@ -109,7 +109,8 @@ class QwenTTS:
                     "ships one: download the whole model repository, including speech_tokenizer/.")
             from .codec import SpeechTokenizer
 
-            codec = SpeechTokenizer.from_pretrained(sub, dtype=dt, device=dev)
+            # on CPU the speech decoder stays fp32: its convolutions run ~60x slower in half precision
+            codec = SpeechTokenizer.from_pretrained(sub, dtype=torch.float32 if dev.type == "cpu" else dt, device=dev)
         return cls(folder, config, model, load_text_tokenizer(folder),
                    GenerationDefaults.from_file(folder / "generation_config.json"), codec)
 
