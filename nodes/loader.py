@@ -32,7 +32,7 @@ class QwenTTSModelLoader(io.ComfyNode):
                 io.Combo.Input("model_name", options=runtime.list_model_folders("model"),
                                tooltip="A checkpoint folder under models/qwen-tts/ (also the "
                                        "qwen-tts paths of extra_model_paths.yaml), e.g. "
-                                       "Qwen3-TTS-12Hz-1.7B-CustomVoice. See docs/NODES.md for "
+                                       "Qwen3-TTS-12Hz-1.7B-CustomVoice. See the README (Models) for "
                                        "the download commands."),
                 *_device_inputs(),
             ],
