@@ -74,9 +74,17 @@ def _speaker_output() -> list[io.Output]:
                                tooltip="A voice for the Narrate, Subtitle Voice-over and Script nodes.")]
 
 
-def _check_model(handle) -> None:
-    if handle is None or not hasattr(handle, "ready"):
+def _language_input() -> io.Input:
+    return io.Combo.Input("language", options=LANGUAGES, default="Auto",
+                          tooltip="Language of the texts (Auto: detected per chunk).")
+
+
+def _speaker(model, kind: str, name: str, language: str, **voice) -> io.NodeOutput:
+    if model is None or not hasattr(model, "ready"):
         raise InputError("Connect a Qwen3-TTS Model Loader to 'model'.")
+    recipe = SpeakerRecipe(model, kind, (name or "").strip(), language, **voice)
+    recipe.spec()  # checks now: the model's kind, the speaker / description / voice, the language
+    return io.NodeOutput(recipe)
 
 
 class QwenTTSSpeakerBuiltIn(io.ComfyNode):
@@ -89,8 +97,7 @@ class QwenTTSSpeakerBuiltIn(io.ComfyNode):
             inputs=[model_input("A CustomVoice model."),
                     io.Combo.Input("speaker", options=SPEAKERS, default="Ryan",
                                    tooltip="Built-in voice; checked against the loaded model when it runs."),
-                    io.Combo.Input("language", options=LANGUAGES, default="Auto",
-                                   tooltip="Language of the texts (Auto: detected per chunk)."),
+                    _language_input(),
                     io.String.Input("instruction", multiline=True, default="",
                                     tooltip="Optional speaking style for every chunk (1.7B models)."),
                     _name_input("Narrator")],
@@ -102,11 +109,8 @@ class QwenTTSSpeakerBuiltIn(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, speaker, language, instruction, name) -> io.NodeOutput:
-        _check_model(model)
-        recipe = SpeakerRecipe(model, "custom", name.strip(), language, speaker=speaker,
-                               instruct=(instruction or "").strip() or None)
-        recipe.spec()  # validates now: model kind, speaker, language
-        return io.NodeOutput(recipe)
+        return _speaker(model, "custom", name, language, speaker=speaker,
+                        instruct=(instruction or "").strip() or None)
 
 
 class QwenTTSSpeakerDesigned(io.ComfyNode):
@@ -121,18 +125,13 @@ class QwenTTSSpeakerDesigned(io.ComfyNode):
                     io.String.Input("voice_description", multiline=True,
                                     default="A warm, low female voice, calm and unhurried.",
                                     tooltip="Describe the voice: gender, age, timbre, accent, emotion, pace."),
-                    io.Combo.Input("language", options=LANGUAGES, default="Auto",
-                                   tooltip="Language of the texts (Auto: detected per chunk)."),
+                    _language_input(),
                     _name_input("Narrator")],
             outputs=_speaker_output())
 
     @classmethod
     def execute(cls, model, voice_description, language, name) -> io.NodeOutput:
-        _check_model(model)
-        recipe = SpeakerRecipe(model, "design", name.strip(), language,
-                               instruct=(voice_description or "").strip())
-        recipe.spec()
-        return io.NodeOutput(recipe)
+        return _speaker(model, "design", name, language, instruct=(voice_description or "").strip())
 
 
 class QwenTTSSpeakerCloned(io.ComfyNode):
@@ -143,19 +142,15 @@ class QwenTTSSpeakerCloned(io.ComfyNode):
             category=CATEGORY, description="A cloned voice (Base model) for long texts, subtitles and scripts.",
             inputs=[model_input("A Base model of the size the voice was made with."),
                     VoiceType.Input("voice", tooltip="From Make Voice from Reference Audio or Load Voice."),
-                    io.Combo.Input("language", options=LANGUAGES, default="Auto",
-                                   tooltip="Language of the texts (Auto: detected per chunk)."),
+                    _language_input(),
                     _name_input("Narrator")],
             outputs=_speaker_output())
 
     @classmethod
     def execute(cls, model, voice, language, name) -> io.NodeOutput:
-        _check_model(model)
         if not isinstance(voice, Voice):
             raise InputError("Connect a voice from 'Make Voice from Reference Audio' or 'Load Voice'.")
-        recipe = SpeakerRecipe(model, "clone", name.strip(), language, voice=voice)
-        recipe.spec()
-        return io.NodeOutput(recipe)
+        return _speaker(model, "clone", name, language, voice=voice)
 
 
 def _long_inputs() -> list[io.Input]:
