@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from . import audio as audio_io
+from . import speech_codes
 from .checkpoint import load_into, load_text_tokenizer, weight_files
 from .config import GenerationDefaults, ModelConfig, read_json
 from .duration import FRAME_RATE, max_frames_for  # noqa: F401  (FRAME_RATE is part of the API)
@@ -309,7 +310,9 @@ class QwenTTS:
         """Generates and decodes at the same time: yields each item's audio in chunks of
         `chunk_frames` frames (80 ms each) as soon as they are generated; the last chunk of an
         item has final=True. Options as for generate(). The joined chunks of an item equal
-        decode() of its codes (in-context clones: the reference frames prime the decoder)."""
+        decode() of its codes (in-context clones: the reference frames prime the decoder), except
+        that for in-context clones decode() may start one sample earlier: it cuts the reference
+        share off as the official package does (see speech_codes.decode)."""
         if self.codec is None:
             raise ModelFolderError("This model was loaded without its speech tokenizer.")
         if chunk_frames < 1:
@@ -344,14 +347,8 @@ class QwenTTS:
         if self.codec is None:
             raise ModelFolderError("This model was loaded without its speech tokenizer.")
         voices = list(voices or [None] * len(codes))
-        full = [torch.cat([v.ref_codes, c]) if v is not None and v.in_context else c
-                for c, v in zip(codes, voices)]
-        wavs = self.codec.decode(full)
-        out = []
-        for wav, c, f in zip(wavs, codes, full):
-            cut = int((f.shape[0] - c.shape[0]) / max(f.shape[0], 1) * wav.shape[-1])
-            out.append(wav[cut:])
-        return out
+        context = [v.ref_codes if v is not None and v.in_context else None for v in voices]
+        return speech_codes.decode(self.codec, speech_codes.SpeechCodes(list(codes), context))
 
 
 def _as_list(x) -> list:

@@ -128,7 +128,7 @@ def encode(tokenizer, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
 
 def decode(tokenizer, codes: SpeechCodes | Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Codes -> per item [samples] float32 at 24 kHz. Context codes (in-context clones) are
-    decoded in front and their share of the audio cut off, as `QwenTTS.decode` does."""
+    decoded in front and their share of the audio cut off (`QwenTTS.decode` comes here)."""
     if not isinstance(codes, SpeechCodes):
         codes = SpeechCodes(list(codes))
     items = [check_codes(c) for c in codes.items]
@@ -140,6 +140,8 @@ def decode(tokenizer, codes: SpeechCodes | Sequence[torch.Tensor]) -> list[torch
     out = []
     for wav, c, f in zip(wavs, items, full):
         wav = wav.reshape(-1).float().cpu()
+        # the official qwen-tts float cut, int(ref_len / total_len * wav_len): it keeps one
+        # reference sample more than ref_len * 1920 for some lengths (kept for parity)
         cut = int((f.shape[0] - c.shape[0]) / f.shape[0] * wav.shape[-1])
         out.append(wav[cut:])
     return out
