@@ -136,7 +136,9 @@ def decode(tokenizer, codes: SpeechCodes | Sequence[torch.Tensor]) -> list[torch
             for c, ctx in zip(items, codes.context)]
     if any(f.shape[0] == 0 for f in full):
         raise InputError("Nothing to decode: an item has 0 frames.")
-    wavs = tokenizer.decode(full)
+    # codebook-major [16, frames]: the tokenizer reads a [16, 16] item that way, so a 16-frame
+    # item passed time-major would be decoded transposed
+    wavs = tokenizer.decode([f.t() for f in full])
     out = []
     for wav, c, f in zip(wavs, items, full):
         wav = wav.reshape(-1).float().cpu()
