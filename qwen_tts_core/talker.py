@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TalkerConfig, TransformerConfig
-from .layers import DecoderLayer, KVCache, RMSNorm, Rotary
+from .layers import DecoderLayer, KVCache, RMSNorm, Rotary, causal_mask
 
 
 def _layers(c: TransformerConfig) -> nn.ModuleList:
@@ -96,7 +96,8 @@ class CodePredictor(nn.Module):
         start = 0
         for g in range(self.groups - 1):
             t = x.shape[1]
-            mask = _cached_causal(t, start + t, x.device)
+            # one new token sees every cached key: no mask (SDPA may then pick a fused kernel)
+            mask = causal_mask(t, start + t, x.device) if t > 1 else None
             h = self.model(x, pos[:, start:start + t], mask, caches, start)
             code = choose(self.lm_head[g](h[:, -1]).float(), g)
             codes.append(code)
@@ -104,14 +105,6 @@ class CodePredictor(nn.Module):
             if g + 1 < self.groups - 1:
                 x = self.small_to_mtp_projection(self.model.codec_embedding[g](code))[:, None]
         return torch.stack(codes, dim=1)
-
-
-def _cached_causal(q_len: int, kv_len: int, device) -> torch.Tensor | None:
-    """Causal mask for q_len new tokens over kv_len cached ones; None when every key is visible."""
-    if q_len == 1:
-        return None
-    q = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
-    return (torch.arange(kv_len, device=device)[None] <= q)[None, None]
 
 
 class Talker(nn.Module):
