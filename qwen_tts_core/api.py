@@ -100,20 +100,22 @@ class QwenTTS:
         files = weight_files(folder)
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
+        # everything that can fail fast is checked before the (multi-GB) talker weights load
+        codec_folder = None
+        if speech_tokenizer:
+            from .codec import SpeechTokenizer
+            from .codec.tokenizer import tokenizer_folder
+
+            codec_folder = tokenizer_folder(folder)
+        tokenizer = load_text_tokenizer(folder)
+        defaults = GenerationDefaults.from_file(folder / "generation_config.json")
         model = load_model(config, files, dt, dev)
         codec = None
-        if speech_tokenizer:
-            sub = folder / "speech_tokenizer"
-            if not sub.is_dir():
-                raise ModelFolderError(
-                    f"{folder} has no speech_tokenizer/ subfolder. Every Qwen3-TTS checkpoint "
-                    "ships one: download the whole model repository, including speech_tokenizer/.")
-            from .codec import SpeechTokenizer
-
+        if codec_folder is not None:
             # on CPU the speech decoder stays fp32: its convolutions run ~60x slower in half precision
-            codec = SpeechTokenizer.from_pretrained(sub, dtype=torch.float32 if dev.type == "cpu" else dt, device=dev)
-        return cls(folder, config, model, load_text_tokenizer(folder),
-                   GenerationDefaults.from_file(folder / "generation_config.json"), codec)
+            codec = SpeechTokenizer.from_pretrained(codec_folder, dtype=torch.float32 if dev.type == "cpu" else dt,
+                                                    device=dev)
+        return cls(folder, config, model, tokenizer, defaults, codec)
 
     # ------------------------------------------------------------------ facts
     @property
