@@ -42,6 +42,11 @@ def _pick(cls, raw: dict, where: str):
         raise ModelFolderError(f"{where} lacks the keys {missing}.") from None
 
 
+def size_label(size: str, unknown: str = "?") -> str:
+    """"0.6B" / "1.7B" from a checkpoint's tts_model_size "0b6" / "1b7"; `unknown` when empty."""
+    return size.upper().replace("B", ".", 1) + "B" if size else unknown
+
+
 @dataclass
 class TransformerConfig:
     hidden_size: int
@@ -111,8 +116,8 @@ class ModelConfig:
 
     @property
     def size_label(self) -> str:
-        """"0.6B" / "1.7B" from the checkpoint's "0b6" / "1b7"."""
-        return self.tts_model_size.upper().replace("B", ".", 1) + "B" if self.tts_model_size else "?"
+        """"0.6B" / "1.7B" from the checkpoint's "0b6" / "1b7" ("?" when unknown)."""
+        return size_label(self.tts_model_size)
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "config.json") -> "ModelConfig":

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .config import size_label
 from .errors import InputError, VoiceFileError
 from .prompt import VoicePrompt
 
@@ -50,7 +51,7 @@ class Voice:
 
     @property
     def size_label(self) -> str:
-        return _size_label(self.model_size)
+        return size_label(self.model_size, unknown="unknown-size")
 
     def describe(self) -> str:
         text = f", transcript: {self.prompt.ref_text!r}" if self.prompt.in_context else ""
@@ -70,13 +71,9 @@ class Voice:
             raise VoiceFileError(
                 f"The voice{name} was made with a {self.size_label} model (x-vector of "
                 f"{self.hidden_size} values) but the loaded model {tts.folder.name} is "
-                f"{_size_label(c.tts_model_size)} ({c.talker.hidden_size}). Load a "
+                f"{size_label(c.tts_model_size, unknown='unknown-size')} ({c.talker.hidden_size}). Load a "
                 f"{self.size_label} Base model, or re-create the voice from its reference audio "
                 "with this model.")
-
-
-def _size_label(size: str) -> str:
-    return size.upper().replace("B", ".", 1) + "B" if size else "unknown-size"
 
 
 def voice_file_name(name: str) -> str:
