@@ -65,8 +65,6 @@ def load_tensors(files: dict[str, Path], names: Iterable[str], dtype: torch.dtyp
                 for name in group:
                     t = f.get_tensor(strip_prefix + name)
                     out[name] = t.to(dtype) if t.is_floating_point() else t
-        except ModelFolderError:
-            raise
         except Exception as e:
             raise ModelFolderError(f"Could not read weights from {path} ({e}). The file is "
                                    "probably truncated or corrupt: download it again.") from None
@@ -76,14 +74,14 @@ def load_tensors(files: dict[str, Path], names: Iterable[str], dtype: torch.dtyp
 def load_into(module: nn.Module, files: dict[str, Path], dtype: torch.dtype, device: torch.device,
               prefix: str = "", what: str = "model") -> nn.Module:
     """Fills a (meta-device) module from checkpoint tensors named `prefix + <module key>`."""
-    expected = list(module.state_dict().keys())
+    own = module.state_dict()
+    expected = list(own)
     missing = [k for k in expected if prefix + k not in files]
     if missing:
         raise ModelFolderError(
             f"The {what} checkpoint lacks {len(missing)} of {len(expected)} tensors "
             f"(first: {missing[:3]}). It is not a matching Qwen3-TTS checkpoint or is incomplete.")
     tensors = load_tensors(files, expected, dtype, device, strip_prefix=prefix)
-    own = module.state_dict()
     for name, t in tensors.items():
         if tuple(t.shape) != tuple(own[name].shape):
             raise ModelFolderError(
