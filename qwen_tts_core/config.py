@@ -59,7 +59,6 @@ class TransformerConfig:
     rope_theta: float = 10000.0
     vocab_size: int = 2048
     num_code_groups: int = 16
-    hidden_act: str = "silu"
     max_position_embeddings: int = 32768
 
 
@@ -99,8 +98,6 @@ class ModelConfig:
     tts_model_size: str
     talker: TalkerConfig
     speaker_encoder: SpeakerEncoderConfig | None
-    im_start_token_id: int = 151644
-    im_end_token_id: int = 151645
     tts_pad_token_id: int = 151671
     tts_bos_token_id: int = 151672
     tts_eos_token_id: int = 151673
@@ -152,8 +149,7 @@ class ModelConfig:
         if kind == "base":
             speaker = _pick(SpeakerEncoderConfig, raw.get("speaker_encoder_config") or {},
                             f"{where} speaker_encoder_config")
-        top = {k: raw[k] for k in ("im_start_token_id", "im_end_token_id", "tts_pad_token_id",
-                                   "tts_bos_token_id", "tts_eos_token_id") if k in raw}
+        top = {k: raw[k] for k in ("tts_pad_token_id", "tts_bos_token_id", "tts_eos_token_id") if k in raw}
         return cls(tts_model_type=kind, tts_model_size=str(raw.get("tts_model_size") or ""),
                    talker=talker, speaker_encoder=speaker, **top)
 
