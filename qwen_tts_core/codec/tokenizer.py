@@ -18,6 +18,8 @@ from ..checkpoint import load_into, weight_files
 from ..config import _pick, read_json
 from ..errors import InputError, ModelFolderError
 from .decoder import DecoderConfig, SpeechDecoder
+from .encoder import MimiEncoder
+from .streaming import StreamingDecoder
 
 MODEL_TYPE = "qwen3_tts_tokenizer_12hz"
 PAD = -1
@@ -84,7 +86,6 @@ class SpeechTokenizer:
         self.dtype, self.device = dtype, torch.device(device)
         self.sample_rate = config.output_sample_rate
         self.samples_per_frame = config.decode_upsample_rate
-        self.frame_rate = self.sample_rate / self.samples_per_frame
         self.num_codebooks = config.encoder_valid_num_quantizers
         self.codebook_size = int(config.decoder_config.get("codebook_size", 2048))
 
@@ -111,8 +112,6 @@ class SpeechTokenizer:
                 dec = SpeechDecoder(dc)
             load_into(dec, files, dtype, device, prefix="decoder.", what="speech decoder")
         if encoder:
-            from .encoder import MimiEncoder
-
             try:
                 enc = MimiEncoder(c.encoder_config, c.encoder_valid_num_quantizers)
             except (TypeError, ValueError) as e:
@@ -199,8 +198,6 @@ class SpeechTokenizer:
 
     def streaming_decoder(self, batch_size: int = 1, chunk_frames: int = 1):
         """A StreamingDecoder: push frames as they are generated, get the finished audio."""
-        from .streaming import StreamingDecoder
-
         return StreamingDecoder(self, batch_size, chunk_frames)
 
     def receptive_field(self) -> dict:
