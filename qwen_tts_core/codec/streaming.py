@@ -10,6 +10,19 @@ from __future__ import annotations
 import torch
 
 
+def decode_chunks(decoder, codes: torch.Tensor, state: dict, chunk_frames: int,
+                  samples_per_frame: int) -> torch.Tensor:
+    """codes [B, 16, n] through the decoder's causal `state` (updated), `chunk_frames` frames per
+    call -> float32 CPU audio [B, n * samples_per_frame]. Used by SpeechTokenizer.decode (mode
+    "exact") and by StreamingDecoder."""
+    spf = samples_per_frame
+    out = torch.empty(codes.shape[0], codes.shape[-1] * spf, dtype=torch.float32)
+    with torch.inference_mode():
+        for i in range(0, codes.shape[-1], chunk_frames):
+            out[:, i * spf:(i + chunk_frames) * spf] = decoder(codes[..., i:i + chunk_frames], state).float().cpu()
+    return out
+
+
 class StreamingDecoder:
     """push(codes) -> audio of the frames decoded now; flush() -> audio of the frames still held.
 
@@ -42,12 +55,8 @@ class StreamingDecoder:
         return self._decode(self.pending.shape[-1])
 
     def _decode(self, n: int) -> torch.Tensor:
-        spf = self.tokenizer.samples_per_frame
-        out = torch.empty(self.batch_size, n * spf, dtype=torch.float32)
-        with torch.inference_mode():
-            for i in range(0, n, self.chunk_frames):
-                out[:, i * spf:(i + self.chunk_frames) * spf] = \
-                    self.decoder(self.pending[..., i:min(i + self.chunk_frames, n)], self.state).float().cpu()
+        out = decode_chunks(self.decoder, self.pending[..., :n], self.state, self.chunk_frames,
+                            self.tokenizer.samples_per_frame)
         self.pending = self.pending[..., n:]
         self.frames_decoded += n
         return out

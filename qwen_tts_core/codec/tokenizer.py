@@ -19,7 +19,7 @@ from ..config import _pick, read_json
 from ..errors import InputError, ModelFolderError
 from .decoder import DecoderConfig, SpeechDecoder
 from .encoder import MimiEncoder
-from .streaming import StreamingDecoder
+from .streaming import StreamingDecoder, decode_chunks
 
 MODEL_TYPE = "qwen3_tts_tokenizer_12hz"
 PAD = -1
@@ -182,13 +182,10 @@ class SpeechTokenizer:
         codes, lengths = self._code_batch(codes, lengths)
         b, _, t = codes.shape
         spf = self.samples_per_frame
-        out = torch.empty(b, t * spf, dtype=torch.float32)
         if mode == "exact":
-            state: dict = {}
-            with torch.inference_mode():
-                for i in range(0, t, chunk_frames):
-                    out[:, i * spf:(i + chunk_frames) * spf] = dec(codes[..., i:i + chunk_frames], state).float().cpu()
+            out = decode_chunks(dec, codes, {}, chunk_frames, spf)
         else:
+            out = torch.empty(b, t * spf, dtype=torch.float32)
             with torch.inference_mode():
                 for i in range(0, t, OFFICIAL_CHUNK):
                     ctx = min(i, OFFICIAL_CONTEXT)
