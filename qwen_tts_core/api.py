@@ -327,11 +327,10 @@ class QwenTTS:
                 d.flush()
         done = [False] * len(requests)
         for step, frame in loop:
-            ended = loop.length.tolist()
             for i, d in enumerate(decoders):
                 if done[i]:
                     continue
-                if 0 <= ended[i] <= step:                       # ended before this frame
+                if 0 <= loop.ended[i] <= step:                  # ended before this frame
                     done[i] = True
                     yield AudioChunk(i, d.flush()[0], True)
                     continue

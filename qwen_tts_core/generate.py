@@ -186,8 +186,9 @@ class GraphedStep:
 
 class FrameLoop:
     """Iterates (index, frame [B, 16]) as generation goes. `length[i]` becomes the number of
-    frames before item i's end-of-speech once it is chosen (-1 until then); iteration ends when
-    every item has ended or after `max_frames`. `static` uses the fixed-shape step;
+    frames before item i's end-of-speech once it is chosen (-1 until then), and `ended` is its
+    host copy taken before each frame (the per-frame sync); iteration ends when every item has
+    ended or after `max_frames`. `static` uses the fixed-shape step;
     `cuda_graphs` (CUDA only, implies static) replays it as a CUDA graph."""
 
     def __init__(self, talker: Talker, batch: Batch, max_frames: int, sampling: Sampling,
@@ -198,6 +199,7 @@ class FrameLoop:
         self.run_step = GraphedStep(self.state) if cuda_graphs else self.state.step
         self.generator, self.max_frames = generator, max_frames
         self.length = torch.full((batch.embeds.shape[0],), -1, dtype=torch.long, device=batch.embeds.device)
+        self.ended: list[int] = [-1] * batch.embeds.shape[0]
 
     def __iter__(self):
         state = self.state
@@ -205,7 +207,8 @@ class FrameLoop:
             state.prefill(self.generator)
             for step in range(self.max_frames):
                 self.length = torch.where((state.code0 == state.eos) & (self.length < 0), step, self.length)
-                if bool((self.length >= 0).all()):
+                self.ended = self.length.tolist()
+                if all(n >= 0 for n in self.ended):
                     return
                 state.draw_noise(self.generator)
                 self.run_step()
