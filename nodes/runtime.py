@@ -66,8 +66,7 @@ def list_model_folders(kind: str = "any") -> list[str]:
         for sub in sorted(root.iterdir()):
             for folder in [sub] + (sorted(sub.iterdir()) if sub.is_dir() and not (sub / "config.json").exists() else []):
                 if folder.is_dir() and (folder / "config.json").is_file():
-                    is_tokenizer = _looks_like_tokenizer(folder)
-                    if kind == "model" and is_tokenizer:
+                    if kind == "model" and _looks_like_tokenizer(folder):
                         continue
                     names.append(folder.relative_to(root).as_posix())
     return sorted(dict.fromkeys(names), key=str.lower)
