@@ -19,7 +19,7 @@ import folder_paths
 from qwen_tts_core import speech_codes
 from qwen_tts_core.api import QwenTTS, resolve_dtype
 from qwen_tts_core.errors import InputError, ModelFolderError
-from qwen_tts_core.voice import list_voices
+from qwen_tts_core.voice import list_voices, voice_path
 
 log = logging.getLogger("qwen_tts_nodes")
 
@@ -115,14 +115,12 @@ def find_model_folder(name: str, what: str = "model") -> Path:
 
 
 def find_voice_file(name: str) -> Path:
-    from qwen_tts_core.voice import voice_path
-
     roots = voice_roots()
     for root in roots:
         path = voice_path(root, name)
         if path.is_file():
             return path
-    have = sorted({v for r in roots for v in list_voices(r)})
+    have = all_voices()
     where = ", ".join(str(r) for r in roots)
     raise InputError(f"No saved voice named {name!r} in {where}. "
                      + (f"Saved voices: {', '.join(have)}." if have else
