@@ -18,6 +18,7 @@ import comfy.utils
 import folder_paths
 from qwen_tts_core import speech_codes
 from qwen_tts_core.api import QwenTTS, resolve_dtype
+from qwen_tts_core.duration import FRAME_RATE
 from qwen_tts_core.errors import InputError, ModelFolderError
 from qwen_tts_core.voice import list_voices, voice_path
 
@@ -281,4 +282,4 @@ def seconds_to_frames(seconds: float) -> int | None:
     """max length in seconds (0 = auto from the text) -> frame limit for the core."""
     if seconds is None or seconds <= 0:
         return None
-    return max(1, math.ceil(float(seconds) * 12.5))
+    return max(1, math.ceil(float(seconds) * FRAME_RATE))
