@@ -261,8 +261,28 @@ class FrameProgress:
         self.bar.update_absolute(0, self.total)
 
     def on_frame(self, index: int, frame) -> None:
-        mm.throw_exception_if_processing_interrupted()
+        stop_if_interrupted()
         self.bar.update_absolute(index + 1, self.total)
+
+
+class ChunkProgress:
+    """A ComfyUI progress bar over the chunks (narration) or lines (subtitles, script) of a
+    long-form node, as the core's `on_progress`; its `on_frame`, given to every speaker, stops
+    the generation within one frame when the user interrupts the prompt."""
+
+    def __init__(self):
+        self.bar = comfy.utils.ProgressBar(1)
+
+    def __call__(self, progress) -> None:
+        self.bar.update_absolute(progress.done, max(progress.total, 1))
+
+    def on_frame(self, index: int, frame) -> None:
+        stop_if_interrupted()
+
+
+def stop_if_interrupted() -> None:
+    """Raises ComfyUI's interrupt if the user has cancelled the prompt."""
+    mm.throw_exception_if_processing_interrupted()
 
 
 def run_interruptible(fn):
