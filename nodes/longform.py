@@ -215,8 +215,9 @@ class QwenTTSNarrate(io.ComfyNode):
         if not isinstance(text, str) or not text.strip():
             raise InputError("The text is empty; type or paste something to read.")
         progress = runtime.ChunkProgress()
-        voice = _speakers([recipe], seed, temperature, top_k, top_p, repetition_penalty, retries,
-                          progress)[recipe.name]
+        # one voice: its name plays no part (no name check), the seed as given
+        sampling, sub_sampling = sampling_settings(temperature, top_k, top_p, repetition_penalty)
+        voice = recipe.build(int(seed), sampling, sub_sampling, retries, progress.on_frame)
         out = runtime.run_interruptible(lambda: narrate(
             text, voice, max_seconds=chunk_seconds, normalization=_normalization(normalize_text),
             on_progress=progress))

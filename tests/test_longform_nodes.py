@@ -49,6 +49,13 @@ def test_narrate_long_text_in_chunks(N):
     assert chunks >= 3  # paragraphs are never joined; ~6 s pieces
 
 
+def test_narrate_needs_no_speaker_name(N):
+    """The name only matters in scripts and subtitles: a blank one narrates with the same voice."""
+    named = run(N, "QwenTTSNarrate", speaker=built_in(N), text="Hello there.", **LONG)[0]
+    blank = run(N, "QwenTTSNarrate", speaker=built_in(N, name="  "), text="Hello there.", **LONG)[0]
+    assert torch.equal(named["waveform"], blank["waveform"])
+
+
 def test_narrate_bad_input(N):
     with pytest.raises(InputError, match="empty"):
         run(N, "QwenTTSNarrate", speaker=built_in(N), text=" \n ", **LONG)
