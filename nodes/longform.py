@@ -233,7 +233,8 @@ class QwenTTSSubtitleVoiceOver(io.ComfyNode):
             category=CATEGORY,
             description="One audio track from subtitles (SRT or WebVTT): each line starts at its "
                         "time; lines too long for their slot are sped up (pitch kept) or flagged. "
-                        "The track is as long as the video.",
+                        "The track is as long as the video when one is connected (or video_seconds "
+                        "when above 0); otherwise it ends with the last line.",
             inputs=[SpeakerType.Input("speaker", tooltip="The voice for lines without a speaker name."),
                     io.String.Input("subtitles", multiline=True,
                                     default="1\n00:00:00,500 --> 00:00:02,500\nHere is the view from the top.\n\n"
@@ -257,7 +258,8 @@ class QwenTTSSubtitleVoiceOver(io.ComfyNode):
                       for i in range(2, 5)],
                     *_long_inputs()],
             outputs=[io.Audio.Output("audio", display_name="audio",
-                                     tooltip="The voice-over track, 24 kHz mono, the video's length."),
+                                     tooltip="The voice-over track, 24 kHz mono: the video's length (or "
+                                             "video_seconds), else until the last line ends."),
                      io.String.Output("report", display_name="report",
                                       tooltip="Lines sped up, shifted or cut, and chunk retries.")])
 
