@@ -7,11 +7,18 @@ from . import runtime
 from .types import CATEGORY, DEVICES, DTYPES, Model, Tokenizer
 
 
-def _device_inputs() -> list[io.Input]:
+_AUTO_DTYPE = ("auto: bf16 on a CUDA GPU that supports it (else fp16), fp32 on CPU, Apple MPS and "
+               "other devices.")
+_MODEL_DTYPE = (
+    f"Weight precision. {_AUTO_DTYPE} The speech tokenizer's encoder is always fp32; its decoder is "
+    "fp32 too, since the model is first loaded on the CPU, except with device auto under ComfyUI's "
+    "--highvram or --gpu-only (loaded on the GPU, the decoder takes this precision).")
+_TOKENIZER_DTYPE = f"Precision of the speech decoder. {_AUTO_DTYPE} The encoder is always fp32."
+
+
+def _device_inputs(dtype_tooltip: str) -> list[io.Input]:
     return [
-        io.Combo.Input("dtype", options=DTYPES, default="auto",
-                       tooltip="Weight precision. auto: bf16 on GPUs that support it (else fp16), "
-                               "fp32 on CPU."),
+        io.Combo.Input("dtype", options=DTYPES, default="auto", tooltip=dtype_tooltip),
         io.Combo.Input("device", options=DEVICES, default="auto",
                        tooltip="Where to run. auto: ComfyUI's device (the GPU, or the CPU when "
                                "ComfyUI runs with --cpu). ComfyUI offloads the model when other "
@@ -34,7 +41,7 @@ class QwenTTSModelLoader(io.ComfyNode):
                                        "qwen-tts paths of extra_model_paths.yaml), e.g. "
                                        "Qwen3-TTS-12Hz-1.7B-CustomVoice. See the README (Models) for "
                                        "the download commands."),
-                *_device_inputs(),
+                *_device_inputs(_MODEL_DTYPE),
             ],
             outputs=[
                 Model.Output("model", display_name="model",
@@ -71,7 +78,7 @@ class QwenTTSSpeechTokenizerLoader(io.ComfyNode):
                 io.Combo.Input("tokenizer_name", options=runtime.list_model_folders("any"),
                                tooltip="Qwen3-TTS-Tokenizer-12Hz, or any Qwen3-TTS model folder "
                                        "(its speech_tokenizer/ subfolder is used)."),
-                *_device_inputs(),
+                *_device_inputs(_TOKENIZER_DTYPE),
             ],
             outputs=[Tokenizer.Output("speech_tokenizer", display_name="speech_tokenizer",
                                       tooltip="The speech tokenizer, for Encode/Decode.")],

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import comfy.model_management as mm
-import comfy.utils
 from comfy_api.latest import io
 from qwen_tts_core.errors import InputError
 from qwen_tts_core.longform import (Normalization, Pauses, Speaker, VoiceSpec, narrate, parse_subtitles,
                                    perform_script, voice_over)
 from qwen_tts_core.voice import Voice
 
+from . import runtime
 from .types import (CATEGORY, LANGUAGES, SPEAKERS, Voice as VoiceType, model_input, sampling_inputs,
                     sampling_settings, to_audio)
 
@@ -58,9 +57,9 @@ class SpeakerRecipe:
         self.voice.check_fits(self.handle.tts)
         return VoiceSpec.clone_of(tts, self.voice.prompt, self.language)
 
-    def build(self, seed: int, sampling, sub_sampling, retries: int) -> Speaker:
+    def build(self, seed: int, sampling, sub_sampling, retries: int, on_frame) -> Speaker:
         return Speaker(self.spec(), seed=seed, sampling=sampling, sub_sampling=sub_sampling,
-                       retries=retries, on_frame=lambda i, f: mm.throw_exception_if_processing_interrupted())
+                       retries=retries, on_frame=on_frame)
 
 
 def _name_input(default: str) -> io.Input:
@@ -174,20 +173,12 @@ def _recipe(speaker, what: str = "speaker") -> SpeakerRecipe:
     return speaker
 
 
-class _ChunkProgress:
-    def __init__(self):
-        self.bar = comfy.utils.ProgressBar(1)
-
-    def __call__(self, p) -> None:
-        self.bar.update_absolute(p.done, max(p.total, 1))
-
-
 def _normalization(on: bool) -> Normalization:
     return Normalization() if on else Normalization.off()
 
 
 def _speakers(recipes: list[SpeakerRecipe], seed, temperature, top_k, top_p, repetition_penalty,
-              retries) -> dict:
+              retries, progress: runtime.ChunkProgress) -> dict:
     sampling, sub_sampling = sampling_settings(temperature, top_k, top_p, repetition_penalty)
     names = [r.name for r in recipes]
     for n in names:
@@ -195,7 +186,8 @@ def _speakers(recipes: list[SpeakerRecipe], seed, temperature, top_k, top_p, rep
             raise InputError("Every speaker of a script or multi-voice subtitles needs a name.")
         if names.count(n) > 1:
             raise InputError(f"Two speakers are named {n!r}; give each speaker its own name.")
-    return {r.name: r.build(int(seed) + 1000 * i, sampling, sub_sampling, retries) for i, r in enumerate(recipes)}
+    return {r.name: r.build(int(seed) + 1000 * i, sampling, sub_sampling, retries, progress.on_frame)
+            for i, r in enumerate(recipes)}
 
 
 class QwenTTSNarrate(io.ComfyNode):
@@ -222,9 +214,13 @@ class QwenTTSNarrate(io.ComfyNode):
         recipe = _recipe(speaker)
         if not isinstance(text, str) or not text.strip():
             raise InputError("The text is empty; type or paste something to read.")
-        voice = _speakers([recipe], seed, temperature, top_k, top_p, repetition_penalty, retries)[recipe.name]
-        out = narrate(text, voice, max_seconds=chunk_seconds, normalization=_normalization(normalize_text),
-                      on_progress=_ChunkProgress())
+        progress = runtime.ChunkProgress()
+        # one voice: its name plays no part (no name check), the seed as given
+        sampling, sub_sampling = sampling_settings(temperature, top_k, top_p, repetition_penalty)
+        voice = recipe.build(int(seed), sampling, sub_sampling, retries, progress.on_frame)
+        out = runtime.run_interruptible(lambda: narrate(
+            text, voice, max_seconds=chunk_seconds, normalization=_normalization(normalize_text),
+            on_progress=progress))
         audio, _ = to_audio([out.audio])
         return io.NodeOutput(audio, out.summary())
 
@@ -237,7 +233,8 @@ class QwenTTSSubtitleVoiceOver(io.ComfyNode):
             category=CATEGORY,
             description="One audio track from subtitles (SRT or WebVTT): each line starts at its "
                         "time; lines too long for their slot are sped up (pitch kept) or flagged. "
-                        "The track is as long as the video.",
+                        "The track is as long as the video when one is connected (or video_seconds "
+                        "when above 0); otherwise it ends with the last line.",
             inputs=[SpeakerType.Input("speaker", tooltip="The voice for lines without a speaker name."),
                     io.String.Input("subtitles", multiline=True,
                                     default="1\n00:00:00,500 --> 00:00:02,500\nHere is the view from the top.\n\n"
@@ -261,7 +258,8 @@ class QwenTTSSubtitleVoiceOver(io.ComfyNode):
                       for i in range(2, 5)],
                     *_long_inputs()],
             outputs=[io.Audio.Output("audio", display_name="audio",
-                                     tooltip="The voice-over track, 24 kHz mono, the video's length."),
+                                     tooltip="The voice-over track, 24 kHz mono: the video's length (or "
+                                             "video_seconds), else until the last line ends."),
                      io.String.Output("report", display_name="report",
                                       tooltip="Lines sped up, shifted or cut, and chunk retries.")])
 
@@ -273,10 +271,12 @@ class QwenTTSSubtitleVoiceOver(io.ComfyNode):
                                         enumerate((speaker_2, speaker_3, speaker_4), 2) if s is not None]
         cues = parse_subtitles(subtitles)
         seconds = float(video.get_duration()) if video is not None else (video_seconds or None)
-        voices = _speakers(recipes, seed, temperature, top_k, top_p, repetition_penalty, retries)
-        track = voice_over(cues, voices, default=voices[recipes[0].name], video_seconds=seconds, max_speedup=max_speedup, overflow=overflow,
-                           max_seconds=chunk_seconds, normalization=_normalization(normalize_text),
-                           on_progress=_ChunkProgress())
+        progress = runtime.ChunkProgress()
+        voices = _speakers(recipes, seed, temperature, top_k, top_p, repetition_penalty, retries, progress)
+        track = runtime.run_interruptible(lambda: voice_over(
+            cues, voices, default=voices[recipes[0].name], video_seconds=seconds, max_speedup=max_speedup,
+            overflow=overflow, max_seconds=chunk_seconds, normalization=_normalization(normalize_text),
+            on_progress=progress))
         audio, _ = to_audio([track.audio])
         report = "\n".join(track.flags + track.notes) or f"{len(cues)} lines placed on time"
         return io.NodeOutput(audio, report)
@@ -313,10 +313,11 @@ class QwenTTSScript(io.ComfyNode):
             _recipe(more[k], k) for k in sorted(more) if k.startswith("speaker_") and more[k] is not None]
         if not isinstance(script, str) or not script.strip():
             raise InputError("The script is empty; write one 'Name: line' per turn.")
-        voices = _speakers(recipes, seed, temperature, top_k, top_p, repetition_penalty, retries)
-        out = perform_script(script, voices, max_seconds=chunk_seconds,
-                             normalization=_normalization(normalize_text), pauses=Pauses(),
-                             on_progress=_ChunkProgress())
+        progress = runtime.ChunkProgress()
+        voices = _speakers(recipes, seed, temperature, top_k, top_p, repetition_penalty, retries, progress)
+        out = runtime.run_interruptible(lambda: perform_script(
+            script, voices, max_seconds=chunk_seconds, normalization=_normalization(normalize_text),
+            pauses=Pauses(), on_progress=progress))
         audio, _ = to_audio([out.audio])
         _, lines = to_audio([out.segment_audio(i) for i in range(len(out.segments))])
         report = "\n".join([f"{len(out.segments)} lines: " + ", ".join(sorted(voices))] + out.notes)

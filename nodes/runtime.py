@@ -18,8 +18,9 @@ import comfy.utils
 import folder_paths
 from qwen_tts_core import speech_codes
 from qwen_tts_core.api import QwenTTS, resolve_dtype
+from qwen_tts_core.duration import FRAME_RATE
 from qwen_tts_core.errors import InputError, ModelFolderError
-from qwen_tts_core.voice import list_voices
+from qwen_tts_core.voice import list_voices, voice_path
 
 log = logging.getLogger("qwen_tts_nodes")
 
@@ -66,8 +67,7 @@ def list_model_folders(kind: str = "any") -> list[str]:
         for sub in sorted(root.iterdir()):
             for folder in [sub] + (sorted(sub.iterdir()) if sub.is_dir() and not (sub / "config.json").exists() else []):
                 if folder.is_dir() and (folder / "config.json").is_file():
-                    is_tokenizer = _looks_like_tokenizer(folder)
-                    if kind == "model" and is_tokenizer:
+                    if kind == "model" and _looks_like_tokenizer(folder):
                         continue
                     names.append(folder.relative_to(root).as_posix())
     return sorted(dict.fromkeys(names), key=str.lower)
@@ -116,14 +116,12 @@ def find_model_folder(name: str, what: str = "model") -> Path:
 
 
 def find_voice_file(name: str) -> Path:
-    from qwen_tts_core.voice import voice_path
-
     roots = voice_roots()
     for root in roots:
         path = voice_path(root, name)
         if path.is_file():
             return path
-    have = sorted({v for r in roots for v in list_voices(r)})
+    have = all_voices()
     where = ", ".join(str(r) for r in roots)
     raise InputError(f"No saved voice named {name!r} in {where}. "
                      + (f"Saved voices: {', '.join(have)}." if have else
@@ -263,8 +261,28 @@ class FrameProgress:
         self.bar.update_absolute(0, self.total)
 
     def on_frame(self, index: int, frame) -> None:
-        mm.throw_exception_if_processing_interrupted()
+        stop_if_interrupted()
         self.bar.update_absolute(index + 1, self.total)
+
+
+class ChunkProgress:
+    """A ComfyUI progress bar over the chunks (narration) or lines (subtitles, script) of a
+    long-form node, as the core's `on_progress`; its `on_frame`, given to every speaker, stops
+    the generation within one frame when the user interrupts the prompt."""
+
+    def __init__(self):
+        self.bar = comfy.utils.ProgressBar(1)
+
+    def __call__(self, progress) -> None:
+        self.bar.update_absolute(progress.done, max(progress.total, 1))
+
+    def on_frame(self, index: int, frame) -> None:
+        stop_if_interrupted()
+
+
+def stop_if_interrupted() -> None:
+    """Raises ComfyUI's interrupt if the user has cancelled the prompt."""
+    mm.throw_exception_if_processing_interrupted()
 
 
 def run_interruptible(fn):
@@ -284,4 +302,4 @@ def seconds_to_frames(seconds: float) -> int | None:
     """max length in seconds (0 = auto from the text) -> frame limit for the core."""
     if seconds is None or seconds <= 0:
         return None
-    return max(1, math.ceil(float(seconds) * 12.5))
+    return max(1, math.ceil(float(seconds) * FRAME_RATE))

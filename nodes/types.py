@@ -6,9 +6,9 @@ import torch
 from comfy_api.latest import io
 from qwen_tts_core.errors import InputError
 from qwen_tts_core.sampling import Sampling
+from qwen_tts_core.speech_codes import SAMPLE_RATE  # 24 kHz: what the model speaks at
 
 CATEGORY = "audio/qwen-tts"
-SAMPLE_RATE = 24000
 
 Model = io.Custom("QWEN_TTS_MODEL")          # nodes.runtime.ModelHandle
 Tokenizer = io.Custom("QWEN_TTS_TOKENIZER")  # nodes.runtime.TokenizerHandle

@@ -49,6 +49,13 @@ def test_narrate_long_text_in_chunks(N):
     assert chunks >= 3  # paragraphs are never joined; ~6 s pieces
 
 
+def test_narrate_needs_no_speaker_name(N):
+    """The name only matters in scripts and subtitles: a blank one narrates with the same voice."""
+    named = run(N, "QwenTTSNarrate", speaker=built_in(N), text="Hello there.", **LONG)[0]
+    blank = run(N, "QwenTTSNarrate", speaker=built_in(N, name="  "), text="Hello there.", **LONG)[0]
+    assert torch.equal(named["waveform"], blank["waveform"])
+
+
 def test_narrate_bad_input(N):
     with pytest.raises(InputError, match="empty"):
         run(N, "QwenTTSNarrate", speaker=built_in(N), text=" \n ", **LONG)
@@ -98,6 +105,35 @@ def test_script_mixes_built_in_designed_and_cloned_voices(N):
     total = audio["waveform"].shape[-1]
     assert sum(l["waveform"].shape[-1] for l in lines) < total  # plus the pauses between turns
     assert report.startswith("4 lines: Anna, Ben, Narrator")
+
+
+@pytest.mark.parametrize("node", ["QwenTTSNarrate", "QwenTTSSubtitleVoiceOver", "QwenTTSScript"])
+def test_interrupt_stops_long_form_within_one_frame_and_frees_memory(N, node, monkeypatch):
+    import comfy.model_management as mm
+
+    rt = comfy_env.pack().nodes.runtime
+    frames, emptied = [], []
+    original = rt.ChunkProgress.on_frame
+
+    def on_frame(self, index, frame):
+        frames.append(index)
+        if index == 2:
+            mm.interrupt_current_processing(True)                  # the user presses Cancel
+        original(self, index, frame)
+
+    monkeypatch.setattr(rt.ChunkProgress, "on_frame", on_frame)
+    monkeypatch.setattr(mm, "soft_empty_cache", lambda *a, **k: emptied.append(True))
+    inputs = {"QwenTTSNarrate": dict(speaker=built_in(N), text="A long sentence to be interrupted early on."),
+              "QwenTTSSubtitleVoiceOver": dict(speaker=built_in(N), subtitles=SRT, video_seconds=5.0,
+                                               max_speedup=1.3, overflow="shift"),
+              "QwenTTSScript": dict(script="Narrator: A long sentence to be interrupted early on.",
+                                    speaker_1=built_in(N))}[node]
+    with pytest.raises(mm.InterruptProcessingException) as e:
+        run(N, node, **inputs, **LONG)
+    assert frames == [0, 1, 2]                                       # stopped at the frame it was asked
+    assert e.value.__context__ is None and e.value.__cause__ is None  # generation's frames released
+    assert emptied == [True]                                         # and the memory, as the generation nodes do
+    assert not mm.processing_interrupted()
 
 
 def test_script_errors(N):

@@ -22,19 +22,6 @@ CUSTOM, DESIGN, BASE, TOKENIZER = ("Qwen3-TTS-12Hz-1.7B-CustomVoice", "Qwen3-TTS
 REFERENCE = "qwen_tts_reference.wav"
 VIDEO = "qwen_tts_video.mp4"
 
-# ComfyUI core nodes used here (as ComfyUI 0.3.64 defines them): inputs (socket name, type,
-# widget?) in order, outputs, and widget values
-CORE = {
-    "LoadAudio": ([("audio", "COMBO", True)], [("AUDIO", "AUDIO")]),
-    "SaveAudio": ([("audio", "AUDIO", False), ("filename_prefix", "STRING", True)], []),
-    "LoadVideo": ([("file", "COMBO", True)], [("VIDEO", "VIDEO")]),
-    "GetVideoComponents": ([("video", "VIDEO", False)], [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")]),
-    "CreateVideo": ([("images", "IMAGE", False), ("fps", "FLOAT", True), ("audio", "AUDIO", False)], [("VIDEO", "VIDEO")]),
-    "SaveVideo": ([("video", "VIDEO", False), ("filename_prefix", "STRING", True), ("format", "COMBO", True),
-                   ("codec", "COMBO", True)], []),
-}
-
-
 class Graph:
     def __init__(self):
         self.nodes, self.links = [], []
@@ -47,30 +34,24 @@ class Graph:
                 "properties": {"Node name for S&R": type_}, "widgets_values": []}
         if title:
             node["title"] = title
-        if type_ in CORE:
-            ins, outs = CORE[type_]
-            for name, typ, is_widget in ins:
-                if is_widget:
-                    node["widgets_values"].append(widgets.pop(name))
-                else:
-                    node["inputs"].append({"name": name, "type": typ, "link": None})
-            node["outputs"] = [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(outs)]
-            if type_ == "LoadAudio":
-                node["widgets_values"] += [None, None]      # the front end's upload/preview widgets
-        else:
-            schema = self.classes[type_].define_schema()
-            for name, control in comfy_env.widget_names(self.classes[type_]):
-                inp = next(i for i in schema.inputs if i.id == name)
-                node["widgets_values"].append(widgets.pop(name, inp.default if inp.default is not None
-                                                          else (inp.options[0] if getattr(inp, "options", None) else "")))
-                if control:
-                    node["widgets_values"].append("fixed")
-            for inp in schema.inputs:
-                if not comfy_env.is_widget(inp):
-                    node["inputs"].append({"name": inp.id, "type": inp.get_io_type(), "link": None})
-            node["outputs"] = [{"name": o.display_name or o.id, "type": o.get_io_type(), "links": [], "slot_index": i,
-                                **({"shape": 6} if o.is_output_list else {})}
-                               for i, o in enumerate(schema.outputs)]
+        # the pack's nodes, and comfy_env's stand-ins for the core nodes (same ids, widget order
+        # and outputs as ComfyUI's)
+        schema = self.classes[type_].define_schema()
+        for name, control in comfy_env.widget_names(self.classes[type_]):
+            inp = next(i for i in schema.inputs if i.id == name)
+            node["widgets_values"].append(widgets.pop(name, inp.default if inp.default is not None
+                                                      else (inp.options[0] if getattr(inp, "options", None) else "")))
+            if control:
+                node["widgets_values"].append("fixed")
+        if type_ == "LoadAudio":
+            node["widgets_values"] += [None, None]          # the front end's upload/preview widgets
+        for inp in schema.inputs:
+            if not comfy_env.is_widget(inp):
+                node["inputs"].append({"name": inp.id, "type": inp.get_io_type(), "link": None})
+        # an output is named by its display name, else by its type (as ComfyUI's output_name)
+        node["outputs"] = [{"name": o.display_name or o.get_io_type(), "type": o.get_io_type(), "links": [],
+                            "slot_index": i, **({"shape": 6} if o.is_output_list else {})}
+                           for i, o in enumerate(schema.outputs)]
         assert not widgets, f"{type_}: unknown widgets {list(widgets)}"
         self.nodes.append(node)
         return node
