@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from ..audio import pcm16
 from ..duration import expected_seconds
 from ..errors import InputError
 from . import edit
@@ -88,8 +89,7 @@ class WavSink:
 
     def write(self, audio: torch.Tensor) -> None:
         if audio.numel():
-            pcm = (audio.detach().float().cpu().clamp(-1, 1) * 32767.0).round().to(torch.int16)
-            self._wav.writeframes(pcm.numpy().tobytes())
+            self._wav.writeframes(pcm16(audio).numpy().tobytes())
             self.samples += audio.numel()
 
     def result(self) -> Path:
