@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import wave
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -47,13 +47,14 @@ class Pauses:
     turn: float = 0.45         # script: another speaker takes over
     same: float = 0.35         # script: the same speaker's next line
 
+    def __post_init__(self):       # checked once, before anything is generated
+        for brk in fields(self):
+            value = getattr(self, brk.name)
+            if not 0 <= value <= 10:
+                raise InputError(f"The {brk.name} pause must be between 0 and 10 seconds (got {value}).")
+
     def after(self, brk: str) -> float:
-        if brk in ("end", "start"):
-            return 0.0
-        value = getattr(self, brk)
-        if not 0 <= value <= 10:
-            raise InputError(f"The {brk} pause must be between 0 and 10 seconds (got {value}).")
-        return value
+        return 0.0 if brk in ("end", "start") else getattr(self, brk)
 
 
 # ------------------------------------------------------------------ sinks
