@@ -23,7 +23,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-FRAME_RATE = 12.5
 
 
 def worker(python: str, *args: str, pythonpath: str | None = None, timeout: int = 7200) -> dict:

@@ -21,6 +21,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import torch  # noqa: E402
 
+from qwen_tts_core.duration import FRAME_RATE  # noqa: E402
+from qwen_tts_core.speech_codes import SAMPLES_PER_FRAME  # noqa: E402
+
 TEXT = ("The quick brown fox jumps over the lazy dog, while the evening news reports that "
         "tomorrow will be sunny with a light breeze from the west.")
 TEXTS = [TEXT, "Short and sweet.", "A medium length sentence about nothing in particular.",
@@ -118,8 +121,8 @@ def run_official(args) -> dict:
     total = time.perf_counter() - start
     audio_s = sum(len(w) for w in wavs) / sr
     return dict(total_s=total, codes_s=codes_timer.seconds, decode_s=total - codes_timer.seconds,
-                audio_s=audio_s, frames=[int(len(w) // 1920) for w in wavs], first_audio_s=total,
-                talker_s=talker_timer.seconds, code_predictor_s=cp_timer.seconds,
+                audio_s=audio_s, frames=[int(len(w) // SAMPLES_PER_FRAME) for w in wavs],
+                first_audio_s=total, talker_s=talker_timer.seconds, code_predictor_s=cp_timer.seconds,
                 peak_gib=peak_memory(args.device))
 
 
@@ -171,7 +174,7 @@ def run_ours(args) -> dict:
     out, audio, codes_s, total = once(args.frames)
     frames = [int(c.shape[0]) for c in out.codes]
     return dict(total_s=total, codes_s=codes_s, decode_s=total - codes_s,
-                audio_s=sum(frames) / 12.5, frames=frames, first_audio_s=first_audio_s,
+                audio_s=sum(frames) / FRAME_RATE, frames=frames, first_audio_s=first_audio_s,
                 first_frame_s=first.get("codes"), talker_s=talker_timer.seconds,
                 code_predictor_s=cp_timer.seconds, peak_gib=peak_memory(args.device))
 

@@ -8,7 +8,9 @@ import math
 
 import torch
 
-SAMPLE_RATE = 24000
+from ..audio import MODEL_RATE
+
+SAMPLE_RATE = MODEL_RATE
 FRAME_MS = 10                   # energy frames for speech detection
 SPEECH_DB = -35.0               # a frame is speech if its RMS is within this of the loudest frame's
 FLOOR_RMS = 1e-3                # ... and above this absolute level (-60 dBFS): silence stays silence

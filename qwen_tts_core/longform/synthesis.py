@@ -20,13 +20,13 @@ from typing import Callable
 
 import torch
 
+from ..audio import MODEL_RATE
 from ..duration import FRAME_RATE, expected_seconds
 from ..errors import InputError, UnsupportedModeError
 from ..prompt import Request, VoicePrompt
 from ..sampling import Sampling
 from .runaway import Runaway, RunawayDetector, RunawayLimits
 
-SAMPLES_PER_FRAME = 1920          # 24 kHz / 12.5 Hz
 _KINDS = {"custom_voice": ("custom", "a CustomVoice model"), "voice_design": ("design", "the VoiceDesign model"),
           "base": ("clone", "a Base model")}
 
@@ -217,7 +217,7 @@ class Speaker:
         # a copy: decode may return a view into a larger buffer (e.g. with the reference decoded
         # in front of it), which would otherwise stay alive as long as this chunk's audio
         audio = audio.detach().to("cpu", torch.float32).flatten().clone()
-        report.seconds = audio.numel() / 24000
+        report.seconds = audio.numel() / MODEL_RATE
         first_good_design = (self.voice.kind == "design" and self.carry_designed_voice
                              and self.carry is None and problem is None
                              and kept.shape[0] >= self.min_reference_seconds * FRAME_RATE)
