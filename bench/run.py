@@ -128,7 +128,6 @@ def main() -> None:
 
 
 def _cpu_info() -> str:
-    import os
     try:
         model = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):

@@ -63,7 +63,7 @@ class Timer:
     """Accumulates wall time of wrapped callables (synchronizing CUDA around them)."""
 
     def __init__(self, device):
-        self.device, self.seconds, self.calls = device, 0.0, 0
+        self.device, self.seconds = device, 0.0
 
     def wrap(self, fn):
         def timed(*a, **k):
@@ -72,7 +72,6 @@ class Timer:
             out = fn(*a, **k)
             sync(self.device)
             self.seconds += time.perf_counter() - t
-            self.calls += 1
             return out
         return timed
 
@@ -111,7 +110,7 @@ def run_official(args) -> dict:
 
     once(4)  # warm-up
     for t in (cp_timer, talker_timer, codes_timer):
-        t.seconds, t.calls = 0.0, 0
+        t.seconds = 0.0
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     sync(args.device)

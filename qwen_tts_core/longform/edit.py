@@ -17,10 +17,6 @@ FLOOR_RMS = 1e-3                # ... and above this absolute level (-60 dBFS): 
 MIN_SPEECH_MS = 30              # shorter blips (clicks) do not count as a speech onset
 
 
-def silence(seconds: float, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    return torch.zeros(max(0, round(seconds * sample_rate)))
-
-
 def _frame_rms(audio: torch.Tensor, hop: int) -> torch.Tensor:
     n = audio.numel() // hop
     if n == 0:

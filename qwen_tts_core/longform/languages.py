@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 LANGUAGES = ("chinese", "english", "german", "italian", "portuguese", "spanish", "japanese",
              "korean", "french", "russian")
-CJK = ("chinese", "japanese")          # no spaces between words; sentence marks end sentences alone
 
 
 @dataclass(frozen=True)

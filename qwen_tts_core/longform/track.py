@@ -64,12 +64,10 @@ class MemorySink:
 
     def __init__(self):
         self.pieces: list[torch.Tensor] = []
-        self.samples = 0
 
     def write(self, audio: torch.Tensor) -> None:
         if audio.numel():
             self.pieces.append(audio.detach().float().cpu())
-            self.samples += audio.numel()
 
     def result(self) -> torch.Tensor:
         out = torch.cat(self.pieces) if self.pieces else torch.zeros(0)
@@ -86,12 +84,10 @@ class WavSink:
         self._wav.setnchannels(1)
         self._wav.setsampwidth(2)
         self._wav.setframerate(sample_rate)
-        self.samples = 0
 
     def write(self, audio: torch.Tensor) -> None:
         if audio.numel():
             self._wav.writeframes(pcm16(audio).numpy().tobytes())
-            self.samples += audio.numel()
 
     def result(self) -> Path:
         self._wav.close()
@@ -200,16 +196,6 @@ def _say_chunks(chunks: list[Chunk], speaker, joiner: Joiner, pauses: Pauses, fi
         if on_chunk is not None:
             on_chunk(chunk, take.report)
     return start, reports
-
-
-def say(text: str, speaker, *, language: str | None = None, normalization: Normalization | None = None,
-        max_seconds: float = DEFAULT_MAX_SECONDS, pauses: Pauses | None = None,
-        style: str | None = None) -> tuple[torch.Tensor, list[ChunkReport]]:
-    """One line of any length, in memory: (audio, chunk reports)."""
-    _, chunks, _ = _prepare(text, speaker, language, normalization, max_seconds)
-    joiner = Joiner()
-    _, reports = _say_chunks(chunks, speaker, joiner, pauses or Pauses(), style=style)
-    return joiner.finish(), reports
 
 
 # ------------------------------------------------------------------ long text
