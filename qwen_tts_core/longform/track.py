@@ -9,7 +9,6 @@ chunk (narration) or line (tracks, scripts); the callback may raise to stop (int
 from __future__ import annotations
 
 import math
-import re
 import wave
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,7 +25,7 @@ from .normalize import Normalization, clean, normalize_text
 from .script import ScriptLine, parse_script, speaker_prefix
 from .subtitles import Cue, format_time, spoken_text
 from .synthesis import ChunkReport
-from .text import DEFAULT_MAX_SECONDS, Chunk, chunk_text
+from .text import _SPEAKABLE, DEFAULT_MAX_SECONDS, Chunk, chunk_text
 
 SAMPLE_RATE = edit.SAMPLE_RATE
 # In memory, a narration is limited to this much audio (3 h is ~1 GB of float32 at 24 kHz, ~2 GB
@@ -34,7 +33,6 @@ SAMPLE_RATE = edit.SAMPLE_RATE
 MAX_IN_MEMORY_HOURS = 3.0
 CROSSFADE_MS = 20
 RUN_ON_TOLERANCE = 0.05      # seconds a line may run into the gap before the next one unflagged
-_SPEAKABLE = re.compile(r"[^\W_]")
 
 
 @dataclass(frozen=True)
