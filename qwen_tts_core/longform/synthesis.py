@@ -9,8 +9,8 @@ Keeping the voice across chunks, per kind of voice:
     all the following ones, next to the description. The VoiceDesign model has no speaker
     encoder: the reference is a `VoicePrompt` without x-vector.
 
-`Speaker.speak(text)` is what the long-form renderers call; anything with the same method (a
-test double, another engine) can stand in for it.
+`Speaker.speak(text, style)` is what the long-form renderers call (style None unless a script
+line gives one); anything with the same method (a test double, another engine) can stand in for it.
 """
 from __future__ import annotations
 
@@ -168,7 +168,7 @@ class Speaker:
         self.carry: VoicePrompt | None = None     # designed voice: the first good chunk
         self.chunks_spoken = 0
 
-    def _generate(self, request: Request, seed: int, sampling: Sampling | None):
+    def _generate(self, request: Request, seed: int, sampling: Sampling | None, expected: float):
         detector = RunawayDetector(self.limits)
 
         def on_frame(index: int, frame: torch.Tensor) -> bool:
@@ -183,7 +183,6 @@ class Speaker:
         if problem is None and not out.stopped[0] and self.end_of_speech_required:
             problem = Runaway("no end of speech", codes.shape[0], codes.shape[0],
                               f"stopped at the frame limit, {codes.shape[0] / FRAME_RATE:.1f} s")
-        expected = expected_seconds(request.text, request.language)
         if problem is None and expected >= 4 and codes.shape[0] < self.too_short * expected * FRAME_RATE:
             problem = Runaway("ended too early", codes.shape[0], codes.shape[0],
                               f"{codes.shape[0] / FRAME_RATE:.1f} s for ~{expected:.0f} s of text")
@@ -196,19 +195,20 @@ class Speaker:
         self.chunks_spoken += 1
         request = self.voice.request(text, style, self.carry)
         report = ChunkReport(index, text)
+        expected = expected_seconds(text, request.language)
         takes = []
         for attempt in range(self.retries + 1):
             seed = seed_for(self.seed, index, attempt)
             sampling = self.sampling
             if attempt and sampling is not None and not sampling.do_sample:
                 sampling = None      # greedy would repeat itself: retries sample (model defaults)
-            codes, problem = self._generate(request, seed, sampling)
+            codes, problem = self._generate(request, seed, sampling, expected)
             takes.append((problem, codes, seed))
             report.attempts = attempt + 1
             if problem is None:
                 break
             report.problems.append(f"attempt {attempt + 1} (seed {seed}): {problem.describe()}")
-        problem, codes, seed = self._best(takes, expected_seconds(text, request.language))
+        problem, codes, seed = self._best(takes, expected)
         kept = codes[: problem.keep] if problem is not None else codes
         report.seed, report.clean = seed, problem is None
         report.trimmed_seconds = (codes.shape[0] - kept.shape[0]) / FRAME_RATE

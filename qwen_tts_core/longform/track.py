@@ -183,7 +183,7 @@ def _say_chunks(chunks: list[Chunk], speaker, joiner: Joiner, pauses: Pauses, fi
     start, reports = None, []
     gap = first_gap
     for chunk in chunks:
-        take = speaker.speak(chunk.text, style) if style else speaker.speak(chunk.text)
+        take = speaker.speak(chunk.text, style)
         piece, _ = edit.trim(take.audio)
         if piece.numel() == 0:
             take.report.problems.append("no audible speech in this chunk")
@@ -225,12 +225,10 @@ def narrate(text: str, speaker, *, language: str | None = None, normalization: N
                 "to a file instead (sink=WavSink(path)), or split the text into parts.")
     lang, chunks, notes = _prepare(text, speaker, language, normalization, max_seconds)
     joiner = Joiner(sink)
-    done = []
 
     def progress(chunk: Chunk, report: ChunkReport) -> None:
-        done.append(report)
         if on_progress is not None:
-            on_progress(Progress(len(done), len(chunks), chunk.text, [report],
+            on_progress(Progress(chunk.index + 1, len(chunks), chunk.text, [report],
                                  joiner.position / SAMPLE_RATE))
 
     _, reports = _say_chunks(chunks, speaker, joiner, pauses, on_chunk=progress)
