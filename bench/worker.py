@@ -44,6 +44,11 @@ REAL_CODEC = dict(enc_hidden=512, enc_filters=64, enc_layers=8, enc_heads=8, enc
                   dec_head_dim=64, dec_intermediate=1024, dec_layers=8, dec_window=72, dec_dim=1536)
 
 
+def batch_texts(batch: int) -> list[str]:
+    """The first `batch` of TEXTS, cycling through them again when `batch` is larger."""
+    return TEXTS[:batch] if batch <= len(TEXTS) else (TEXTS * batch)[:batch]
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -64,6 +69,9 @@ class Timer:
 
     def __init__(self, device):
         self.device, self.seconds = device, 0.0
+
+    def reset(self) -> None:
+        self.seconds = 0.0
 
     def wrap(self, fn):
         def timed(*a, **k):
@@ -101,7 +109,7 @@ def run_official(args) -> dict:
     talker.code_predictor.generate = cp_timer.wrap(talker.code_predictor.generate)
     talker.model.forward = talker_timer.wrap(talker.model.forward)
     tts.model.generate = codes_timer.wrap(tts.model.generate)
-    texts = TEXTS[: args.batch] if args.batch <= len(TEXTS) else (TEXTS * args.batch)[: args.batch]
+    texts = batch_texts(args.batch)
 
     def once(frames):
         torch.manual_seed(0)
@@ -110,7 +118,7 @@ def run_official(args) -> dict:
 
     once(4)  # warm-up
     for t in (cp_timer, talker_timer, codes_timer):
-        t.seconds = 0.0
+        t.reset()
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     sync(args.device)
@@ -133,7 +141,7 @@ def run_ours(args) -> dict:
     cp_timer, talker_timer = Timer(args.device), Timer(args.device)
     talker.code_predictor.predict = cp_timer.wrap(talker.code_predictor.predict)
     talker.model.forward = talker_timer.wrap(talker.model.forward)
-    texts = TEXTS[: args.batch] if args.batch <= len(TEXTS) else (TEXTS * args.batch)[: args.batch]
+    texts = batch_texts(args.batch)
     first = {}
 
     def once(frames):
@@ -167,7 +175,8 @@ def run_ours(args) -> dict:
 
     once(4)  # warm-up
     first_audio_s = first_audio()
-    cp_timer.seconds = talker_timer.seconds = 0.0
+    for t in (cp_timer, talker_timer):
+        t.reset()
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     out, audio, codes_s, total = once(args.frames)
