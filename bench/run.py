@@ -23,7 +23,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-FRAME_RATE = 12.5
 
 
 def worker(python: str, *args: str, pythonpath: str | None = None, timeout: int = 7200) -> dict:
@@ -129,7 +128,6 @@ def main() -> None:
 
 
 def _cpu_info() -> str:
-    import os
     try:
         model = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):

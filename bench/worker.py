@@ -21,6 +21,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import torch  # noqa: E402
 
+from qwen_tts_core.duration import FRAME_RATE  # noqa: E402
+from qwen_tts_core.speech_codes import SAMPLES_PER_FRAME  # noqa: E402
+
 TEXT = ("The quick brown fox jumps over the lazy dog, while the evening news reports that "
         "tomorrow will be sunny with a light breeze from the west.")
 TEXTS = [TEXT, "Short and sweet.", "A medium length sentence about nothing in particular.",
@@ -39,6 +42,11 @@ REAL_CODEC = dict(enc_hidden=512, enc_filters=64, enc_layers=8, enc_heads=8, enc
                   enc_intermediate=2048, enc_codebook_dim=256, enc_quantizers=32,
                   dec_codebook_dim=512, dec_latent=1024, dec_hidden=512, dec_heads=16,
                   dec_head_dim=64, dec_intermediate=1024, dec_layers=8, dec_window=72, dec_dim=1536)
+
+
+def batch_texts(batch: int) -> list[str]:
+    """The first `batch` of TEXTS, cycling through them again when `batch` is larger."""
+    return TEXTS[:batch] if batch <= len(TEXTS) else (TEXTS * batch)[:batch]
 
 
 def sync(device: str) -> None:
@@ -60,7 +68,10 @@ class Timer:
     """Accumulates wall time of wrapped callables (synchronizing CUDA around them)."""
 
     def __init__(self, device):
-        self.device, self.seconds, self.calls = device, 0.0, 0
+        self.device, self.seconds = device, 0.0
+
+    def reset(self) -> None:
+        self.seconds = 0.0
 
     def wrap(self, fn):
         def timed(*a, **k):
@@ -69,7 +80,6 @@ class Timer:
             out = fn(*a, **k)
             sync(self.device)
             self.seconds += time.perf_counter() - t
-            self.calls += 1
             return out
         return timed
 
@@ -99,7 +109,7 @@ def run_official(args) -> dict:
     talker.code_predictor.generate = cp_timer.wrap(talker.code_predictor.generate)
     talker.model.forward = talker_timer.wrap(talker.model.forward)
     tts.model.generate = codes_timer.wrap(tts.model.generate)
-    texts = TEXTS[: args.batch] if args.batch <= len(TEXTS) else (TEXTS * args.batch)[: args.batch]
+    texts = batch_texts(args.batch)
 
     def once(frames):
         torch.manual_seed(0)
@@ -108,7 +118,7 @@ def run_official(args) -> dict:
 
     once(4)  # warm-up
     for t in (cp_timer, talker_timer, codes_timer):
-        t.seconds, t.calls = 0.0, 0
+        t.reset()
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     sync(args.device)
@@ -118,8 +128,8 @@ def run_official(args) -> dict:
     total = time.perf_counter() - start
     audio_s = sum(len(w) for w in wavs) / sr
     return dict(total_s=total, codes_s=codes_timer.seconds, decode_s=total - codes_timer.seconds,
-                audio_s=audio_s, frames=[int(len(w) // 1920) for w in wavs], first_audio_s=total,
-                talker_s=talker_timer.seconds, code_predictor_s=cp_timer.seconds,
+                audio_s=audio_s, frames=[int(len(w) // SAMPLES_PER_FRAME) for w in wavs],
+                first_audio_s=total, talker_s=talker_timer.seconds, code_predictor_s=cp_timer.seconds,
                 peak_gib=peak_memory(args.device))
 
 
@@ -131,7 +141,7 @@ def run_ours(args) -> dict:
     cp_timer, talker_timer = Timer(args.device), Timer(args.device)
     talker.code_predictor.predict = cp_timer.wrap(talker.code_predictor.predict)
     talker.model.forward = talker_timer.wrap(talker.model.forward)
-    texts = TEXTS[: args.batch] if args.batch <= len(TEXTS) else (TEXTS * args.batch)[: args.batch]
+    texts = batch_texts(args.batch)
     first = {}
 
     def once(frames):
@@ -165,13 +175,14 @@ def run_ours(args) -> dict:
 
     once(4)  # warm-up
     first_audio_s = first_audio()
-    cp_timer.seconds = talker_timer.seconds = 0.0
+    for t in (cp_timer, talker_timer):
+        t.reset()
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     out, audio, codes_s, total = once(args.frames)
     frames = [int(c.shape[0]) for c in out.codes]
     return dict(total_s=total, codes_s=codes_s, decode_s=total - codes_s,
-                audio_s=sum(frames) / 12.5, frames=frames, first_audio_s=first_audio_s,
+                audio_s=sum(frames) / FRAME_RATE, frames=frames, first_audio_s=first_audio_s,
                 first_frame_s=first.get("codes"), talker_s=talker_timer.seconds,
                 code_predictor_s=cp_timer.seconds, peak_gib=peak_memory(args.device))
 

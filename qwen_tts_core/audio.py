@@ -100,12 +100,17 @@ def read_wav(path: str | Path) -> tuple[torch.Tensor, int]:
     return pcm.view(-1, channels).t().contiguous(), rate
 
 
+def pcm16(x: torch.Tensor) -> torch.Tensor:
+    """Float audio in [-1, 1] (clipped outside) -> int16 samples, same shape, on the CPU."""
+    return (x.detach().float().cpu().clamp(-1, 1) * 32767.0).round().to(torch.int16)
+
+
 def write_wav(path: str | Path, audio: torch.Tensor, sample_rate: int = MODEL_RATE) -> None:
     """[T] or [C, T] float audio -> 16-bit PCM WAV."""
     x = audio.detach().float().cpu()
     if x.dim() == 1:
         x = x[None]
-    pcm = (x.clamp(-1, 1) * 32767.0).round().to(torch.int16).t().contiguous()
+    pcm = pcm16(x).t().contiguous()
     with wave.open(str(path), "wb") as w:
         w.setnchannels(x.shape[0])
         w.setsampwidth(2)

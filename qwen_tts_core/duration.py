@@ -34,11 +34,16 @@ SLACK = 2.0
 MARGIN_SECONDS = 3.0
 MIN_LIMIT_SECONDS = 4.0
 
+# Character ranges (for a regex [...] class) of kana (with half-width katakana) and of Hangul
+# (syllables and jamo), shared with the long-form language guess.
+KANA_RANGES = r"\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9d"
+HANGUL_RANGES = r"\uac00-\ud7af\u1100-\u11ff\u3130-\u318f"
+
 # Runs of one kind of character; han, kana and hangul come before the generic letter class.
 _RUNS = re.compile(
     r"(?P<han>[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]+)"
-    r"|(?P<kana>[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9d]+)"
-    r"|(?P<hangul>[\uac00-\ud7af\u1100-\u11ff\u3130-\u318f]+)"
+    rf"|(?P<kana>[{KANA_RANGES}]+)"
+    rf"|(?P<hangul>[{HANGUL_RANGES}]+)"
     r"|(?P<digit>[0-9\uff10-\uff19]+)"
     r"|(?P<sentence>[.!?\u2026\u3002\uff01\uff1f\uff0e]+)"
     r"|(?P<clause>[,;:\u3001\uff0c\uff1b\uff1a\u2014\u2013])"

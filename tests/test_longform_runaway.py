@@ -72,6 +72,9 @@ class ScriptedTTS:
     def __init__(self, script):
         self.script, self.calls = script, []
 
+    def check(self, request):     # QwenTTS.check, which VoiceSpec calls: the scripted requests are valid
+        return request
+
     def generate(self, requests, max_frames=None, sampling=None, sub_sampling=None, seed=None, on_frame=None):
         self.calls.append(dict(seed=seed, sampling=sampling, max_frames=max_frames))
         code0, ends = self.script[seed]

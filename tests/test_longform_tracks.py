@@ -70,6 +70,17 @@ def test_cuts_inside_a_clause_are_crossfaded_without_a_pause():
     assert all(g < 0.12 for g in gaps)                     # only the trimmed edges' margins
 
 
+def test_a_bad_pause_is_refused_before_anything_is_said():
+    speaker = ToneSpeaker()
+    text = "A first paragraph.\n\nA second paragraph."
+    for name in ("none", "clause", "sentence", "paragraph", "turn", "same"):
+        for value in (-0.1, 10.5, math.nan):
+            with pytest.raises(InputError, match=rf"The {name} pause must be between 0 and 10 seconds \(got {value}\)"):
+                narrate(text, speaker, pauses=Pauses(**{name: value}))
+    assert speaker.spoken == []
+    assert Pauses(none=0, paragraph=10).after("paragraph") == 10
+
+
 def test_emoji_mixed_scripts_and_bad_text():
     speaker = ToneSpeaker()
     out = narrate("Hello 👋 world! 我喜欢Python。Привет, мир! 🎉", speaker)

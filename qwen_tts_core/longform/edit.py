@@ -8,15 +8,13 @@ import math
 
 import torch
 
-SAMPLE_RATE = 24000
+from ..audio import MODEL_RATE
+
+SAMPLE_RATE = MODEL_RATE
 FRAME_MS = 10                   # energy frames for speech detection
 SPEECH_DB = -35.0               # a frame is speech if its RMS is within this of the loudest frame's
 FLOOR_RMS = 1e-3                # ... and above this absolute level (-60 dBFS): silence stays silence
 MIN_SPEECH_MS = 30              # shorter blips (clicks) do not count as a speech onset
-
-
-def silence(seconds: float, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    return torch.zeros(max(0, round(seconds * sample_rate)))
 
 
 def _frame_rms(audio: torch.Tensor, hop: int) -> torch.Tensor:

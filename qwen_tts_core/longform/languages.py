@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..duration import HANGUL_RANGES, KANA_RANGES
+
 LANGUAGES = ("chinese", "english", "german", "italian", "portuguese", "spanish", "japanese",
              "korean", "french", "russian")
-CJK = ("chinese", "japanese")          # no spaces between words; sentence marks end sentences alone
 
 
 @dataclass(frozen=True)
@@ -192,8 +193,8 @@ def language(name: str) -> Language:
 
 # ------------------------------------------------------------------ guessing the language
 _SCRIPT_RUNS = {
-    "kana": re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9d]"),
-    "hangul": re.compile(r"[\uac00-\ud7af\u1100-\u11ff\u3130-\u318f]"),
+    "kana": re.compile(rf"[{KANA_RANGES}]"),
+    "hangul": re.compile(rf"[{HANGUL_RANGES}]"),
     "han": re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"),
     "cyrillic": re.compile(r"[\u0400-\u04ff]"),
     "latin": re.compile(r"[A-Za-z\u00c0-\u024f]"),

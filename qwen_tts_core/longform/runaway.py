@@ -80,6 +80,9 @@ class RunawayDetector:
             if not self._counts[old]:
                 del self._counts[old]
 
+        # frames a hold (one code, or two alternating) explains: such a span is judged as a hold
+        # below, not as a repeating pattern (without periods 1 and 2 there is nothing to judge)
+        hold_span = max(self._runs[1] + 1, self._runs[2] + 2) if lim.max_period >= 2 else 0
         for p in range(1, lim.max_period + 1):          # the shortest period explains a loop best
             span = self._runs[p] + p                     # frames covered by the repetition
             start = t + 1 - span
@@ -88,7 +91,7 @@ class RunawayDetector:
                 what = "one code" if p == 1 else "two codes alternating"
                 self.found = Runaway("stuck on one sound", t, keep, f"{what} for {span / FRAME_RATE:.1f} s")
                 break
-            held = max(self._runs[1] + 1, self._runs[2] + 2) >= span   # a hold, judged above
+            held = hold_span >= span                     # a hold, judged above
             if p > 2 and span >= max(self._repeat, 3 * p) and not held:
                 self.found = Runaway("repeating pattern", t, start + p,
                                      f"{p} frames repeated for {span / FRAME_RATE:.1f} s")

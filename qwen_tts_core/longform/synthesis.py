@@ -9,8 +9,8 @@ Keeping the voice across chunks, per kind of voice:
     all the following ones, next to the description. The VoiceDesign model has no speaker
     encoder: the reference is a `VoicePrompt` without x-vector.
 
-`Speaker.speak(text)` is what the long-form renderers call; anything with the same method (a
-test double, another engine) can stand in for it.
+`Speaker.speak(text, style)` is what the long-form renderers call (style None unless a script
+line gives one); anything with the same method (a test double, another engine) can stand in for it.
 """
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from typing import Callable
 
 import torch
 
+from ..audio import MODEL_RATE
 from ..duration import FRAME_RATE, expected_seconds
 from ..errors import InputError, UnsupportedModeError
 from ..prompt import Request, VoicePrompt
 from ..sampling import Sampling
 from .runaway import Runaway, RunawayDetector, RunawayLimits
 
-SAMPLES_PER_FRAME = 1920          # 24 kHz / 12.5 Hz
 _KINDS = {"custom_voice": ("custom", "a CustomVoice model"), "voice_design": ("design", "the VoiceDesign model"),
           "base": ("clone", "a Base model")}
 
@@ -66,12 +66,9 @@ class VoiceSpec:
                                        f"{self.tts.model_type} model.")
         if kind == "custom" and not (self.speaker or "").strip():
             raise InputError(f"Choose a speaker: {', '.join(self.tts.speakers)}.")
-        if kind == "custom" and self.speaker.strip().lower() not in self.tts.speakers:
-            raise InputError(f"Unknown speaker {self.speaker!r}. This model has: {', '.join(self.tts.speakers)}.")
-        language = (self.language or "auto").strip().lower()
-        if language not in self.tts.languages:
-            raise InputError(f"Unsupported language {self.language!r}. Choose one of: "
-                             f"{', '.join(self.tts.languages)}.")
+        # the model's own checks of the language and the built-in speaker (on a stand-in text:
+        # the chunks come later)
+        self.tts.check(self.request("-"))
         if kind == "design" and not (self.instruct or "").strip():
             raise InputError("A designed voice needs a description (e.g. 'A warm, low female "
                              "voice, calm and slow').")
@@ -171,7 +168,7 @@ class Speaker:
         self.carry: VoicePrompt | None = None     # designed voice: the first good chunk
         self.chunks_spoken = 0
 
-    def _generate(self, request: Request, seed: int, sampling: Sampling | None):
+    def _generate(self, request: Request, seed: int, sampling: Sampling | None, expected: float):
         detector = RunawayDetector(self.limits)
 
         def on_frame(index: int, frame: torch.Tensor) -> bool:
@@ -186,7 +183,6 @@ class Speaker:
         if problem is None and not out.stopped[0] and self.end_of_speech_required:
             problem = Runaway("no end of speech", codes.shape[0], codes.shape[0],
                               f"stopped at the frame limit, {codes.shape[0] / FRAME_RATE:.1f} s")
-        expected = expected_seconds(request.text, request.language)
         if problem is None and expected >= 4 and codes.shape[0] < self.too_short * expected * FRAME_RATE:
             problem = Runaway("ended too early", codes.shape[0], codes.shape[0],
                               f"{codes.shape[0] / FRAME_RATE:.1f} s for ~{expected:.0f} s of text")
@@ -199,19 +195,20 @@ class Speaker:
         self.chunks_spoken += 1
         request = self.voice.request(text, style, self.carry)
         report = ChunkReport(index, text)
+        expected = expected_seconds(text, request.language)
         takes = []
         for attempt in range(self.retries + 1):
             seed = seed_for(self.seed, index, attempt)
             sampling = self.sampling
             if attempt and sampling is not None and not sampling.do_sample:
                 sampling = None      # greedy would repeat itself: retries sample (model defaults)
-            codes, problem = self._generate(request, seed, sampling)
+            codes, problem = self._generate(request, seed, sampling, expected)
             takes.append((problem, codes, seed))
             report.attempts = attempt + 1
             if problem is None:
                 break
             report.problems.append(f"attempt {attempt + 1} (seed {seed}): {problem.describe()}")
-        problem, codes, seed = self._best(takes, expected_seconds(text, request.language))
+        problem, codes, seed = self._best(takes, expected)
         kept = codes[: problem.keep] if problem is not None else codes
         report.seed, report.clean = seed, problem is None
         report.trimmed_seconds = (codes.shape[0] - kept.shape[0]) / FRAME_RATE
@@ -220,7 +217,7 @@ class Speaker:
         # a copy: decode may return a view into a larger buffer (e.g. with the reference decoded
         # in front of it), which would otherwise stay alive as long as this chunk's audio
         audio = audio.detach().to("cpu", torch.float32).flatten().clone()
-        report.seconds = audio.numel() / 24000
+        report.seconds = audio.numel() / MODEL_RATE
         first_good_design = (self.voice.kind == "design" and self.carry_designed_voice
                              and self.carry is None and problem is None
                              and kept.shape[0] >= self.min_reference_seconds * FRAME_RATE)

@@ -9,14 +9,14 @@ chunk (narration) or line (tracks, scripts); the callback may raise to stop (int
 from __future__ import annotations
 
 import math
-import re
 import wave
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from ..audio import pcm16
 from ..duration import expected_seconds
 from ..errors import InputError
 from . import edit
@@ -25,7 +25,7 @@ from .normalize import Normalization, clean, normalize_text
 from .script import ScriptLine, parse_script, speaker_prefix
 from .subtitles import Cue, format_time, spoken_text
 from .synthesis import ChunkReport
-from .text import DEFAULT_MAX_SECONDS, Chunk, chunk_text
+from .text import _SPEAKABLE, DEFAULT_MAX_SECONDS, Chunk, chunk_text
 
 SAMPLE_RATE = edit.SAMPLE_RATE
 # In memory, a narration is limited to this much audio (3 h is ~1 GB of float32 at 24 kHz, ~2 GB
@@ -33,7 +33,6 @@ SAMPLE_RATE = edit.SAMPLE_RATE
 MAX_IN_MEMORY_HOURS = 3.0
 CROSSFADE_MS = 20
 RUN_ON_TOLERANCE = 0.05      # seconds a line may run into the gap before the next one unflagged
-_SPEAKABLE = re.compile(r"[^\W_]")
 
 
 @dataclass(frozen=True)
@@ -46,13 +45,14 @@ class Pauses:
     turn: float = 0.45         # script: another speaker takes over
     same: float = 0.35         # script: the same speaker's next line
 
+    def __post_init__(self):       # checked once, before anything is generated
+        for brk in fields(self):
+            value = getattr(self, brk.name)
+            if not 0 <= value <= 10:
+                raise InputError(f"The {brk.name} pause must be between 0 and 10 seconds (got {value}).")
+
     def after(self, brk: str) -> float:
-        if brk in ("end", "start"):
-            return 0.0
-        value = getattr(self, brk)
-        if not 0 <= value <= 10:
-            raise InputError(f"The {brk} pause must be between 0 and 10 seconds (got {value}).")
-        return value
+        return 0.0 if brk in ("end", "start") else getattr(self, brk)
 
 
 # ------------------------------------------------------------------ sinks
@@ -62,12 +62,10 @@ class MemorySink:
 
     def __init__(self):
         self.pieces: list[torch.Tensor] = []
-        self.samples = 0
 
     def write(self, audio: torch.Tensor) -> None:
         if audio.numel():
             self.pieces.append(audio.detach().float().cpu())
-            self.samples += audio.numel()
 
     def result(self) -> torch.Tensor:
         out = torch.cat(self.pieces) if self.pieces else torch.zeros(0)
@@ -84,13 +82,10 @@ class WavSink:
         self._wav.setnchannels(1)
         self._wav.setsampwidth(2)
         self._wav.setframerate(sample_rate)
-        self.samples = 0
 
     def write(self, audio: torch.Tensor) -> None:
         if audio.numel():
-            pcm = (audio.detach().float().cpu().clamp(-1, 1) * 32767.0).round().to(torch.int16)
-            self._wav.writeframes(pcm.numpy().tobytes())
-            self.samples += audio.numel()
+            self._wav.writeframes(pcm16(audio).numpy().tobytes())
 
     def result(self) -> Path:
         self._wav.close()
@@ -188,7 +183,7 @@ def _say_chunks(chunks: list[Chunk], speaker, joiner: Joiner, pauses: Pauses, fi
     start, reports = None, []
     gap = first_gap
     for chunk in chunks:
-        take = speaker.speak(chunk.text, style) if style else speaker.speak(chunk.text)
+        take = speaker.speak(chunk.text, style)
         piece, _ = edit.trim(take.audio)
         if piece.numel() == 0:
             take.report.problems.append("no audible speech in this chunk")
@@ -199,16 +194,6 @@ def _say_chunks(chunks: list[Chunk], speaker, joiner: Joiner, pauses: Pauses, fi
         if on_chunk is not None:
             on_chunk(chunk, take.report)
     return start, reports
-
-
-def say(text: str, speaker, *, language: str | None = None, normalization: Normalization | None = None,
-        max_seconds: float = DEFAULT_MAX_SECONDS, pauses: Pauses | None = None,
-        style: str | None = None) -> tuple[torch.Tensor, list[ChunkReport]]:
-    """One line of any length, in memory: (audio, chunk reports)."""
-    _, chunks, _ = _prepare(text, speaker, language, normalization, max_seconds)
-    joiner = Joiner()
-    _, reports = _say_chunks(chunks, speaker, joiner, pauses or Pauses(), style=style)
-    return joiner.finish(), reports
 
 
 # ------------------------------------------------------------------ long text
@@ -240,12 +225,10 @@ def narrate(text: str, speaker, *, language: str | None = None, normalization: N
                 "to a file instead (sink=WavSink(path)), or split the text into parts.")
     lang, chunks, notes = _prepare(text, speaker, language, normalization, max_seconds)
     joiner = Joiner(sink)
-    done = []
 
     def progress(chunk: Chunk, report: ChunkReport) -> None:
-        done.append(report)
         if on_progress is not None:
-            on_progress(Progress(len(done), len(chunks), chunk.text, [report],
+            on_progress(Progress(chunk.index + 1, len(chunks), chunk.text, [report],
                                  joiner.position / SAMPLE_RATE))
 
     _, reports = _say_chunks(chunks, speaker, joiner, pauses, on_chunk=progress)
