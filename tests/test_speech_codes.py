@@ -56,3 +56,15 @@ def test_encode_decode_round_trip_shapes():
     # context codes are decoded in front and cut off again
     ctx = speech_codes.decode(tok, speech_codes.SpeechCodes([codes[5:]], [codes[:5]]))[0]
     assert ctx.shape == ((codes.shape[0] - 5) * 1920,)
+
+
+@pytest.mark.parametrize("frames", [15, 16, 17])
+def test_decode_reads_items_time_major_at_every_length(frames):
+    """A [16, 16] item is square: it must still be read as [frames, 16] (time-major). The decoder
+    is causal, so an item's audio equals the start of a longer item's audio with the same frames."""
+    require_codec()
+    tok = speech_codes.load_speech_tokenizer(MODELS / "Tiny-Tokenizer-12Hz")
+    codes = torch.randint(0, 2048, (40, 16), generator=torch.Generator().manual_seed(frames))
+    short, long = speech_codes.decode(tok, [codes[:frames], codes])
+    assert short.shape == (frames * 1920,)
+    assert (short - long[: frames * 1920]).abs().max() < 1e-3       # transposed: ~1.5
