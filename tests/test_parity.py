@@ -102,8 +102,14 @@ def test_speaker_features_and_embeddings():
     tts = tiny_model("Tiny-Base", speech_tokenizer=False)
     for clip in ("ref_en", "ref_de"):
         wav, sr = read_wav(AUDIO / f"{clip}.wav")
-        mel = tts._log_mel(wav[:1])[0].T
-        assert (mel - golden[f"mel.{clip}"]).abs().max() < TOL
+        mel = tts._log_mel(wav[:1])[0].T                                      # [128, frames]
+        # fp32 FFT rounding is relative to a frame's energy, so near-silent bins at the log floor
+        # differ by up to ~1e-3 in log between CPUs (AVX2 vs AVX-512 MKL); compare linear mel
+        # energies relative to each frame's peak (measured <= 9e-6; a one-hop shift gives 0.27).
+        linear, want = mel.double().exp(), golden[f"mel.{clip}"].double().exp()
+        rel = ((linear - want).abs() / want.amax(dim=0, keepdim=True)).max().item()
+        print(f"{clip}: max mel diff relative to the frame peak = {rel:.1e}")
+        assert rel < 5e-5
         emb = tts.speaker_embedding(wav, sr)
         diff = (emb - golden[f"spk.{clip}"]).abs().max().item()
         print(f"{clip}: max |x-vector diff| = {diff:.2e}")
