@@ -14,6 +14,11 @@ _MODEL_DTYPE = (
     "fp32 too, since the model is first loaded on the CPU, except with device auto under ComfyUI's "
     "--highvram or --gpu-only (loaded on the GPU, the decoder takes this precision).")
 _TOKENIZER_DTYPE = f"Precision of the speech decoder. {_AUTO_DTYPE} The encoder is always fp32."
+_DOWNLOAD_TIP = (
+    "Released checkpoints not on disk yet are listed as '<name> (download, size)': running with one "
+    "downloads it from Hugging Face into models/qwen-tts/<name>/ (progress bar, Cancel keeps what "
+    "arrived and the next run continues, every file's hash is checked), then loads it; afterwards it "
+    "is listed under its plain name (press R). A plain name never downloads anything.")
 
 
 def _device_inputs(dtype_tooltip: str) -> list[io.Input]:
@@ -34,13 +39,13 @@ class QwenTTSModelLoader(io.ComfyNode):
             display_name="Qwen3-TTS Model Loader",
             category=CATEGORY,
             description="Loads a Qwen3-TTS checkpoint folder from models/qwen-tts/ (CustomVoice, "
-                        "VoiceDesign or Base) with its speech tokenizer.",
+                        "VoiceDesign or Base) with its speech tokenizer; a '(download)' entry first "
+                        "downloads the released checkpoint from Hugging Face.",
             inputs=[
-                io.Combo.Input("model_name", options=runtime.list_model_folders("model"),
+                io.Combo.Input("model_name", options=runtime.model_choices("model"),
                                tooltip="A checkpoint folder under models/qwen-tts/ (also the "
                                        "qwen-tts paths of extra_model_paths.yaml), e.g. "
-                                       "Qwen3-TTS-12Hz-1.7B-CustomVoice. See the README (Models) for "
-                                       "the download commands."),
+                                       "Qwen3-TTS-12Hz-1.7B-CustomVoice. " + _DOWNLOAD_TIP),
                 *_device_inputs(_MODEL_DTYPE),
             ],
             outputs=[
@@ -56,7 +61,8 @@ class QwenTTSModelLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, model_name):
-        # A name missing from the list is reported at run time with download instructions.
+        # A name missing from the list is reported at run time with download instructions; a
+        # download entry downloads only when the node runs, never during validation.
         return True
 
     @classmethod
@@ -75,9 +81,9 @@ class QwenTTSSpeechTokenizerLoader(io.ComfyNode):
             description="Loads the Qwen3-TTS 12 Hz speech tokenizer (audio <-> codes): the standalone "
                         "Qwen3-TTS-Tokenizer-12Hz folder, or the one inside any model folder.",
             inputs=[
-                io.Combo.Input("tokenizer_name", options=runtime.list_model_folders("any"),
+                io.Combo.Input("tokenizer_name", options=runtime.model_choices("tokenizer"),
                                tooltip="Qwen3-TTS-Tokenizer-12Hz, or any Qwen3-TTS model folder "
-                                       "(its speech_tokenizer/ subfolder is used)."),
+                                       "(its speech_tokenizer/ subfolder is used). " + _DOWNLOAD_TIP),
                 *_device_inputs(_TOKENIZER_DTYPE),
             ],
             outputs=[Tokenizer.Output("speech_tokenizer", display_name="speech_tokenizer",

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.utils
 import folder_paths
+from qwen_tts_core import download as hub
 from qwen_tts_core import speech_codes
 from qwen_tts_core.api import QwenTTS, resolve_dtype
 from qwen_tts_core.duration import FRAME_RATE
@@ -27,15 +29,8 @@ log = logging.getLogger("qwen_tts_nodes")
 MODELS = "qwen-tts"              # models/qwen-tts/<checkpoint folder>/
 VOICES = "qwen-tts-voices"       # models/qwen-tts-voices/<name>.safetensors
 
-# Hugging Face repositories of the released checkpoints (folder name = repository name)
-CHECKPOINTS = {
-    "Qwen3-TTS-12Hz-1.7B-CustomVoice": "built-in speakers with style instructions",
-    "Qwen3-TTS-12Hz-0.6B-CustomVoice": "built-in speakers, smaller",
-    "Qwen3-TTS-12Hz-1.7B-VoiceDesign": "a voice from a description",
-    "Qwen3-TTS-12Hz-1.7B-Base": "voice cloning",
-    "Qwen3-TTS-12Hz-0.6B-Base": "voice cloning, smaller",
-    "Qwen3-TTS-Tokenizer-12Hz": "the speech tokenizer alone",
-}
+# the released checkpoints (folder name = Hugging Face repository name Qwen/<name>) -> what for
+CHECKPOINTS = {name: c.what for name, c in hub.CHECKPOINTS.items()}
 
 
 def register_folders() -> None:
@@ -66,6 +61,8 @@ def list_model_folders(kind: str = "any") -> list[str]:
             continue
         for sub in sorted(root.iterdir()):
             for folder in [sub] + (sorted(sub.iterdir()) if sub.is_dir() and not (sub / "config.json").exists() else []):
+                if folder.name.startswith("."):          # e.g. .downloading/: unfinished downloads
+                    continue
                 if folder.is_dir() and (folder / "config.json").is_file():
                     if kind == "model" and _looks_like_tokenizer(folder):
                         continue
@@ -83,8 +80,49 @@ def _looks_like_tokenizer(folder: Path) -> bool:
 
 def download_hint(name: str, root: Path) -> str:
     repo = name if name in CHECKPOINTS else "Qwen3-TTS-12Hz-1.7B-CustomVoice"
-    return (f"hf download Qwen/{repo} --local-dir \"{root / repo}\"  (or: huggingface-cli download "
-            f"Qwen/{repo} --local-dir ...)")
+    return f"{hub.manual_command(repo, root)}  (or: huggingface-cli download Qwen/{repo} --local-dir ...)"
+
+
+# --------------------------------------------------------------------------- downloads
+# A loader list offers each released checkpoint that is on disk nowhere as "<name> (download,
+# <size>)". Only that entry downloads (when the folder is still missing; otherwise it loads the
+# folder like the plain name); the plain name never downloads, so opening a shared workflow never
+# starts a download the user did not pick.
+_DOWNLOAD_ENTRY = re.compile(r"(?P<name>.+) \(download(?:, [^)]*)?\)")
+
+
+def download_entry(name: str) -> str:
+    return f"{name} (download, {hub.CHECKPOINTS[name].size})"
+
+
+def model_choices(kind: str) -> list[str]:
+    """A loader's list: the folders on disk, then download entries for the released checkpoints
+    that are not (kind "model": the TTS checkpoints; "tokenizer": the speech tokenizer)."""
+    have = list_model_folders("model" if kind == "model" else "any")
+    wanted = [n for n in hub.CHECKPOINTS if (n == hub.TOKENIZER) == (kind == "tokenizer")]
+    return have + [download_entry(n) for n in wanted if n not in have]
+
+
+def parse_choice(value: str) -> tuple[str, bool]:
+    """(folder name, whether the user chose to download it) for a loader's value."""
+    m = _DOWNLOAD_ENTRY.fullmatch(value) if isinstance(value, str) else None
+    if m and m["name"] in hub.CHECKPOINTS:
+        return m["name"], True
+    return value, False
+
+
+def chosen_folder(value: str, what: str = "model") -> tuple[str, Path]:
+    """(name, folder) for a loader's value; a download entry whose folder is missing downloads it
+    into the first models/qwen-tts folder first, with the progress bar and Cancel."""
+    name, fetch = parse_choice(value)
+    if fetch and not any((root / name / "config.json").is_file() for root in model_roots()):
+        roots = model_roots()
+        if not roots:
+            raise ModelFolderError(f"No models/{MODELS} folder is registered to download {name} into.")
+        bar = comfy.utils.ProgressBar(1)
+        hub.download(name, roots[0], on_progress=lambda done, total: bar.update_absolute(done, max(total, 1)),
+                     check_interrupt=stop_if_interrupted)
+    return name, find_model_folder(name, what)
 
 
 def find_model_folder(name: str, what: str = "model") -> Path:
@@ -94,7 +132,7 @@ def find_model_folder(name: str, what: str = "model") -> Path:
     if not isinstance(name, str) or not name.strip():
         name = ""
     parts = Path(name).parts
-    if name and (Path(name).is_absolute() or ".." in parts):
+    if name and (Path(name).is_absolute() or ".." in parts or any(p.startswith(".") for p in parts)):
         raise InputError(f"Invalid {what} folder name {name!r}; pick a folder under models/{MODELS}/.")
     for root in roots:
         folder = root / name
@@ -108,9 +146,11 @@ def find_model_folder(name: str, what: str = "model") -> Path:
     else:
         listing = f"Folders found: {', '.join(found)}."
     wanted = f"'{name}' " if name else ""
+    pick = (f"To download it from here, choose '{download_entry(name)}' in the loader's list. "
+            if name in CHECKPOINTS else "")
     raise ModelFolderError(
-        f"Qwen3-TTS {what} folder {wanted}not found in {where}. {listing} Download the checkpoint "
-        f"into its own folder there, e.g.: {download_hint(name, first)}. Checkpoints: "
+        f"Qwen3-TTS {what} folder {wanted}not found in {where}. {listing} {pick}Or download the "
+        f"checkpoint into its own folder there, e.g.: {download_hint(name, first)}. Checkpoints: "
         + "; ".join(f"{k} ({v})" for k, v in CHECKPOINTS.items())
         + ". Then refresh the browser (R) and pick it in the loader.")
 
@@ -229,7 +269,7 @@ class ModelHandle:
 
 
 def load_model(name: str, dtype: str, device: str) -> ModelHandle:
-    folder = find_model_folder(name)
+    name, folder = chosen_folder(name)
     load, offload = devices(device)
     dt = resolve_dtype(dtype, load)
     tts = QwenTTS.from_pretrained(folder, dtype=dt, device=offload, speech_tokenizer=True)
@@ -240,7 +280,7 @@ def load_model(name: str, dtype: str, device: str) -> ModelHandle:
 
 
 def load_tokenizer(name: str, dtype: str, device: str) -> TokenizerHandle:
-    folder = find_model_folder(name, "speech tokenizer")
+    name, folder = chosen_folder(name, "speech tokenizer")
     load, offload = devices(device)
     dt = resolve_dtype(dtype, load)
     tok = speech_codes.load_speech_tokenizer(folder, dtype=dt, device=offload)

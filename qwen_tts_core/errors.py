@@ -22,5 +22,10 @@ class VoiceFileError(QwenTTSError):
     """A saved voice file that cannot be used."""
 
 
+class DownloadError(QwenTTSError):
+    """A checkpoint download that cannot go on (offline, server error, damaged file); the message
+    says what was kept and how to continue or download by hand."""
+
+
 class Interrupted(QwenTTSError):
     """Generation was stopped by the caller's interrupt check."""
