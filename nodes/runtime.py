@@ -60,10 +60,10 @@ def list_model_folders(kind: str = "any") -> list[str]:
         if not root.is_dir():
             continue
         for sub in sorted(root.iterdir()):
+            if sub.name.startswith("."):                 # e.g. .downloading/: unfinished downloads
+                continue
             for folder in [sub] + (sorted(sub.iterdir()) if sub.is_dir() and not (sub / "config.json").exists() else []):
-                if folder.name.startswith("."):          # e.g. .downloading/: unfinished downloads
-                    continue
-                if folder.is_dir() and (folder / "config.json").is_file():
+                if folder.is_dir() and not folder.name.startswith(".") and (folder / "config.json").is_file():
                     if kind == "model" and _looks_like_tokenizer(folder):
                         continue
                     names.append(folder.relative_to(root).as_posix())

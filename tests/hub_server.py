@@ -101,7 +101,8 @@ class FakeHub:
         self.extra_siblings: list[dict] = []          # listed but not served (path tricks)
         self.down = False                 # True: every connection is closed without an answer
         self.down_after_cut = False       # go down when a cut answer breaks off
-        self.log: list[tuple[str, str, str | None, str]] = []   # method, path, Range, Host
+        self.on_request = None            # called with (method, path) before each answer
+        self.log: list[tuple] = []        # (method, path, Range, Host, Authorization) per request
         self.sent: list[tuple[str, int]] = []                  # file path, body bytes sent
         hub = self
 
@@ -166,7 +167,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, body: bool) -> None:
         url = urlsplit(self.path)
         path, query = unquote(url.path), parse_qs(url.query)
-        self.hub.log.append((self.command, path, self.headers.get("Range"), self.headers.get("Host", "")))
+        self.hub.log.append((self.command, path, self.headers.get("Range"), self.headers.get("Host", ""),
+                             self.headers.get("Authorization")))
+        if self.hub.on_request is not None:
+            self.hub.on_request(self.command, path)
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
             return self._info(m[1], m[2] or "main", "blobs" in query)
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path):

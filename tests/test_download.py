@@ -81,6 +81,15 @@ def test_downloads_the_checkpoint_byte_for_byte_with_progress(hub, tmp_path):
     assert cdn and all(r[3].startswith("localhost") and r[2] is None for r in cdn)
 
 
+def test_the_token_goes_to_the_hub_only_never_to_the_cdn(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    dl.download(TOKENIZER, tmp_path)
+    hub_side = [r for r in hub.log if not r[1].startswith("/cdn/")]
+    cdn = [r for r in hub.log if r[1].startswith("/cdn/")]
+    assert cdn and all(r[4] is None for r in cdn)
+    assert hub_side and all(r[4] == "Bearer hf_test_token" for r in hub_side)
+
+
 def test_a_folder_that_is_there_is_returned_without_asking_the_network(tmp_path, monkeypatch):
     (tmp_path / CUSTOM).mkdir()
     (tmp_path / CUSTOM / "config.json").write_text("{}")

@@ -87,9 +87,11 @@ def test_every_node_has_id_category_and_tooltips(N, rt):
 
 def test_loader_lists_checkpoints_by_their_real_names(N):
     model_opts = N["QwenTTSModelLoader"].define_schema().inputs[0].options
-    assert model_opts == [BASE, CUSTOM, DESIGN]                  # the tokenizer is not a TTS model
+    assert model_opts == [BASE, CUSTOM, DESIGN,                  # the tokenizer is not a TTS model
+                          "Qwen3-TTS-12Hz-0.6B-CustomVoice (download, 2.5 GB)",    # not on disk
+                          "Qwen3-TTS-12Hz-0.6B-Base (download, 2.5 GB)"]
     tok_opts = N["QwenTTSSpeechTokenizerLoader"].define_schema().inputs[0].options
-    assert TOKENIZER in tok_opts and CUSTOM in tok_opts
+    assert TOKENIZER in tok_opts and CUSTOM in tok_opts and not any("(download" in o for o in tok_opts)
 
 
 def test_folders_honour_extra_model_paths(N, rt, tmp_path):
@@ -121,7 +123,7 @@ def test_no_model_folders_at_all(N, tmp_path):
     saved = folder_paths.folder_names_and_paths["qwen-tts"]
     folder_paths.folder_names_and_paths["qwen-tts"] = ([str(tmp_path / "qwen-tts")], set())
     try:
-        assert N["QwenTTSModelLoader"].define_schema().inputs[0].options == []
+        assert all(o.endswith(" GB)") for o in N["QwenTTSModelLoader"].define_schema().inputs[0].options)
         with pytest.raises(ModelFolderError, match="no Qwen3-TTS folders there yet.*hf download "
                                                    "Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice"):
             run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="auto", device="auto")
