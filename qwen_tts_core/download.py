@@ -124,10 +124,9 @@ def download(name: str, root, *, on_progress: Progress | None = None,
         log.info("Downloading %s/%s (%s in %d files) into %s", OWNER, name, _size(progress.total),
                  len(files), final)
         progress.report()
-        opener, headers, auth = _http()
+        job = _Job(name, root, staging, commit, endpoint, progress, check_interrupt, *_http())
         for f in pending:
-            _fetch(f, _url(name, commit, f.path, endpoint), staging, opener, headers, auth,
-                   progress, check_interrupt, name, root)
+            _fetch(job, f)
         (staging / COMMIT_FILE).unlink()
         try:
             os.replace(staging, final)
@@ -317,10 +316,34 @@ class _Retry(Exception):
     """This attempt ended early; try again from where it stopped."""
 
 
-def _url(name: str, commit: str, path: str, endpoint: str) -> str:
-    from huggingface_hub import hf_hub_url
+@dataclass
+class _Job:
+    """One checkpoint's download: where it goes, what it reports to, how it talks HTTP."""
+    name: str
+    root: Path
+    staging: Path
+    commit: str
+    endpoint: str
+    progress: _Progress
+    check_interrupt: Callable[[], None]
+    opener: urllib.request.OpenerDirector
+    headers: dict
+    auth: str | None
 
-    return hf_hub_url(f"{OWNER}/{name}", path, revision=commit, endpoint=endpoint)
+    def url(self, f: RemoteFile) -> str:
+        from huggingface_hub import hf_hub_url
+
+        return hf_hub_url(f"{OWNER}/{self.name}", f.path, revision=self.commit, endpoint=self.endpoint)
+
+    def request(self, f: RemoteFile, start: int) -> urllib.request.Request:
+        request = urllib.request.Request(self.url(f), headers=dict(self.headers, **(
+            {"range": f"bytes={start}-"} if start else {})))
+        if self.auth:
+            request.add_unredirected_header("Authorization", self.auth)
+        return request
+
+    def manual(self) -> str:
+        return manual_command(self.name, self.root)
 
 
 @lru_cache(maxsize=1)
@@ -348,11 +371,10 @@ def _http():
     return _opener(), headers, auth
 
 
-def _fetch(f: RemoteFile, url: str, staging: Path, opener, headers: dict, auth: str | None,
-           progress: _Progress, check_interrupt, name: str, root: Path) -> None:
+def _fetch(job: _Job, f: RemoteFile) -> None:
     """Downloads one file into its .part (continuing what is there), checks its hash, and
     renames it to its final name."""
-    target, part = staging / f.path, _part(staging, f)
+    target, part, progress = job.staging / f.path, _part(job.staging, f), job.progress
     part.parent.mkdir(parents=True, exist_ok=True)
     digest = _Digest(f)
     have = part.stat().st_size if part.is_file() else 0
@@ -360,61 +382,58 @@ def _fetch(f: RemoteFile, url: str, staging: Path, opener, headers: dict, auth: 
         part.unlink()
         progress.add(-f.size)
         have = 0
+
+    def restart(out) -> int:
+        out.truncate(0)
+        digest.reset()
+        progress.add(-have)
+        return 0
+
     with open(part, "ab") as out:
         if have:
-            _hash_existing(part, have, digest, check_interrupt)
+            _hash_existing(part, have, digest, job.check_interrupt)
         failures = 0
         while have < f.size:
-            check_interrupt()
+            job.check_interrupt()
             try:
-                request = urllib.request.Request(url, headers=dict(headers, **(
-                    {"range": f"bytes={have}-"} if have else {})))
-                if auth:
-                    request.add_unredirected_header("Authorization", auth)
-                with opener.open(request, timeout=TIMEOUT) as response:
+                with job.opener.open(job.request(f, have), timeout=TIMEOUT) as response:
                     resumed = response.status == 206 and response.headers.get(
                         "Content-Range", "").startswith(f"bytes {have}-")
                     if have and not resumed:                # the Range was ignored: start over
-                        out.truncate(0)
-                        digest.reset()
-                        progress.add(-have)
-                        have = 0
+                        have = restart(out)
                     while chunk := response.read(CHUNK):
                         if have + len(chunk) > f.size:
-                            out.truncate(0)
-                            raise DownloadError(f"{url} sent more than the {f.size} bytes the Hub "
-                                                f"lists for {f.path}; nothing of it was kept. Check "
-                                                f"HF_ENDPOINT or download by hand: {manual_command(name, root)}")
+                            restart(out)
+                            raise DownloadError(f"{job.url(f)} sent more than the {f.size} bytes the "
+                                                f"Hub lists; nothing of it was kept. Check HF_ENDPOINT "
+                                                f"or download by hand: {job.manual()}")
                         out.write(chunk)
                         digest.update(chunk)
                         have += len(chunk)
                         progress.add(len(chunk))
                         failures = 0
-                        check_interrupt()
+                        job.check_interrupt()
                 if have < f.size:
                     raise _Retry(f"the connection closed after {have} of {f.size} bytes")
             except urllib.error.HTTPError as e:
                 if e.code in (401, 403, 404, 410):
-                    raise DownloadError(f"{url} answered HTTP {e.code} ({e.reason}); download by hand: "
-                                        f"{manual_command(name, root)}") from None
+                    raise DownloadError(f"{job.url(f)} answered HTTP {e.code} ({e.reason}); download "
+                                        f"by hand: {job.manual()}") from None
                 if e.code == 416:                           # range beyond the file: start over
-                    out.truncate(0)
-                    digest.reset()
-                    progress.add(-have)
-                    have = 0
-                failures = _retry(failures, f"HTTP {e.code}", f, have, staging, name, root)
+                    have = restart(out)
+                failures = _retry(job, failures, f"HTTP {e.code}", f, have)
             except (_Retry, OSError, http.client.HTTPException) as e:
                 out.flush()
-                failures = _retry(failures, str(e) or type(e).__name__, f, have, staging, name, root)
+                failures = _retry(job, failures, str(e) or type(e).__name__, f, have)
     bad = digest.mismatch()
     if bad:
         part.unlink()
         progress.add(-f.size)
         raise DownloadError(
-            f"{f.path} of {name} arrived damaged: its {digest.kind} is {bad} but the Hub lists "
-            f"{digest.want}. The damaged file was deleted (the verified files are kept in {staging}); "
-            f"download again to fetch it anew. If it keeps happening, check the connection, the proxy "
-            f"or HF_ENDPOINT, or download by hand: {manual_command(name, root)}")
+            f"{f.path} of {job.name} arrived damaged: its {digest.kind} is {bad} but the Hub lists "
+            f"{digest.want}. The damaged file was deleted (the verified files are kept in "
+            f"{job.staging}); download again to fetch it anew. If it keeps happening, check the "
+            f"connection, the proxy or HF_ENDPOINT, or download by hand: {job.manual()}")
     os.replace(part, target)
     progress.report()
 
@@ -428,14 +447,14 @@ def _hash_existing(part: Path, size: int, digest: _Digest, check_interrupt) -> N
             check_interrupt()
 
 
-def _retry(failures: int, why: str, f: RemoteFile, have: int, staging: Path, name: str, root: Path) -> int:
+def _retry(job: _Job, failures: int, why: str, f: RemoteFile, have: int) -> int:
     failures += 1
     if failures > RETRIES:
         raise DownloadError(
-            f"Download of {name} stopped: {why} ({f.path}: {_size(have)} of {_size(f.size)}). What was "
-            f"downloaded is kept in {staging}; download again to continue where it stopped. Is this "
-            f"computer offline? By hand: {manual_command(name, root)}")
-    log.warning("Downloading %s/%s: %s; trying again (%d/%d)", name, f.path, why, failures, RETRIES)
+            f"Download of {job.name} stopped: {why} ({f.path}: {_size(have)} of {_size(f.size)}). What "
+            f"was downloaded is kept in {job.staging}; download again to continue where it stopped. "
+            f"Is this computer offline? By hand: {job.manual()}")
+    log.warning("Downloading %s/%s: %s; trying again (%d/%d)", job.name, f.path, why, failures, RETRIES)
     time.sleep(RETRY_WAIT)
     return failures
 
