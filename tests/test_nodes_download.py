@@ -78,12 +78,13 @@ def size_of(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def test_lists_download_entries_only_for_checkpoints_not_on_disk(N, root):
-    assert options(N) == ALL_MODEL_ENTRIES
+def test_lists_download_entries_only_for_checkpoints_not_on_disk(N, root, hub):
+    assert options(N) == ALL_MODEL_ENTRIES                    # (what ComfyUI's /object_info shows)
     assert options(N, "QwenTTSSpeechTokenizerLoader") == [TOKENIZER_ENTRY]
     (root / CUSTOM).symlink_to(MODELS / "Tiny-CustomVoice", target_is_directory=True)
     assert options(N) == [CUSTOM] + [e for e in ALL_MODEL_ENTRIES if e != CUSTOM_ENTRY]
     assert options(N, "QwenTTSSpeechTokenizerLoader") == [CUSTOM, TOKENIZER_ENTRY]
+    assert hub.log == []                                      # listing never asks the network
 
 
 def test_choosing_a_download_entry_downloads_then_it_is_a_normal_model(N, rt, root, hub, progress):
