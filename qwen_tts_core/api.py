@@ -56,11 +56,13 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 
 def load_model(config: ModelConfig, files: dict, dtype: torch.dtype, device: torch.device) -> Qwen3TTS:
     """Builds the modules on the meta device and assigns the checkpoint tensors, already in
-    `dtype` on `device`: no fp32 copy of the model is ever made."""
+    `dtype` on `device`: no fp32 copy of the model is ever made. The rotary tables (built in
+    float64 on the CPU) then follow in `dtype` to `device`: nothing in float64 is left."""
     with torch.device("meta"):
         speaker = SpeakerEncoder(config.speaker_encoder) if config.speaker_encoder else None
         model = Qwen3TTS(config.talker, speaker)
-    return load_into(model, files, dtype, device, what=f"Qwen3-TTS {config.tts_model_type}")
+    load_into(model, files, dtype, device, what=f"Qwen3-TTS {config.tts_model_type}")
+    return model.to(device=device, dtype=dtype)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import DecoderLayer, RMSNorm, Rotary, SlidingKV, causal_mask
+from ..layers import DecoderLayer, RMSNorm, RotaryFp32, SlidingKV, causal_mask
 
 State = dict  # stateful module -> what it keeps between calls
 
@@ -227,10 +227,8 @@ class DecoderTransformer(nn.Module):
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.output_proj = nn.Linear(c.hidden_size, c.latent_dim)
         self.window = c.sliding_window
-        # fp32 angles as in the official model (bit-identical on <= 300 frames); a real CPU
-        # table even when the module itself is built on the meta device
-        with torch.device("cpu"):
-            self.rotary = Rotary(c.head_dim, c.rope_theta, angle_dtype=torch.float32)
+        # fp32 angles as in the official model (bit-identical on <= 300 frames)
+        self.rotary = RotaryFp32(c.head_dim, c.rope_theta)
 
     def forward(self, x: torch.Tensor, state: State) -> torch.Tensor:  # [B, T, latent] -> same
         t = x.shape[1]
