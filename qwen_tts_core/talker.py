@@ -39,6 +39,19 @@ class TransformerStack(nn.Module):
         return [KVCache(batch, c.num_key_value_heads, max_len, c.head_dim, dtype, device)
                 for _ in self.layers]
 
+    def cache_bytes(self, batch: int, max_len: int, dtype: torch.dtype) -> int:
+        """Size of `new_caches(batch, max_len, dtype, ...)`: keys and values of every layer."""
+        c = self.cfg
+        return 2 * len(self.layers) * batch * c.num_key_value_heads * max_len * c.head_dim * dtype.itemsize
+
+    def prefill_bytes(self, batch: int, length: int, dtype: torch.dtype) -> int:
+        """Transient memory of one forward pass over `length` positions: a layer's activations
+        (hidden, q/k/v, MLP) and its attention scores in fp32, as the math attention path
+        materializes them (fused attention kernels need less)."""
+        c = self.cfg
+        width = 4 * c.hidden_size + 2 * c.num_attention_heads * c.head_dim + 3 * c.intermediate_size
+        return batch * length * width * dtype.itemsize + batch * c.num_attention_heads * length * length * 4
+
     def forward(self, x, positions, mask, caches, start: int, cache_end: int | None = None):
         """x [B, T, D]; positions [B or 1, T]; mask bool [B or 1, 1, T, S] -> normed hidden [B, T, D]"""
         cos, sin = self.rotary(positions)
