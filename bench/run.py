@@ -91,6 +91,8 @@ def main() -> None:
     ap.add_argument("--official-pythonpath", default=str(ROOT / ".venv" / "transformers-4.57"))
     ap.add_argument("--ours-python", default=sys.executable)
     ap.add_argument("--skip-official", action="store_true")
+    ap.add_argument("--no-cuda-graphs", action="store_true",
+                    help="ours without CUDA graphs (they are on by default on CUDA)")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
 
@@ -102,7 +104,8 @@ def main() -> None:
         folder = ensure_weights(official, size)
         for batch in map(int, args.batches.split(",")):
             base = ["--model", str(folder), "--size", size, "--batch", str(batch), *common]
-            pair = {"ours": derived(worker(args.ours_python, "ours", *base))}
+            pair = {"ours": derived(worker(args.ours_python, "ours", *base,
+                                           *(["--no-cuda-graphs"] if args.no_cuda_graphs else [])))}
             print(f"{size} b{batch} ours: {pair['ours']['xrt']:.3f} xRT", flush=True)
             if not args.skip_official:
                 pair["official"] = derived(worker(args.official_python, "official", *base,

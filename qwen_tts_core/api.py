@@ -415,21 +415,23 @@ class QwenTTS:
             torch.cuda.empty_cache()
 
     def memory_estimate(self, batch: int, frames: int, prompt_positions: int = 512,
-                        decode: bool = True) -> int:
-        """Bytes a generation of `batch` items of up to `frames` frames needs on the device
-        besides the weights: the talker's and code predictor's KV caches and the frame state
-        (at their bucketed size when CUDA graphs keep them), plus the speech decoder's
-        activations for the batch. With graphs the caches stay allocated while decoding, so both
-        count; otherwise the caches are freed first and the larger of the two counts."""
-        talker = self.model.talker
+                        device: torch.device | None = None, decode: bool = True) -> int:
+        """Bytes a generation of `batch` items of up to `frames` frames needs on `device`
+        (default: where the model is) besides the weights: the talker's and code predictor's KV
+        caches, the frame state and the prefill (at the bucketed cache length when CUDA graphs
+        keep them), plus the speech decoder's working memory for the batch. With graphs the
+        caches stay allocated while decoding, so both count; otherwise the caches are freed
+        first and the larger of the two counts."""
+        device = torch.device(device) if device is not None else self.device
+        graphs = bool(self.cuda_graphs) and device.type == "cuda"
         length = prompt_positions + frames
-        if self.uses_cuda_graphs():
+        if graphs:
             length = cache_bucket(length, self.config.talker.max_position_embeddings)
-        caches = step_bytes(talker, batch, length, self.dtype)
+        caches = step_bytes(self.model.talker, batch, length, self.dtype)
         if not decode or self.codec is None or self.codec.decoder is None:
             return caches
-        decoding = self.codec.decode_bytes(batch, frames)
-        return caches + decoding if self.uses_cuda_graphs() else max(caches, decoding)
+        decoding = self.codec.decode_bytes(batch, frames, device)
+        return caches + decoding if graphs else max(caches, decoding)
 
     def generate(self, requests: Sequence[Request], max_frames: int | None = None,
                  sampling: Sampling | None = None, sub_sampling: Sampling | None = None,

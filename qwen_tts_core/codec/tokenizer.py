@@ -172,13 +172,13 @@ class SpeechTokenizer:
         per_frame = self._decoder().activation_bytes(1, self.dtype)
         return max(1, min(OFFICIAL_CHUNK, DECODE_BUDGET // max(1, batch * per_frame)))
 
-    def decode_bytes(self, batch: int, frames: int) -> int:
-        """Working memory of `decode` for `batch` items of up to `frames` frames on the decoder's
-        device: one chunk's activations, plus the whole audio when that device is the CPU
-        (the result is gathered there in float32)."""
+    def decode_bytes(self, batch: int, frames: int, device: torch.device | None = None) -> int:
+        """Working memory of `decode` for `batch` items of up to `frames` frames on `device`
+        (default: the decoder's): one chunk's activations, plus the whole audio when that device
+        is the CPU (the result is gathered there in float32)."""
         chunk = min(frames, self.decode_chunk_frames(batch))
         total = batch * self._decoder().activation_bytes(chunk, self.dtype)
-        if self.device.type == "cpu":
+        if (device or self.device).type == "cpu":
             total += batch * frames * self.samples_per_frame * 4
         return total
 
