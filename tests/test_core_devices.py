@@ -180,12 +180,14 @@ def test_static_steps_are_kept_per_bucket_and_reused_across_prompts():
     and each gets exactly the golden greedy codes (a stale buffer would change them)."""
     tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu", speech_tokenizer=False)
     kept = []
-    for case in ("cv_batch", "cv_batch", "cv_streaming_text"):
+    # the batch, the same batch in reverse order (other left pads per row), another batch size
+    for case, order in (("cv_batch", [0, 1, 2]), ("cv_batch", [2, 1, 0]), ("cv_streaming_text", [0])):
         _, reqs = requests_of(case)
-        loop = tts.frame_loop(reqs, official_max_frames(case), greedy(tts), GREEDY_SUB, static=True)
+        loop = tts.frame_loop([reqs[i] for i in order], official_max_frames(case), greedy(tts), GREEDY_SUB,
+                              static=True)
         kept.append(loop.state)
         frames = generate.collect(loop)
-        for i, codes in enumerate(frames.codes):
+        for codes, i in zip(frames.codes, order):
             assert torch.equal(codes, GOLDEN[f"{case}.codes.{i}"]), (case, i)
     assert kept[0] is kept[1]                                       # same batch size and bucket
     assert len(tts.steps.steps) == 2 and kept[2] is not kept[0]     # cv_streaming_text: batch of 1
