@@ -1,7 +1,9 @@
 """The generation loop: prefill the talker with left-padded prompts, then per frame choose
 codebook 0, let the code predictor fill codebooks 1..15, and feed the frame back.
 
-Static preallocated KV caches; the only host sync per frame is the end-of-speech check.
+Static preallocated KV caches; one host sync per frame (end of speech and the overflow check).
+On CUDA the frame step is replayed as a CUDA graph, captured once per shape bucket and kept
+(with its caches) for later generations of that shape (`StepBuckets`).
 """
 from __future__ import annotations
 
