@@ -149,8 +149,8 @@ def check_dtype_runs(dtype: torch.dtype, device: torch.device) -> None:
 
 def load_model(config: ModelConfig, files: dict, dtype: torch.dtype, device: torch.device) -> Qwen3TTS:
     """Builds the modules on the meta device and assigns the checkpoint tensors, already in
-    `dtype` on `device`: no fp32 copy of the model is ever made. The rotary tables (built in
-    float64 on the CPU) then follow in `dtype` to `device`: nothing in float64 is left."""
+    `dtype` on `device`: no fp32 copy of the model is ever made. The rotary tables (built on
+    the CPU) then follow in `dtype` to `device`."""
     with torch.device("meta"):
         speaker = SpeakerEncoder(config.speaker_encoder) if config.speaker_encoder else None
         model = Qwen3TTS(config.talker, speaker)

@@ -49,9 +49,9 @@ class Rotary(nn.Module):
 
     The talker's multimodal RoPE feeds the same position to all three streams for speech, which
     makes it exactly the plain 1-D rotary embedding, so one implementation serves all models.
-    The table is formed once, in float64 on the CPU (accurate at long positions), then kept as
-    non-persistent buffers that `load_model` casts to the model's dtype and device; they move
-    with the module (ComfyUI offloading) and are not part of the checkpoint.
+    The table is formed once, in float64 on the CPU (accurate at long positions), and kept in
+    float32 as non-persistent buffers that `load_model` casts to the model's dtype and device;
+    they move with the module (ComfyUI offloading) and are not part of the checkpoint.
     """
 
     def __init__(self, head_dim: int, theta: float, positions: int):
@@ -59,8 +59,8 @@ class Rotary(nn.Module):
         angles = torch.arange(positions, dtype=torch.float64, device="cpu")[:, None] \
             * inverse_frequencies(head_dim, theta).double()                       # [P, Dh/2]
         angles = torch.cat([angles, angles], dim=-1)                               # [P, Dh]
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions [..., T] (int, < the table length) -> cos, sin [..., T, Dh]"""

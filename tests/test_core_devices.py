@@ -58,9 +58,10 @@ def test_rotary_tables_are_in_the_model_dtype_on_its_device():
     assert rotary.cos.dtype == rotary.sin.dtype == torch.bfloat16
     assert rotary.cos.shape[0] == tts.config.talker.max_position_embeddings
     assert tts.model.talker.code_predictor.model.rotary.cos.shape[0] == tts.config.talker.num_code_groups
-    # the table is the float64 formula, rounded once: position 1000, dimension 3
+    # the table is the float64 formula, rounded (to float32, then the model dtype): position 1000
     inv = 1.0 / (tts.config.talker.rope_theta ** (torch.arange(0, 16, 2).float() / 16))
-    assert rotary.cos[1000, 3] == (1000 * inv[3].double()).cos().to(torch.bfloat16)
+    want = (1000 * inv.double()).cos().float().to(torch.bfloat16)
+    assert torch.equal(rotary.cos[1000], torch.cat([want, want]))
 
 
 # ----------------------------------------------------------------------------- dtype rules
@@ -335,3 +336,60 @@ def test_decode_chunk_bounds_the_batch_memory(codec):
         chunk = tok.decode_chunk_frames(batch)
         assert 1 <= chunk <= 300
         assert chunk == 300 or batch * chunk * per_frame <= tokenizer.DECODE_BUDGET
+
+
+# ----------------------------------------------------------------------------- half precision
+@pytest.mark.parametrize("case", ["cv_batch", "vd_auto_streaming_text", "base_xvec"])
+def test_half_precision_first_step_logits_and_no_overflow(case):
+    """fp16 and bf16 on the fixtures (CPU): first-step logits close to the fp32 goldens
+    (measured max |diff|: fp16 <= 0.0064, bf16 <= 0.046, logits span ~3.3-4.6), and a whole
+    fp16 generation without overflow (the per-frame check would raise)."""
+    from qwen_tts_core.generate import collate, prefill
+
+    name, reqs = requests_of(case)
+    for dtype, tol in (("fp16", 0.02), ("bf16", 0.1)):
+        tts = api.QwenTTS.from_pretrained(MODELS / name, dtype=dtype, device="cpu", speech_tokenizer=False)
+        talker = tts.model.talker
+        with torch.inference_mode():
+            batch = collate(tts.build_prompts(reqs), talker.embed_text(torch.tensor([tts.config.tts_pad_token_id]))[0])
+            caches = talker.model.new_caches(batch.embeds.shape[0], batch.embeds.shape[1], tts.dtype, "cpu")
+            logits = talker.codec_head(prefill(talker, batch, caches)).float()
+        diff = (logits - GOLDEN[f"{case}.logits"]).abs().max().item()
+        print(f"{case} {dtype}: first-step logits max |diff| vs fp32 = {diff:.2g}")
+        assert torch.isfinite(logits).all() and diff < tol
+        if dtype == "fp16":
+            out = tts.generate(reqs, max_frames=20, seed=2)
+            assert all(torch.isfinite(c.float()).all() for c in out.codes)
+
+
+def test_overflow_stops_generation_with_a_message():
+    tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp16", device="cpu", speech_tokenizer=False)
+    tts.model.talker.codec_head.weight.data *= 1e6          # logits beyond fp16's 65504
+    with pytest.raises(DeviceError) as e:
+        tts.generate_custom_voice(["One.", "Two."], "ryan", max_frames=5, seed=1)
+    assert str(e.value) == ("The model computed non-finite values (inf/NaN) in float16 for batch item(s) 1, 2: "
+                            "float16 overflows with these weights. Load the model with dtype fp32 (or bf16 on "
+                            "a GPU that has it) and run again.")
+
+
+def test_out_of_memory_while_generating_or_decoding(codec, monkeypatch):
+    from qwen_tts_core.errors import OutOfMemory
+
+    tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu")
+    tts.generate_custom_voice("Kept.", "ryan", max_frames=3, static=True)
+    assert tts.steps.steps
+
+    def oom(index, frame):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    with pytest.raises(OutOfMemory) as e:
+        tts.generate_custom_voice(["One.", "Two."], "ryan", max_frames=5, on_frame=oom)
+    assert isinstance(e.value, torch.OutOfMemoryError)      # ComfyUI's own OOM handling still runs
+    assert str(e.value) == ("Out of memory on cpu while generating a batch of 2. The generation's memory "
+                            "was freed. Generate fewer lines at once, lower max_seconds, or free memory "
+                            "(unload other models).")
+    assert tts.steps.steps == {}                             # the kept steps went too
+    monkeypatch.setattr(tts.codec.decoder, "forward", lambda *a, **k: oom(0, None))
+    with pytest.raises(OutOfMemory, match=r"while decoding 1 clip\(s\) to audio; the decode's memory was "
+                                          r"freed \(the codes are kept\)"):
+        tts.decode([torch.zeros(4, 16, dtype=torch.long)])
