@@ -284,7 +284,9 @@ class StepBuckets:
     bucket, dtype, sampling settings), each with its CUDA graph once captured: a graph is
     captured once per bucket and replayed for every later prompt. At most `limit` buckets are
     kept (least recently used goes first); all are dropped when the talker's weights move
-    (ComfyUI offloading: a graph holds the weights' addresses) or on `clear()`."""
+    (ComfyUI offloading: a graph holds the weights' addresses) or on `clear()`. A kept step
+    serves one generation at a time (as ComfyUI runs them): finish iterating one `stream()`
+    before starting another generation of the same shape on the same model."""
 
     def __init__(self, limit: int = 2):
         self.limit = limit
