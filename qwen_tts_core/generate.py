@@ -132,6 +132,7 @@ class FrameStep:
         self.valid_keys = torch.zeros(batch, cache_len, dtype=torch.bool, device=device)   # [B, S]
         self.seen = torch.zeros(batch, cfg.vocab_size, dtype=torch.bool, device=device)
         self.finite = torch.ones(batch, dtype=torch.bool, device=device)  # all logits finite so far
+        self.guard = dtype == torch.float16   # the one dtype whose range real activations can exceed
         groups, sub_vocab = cfg.num_code_groups - 1, cfg.code_predictor.vocab_size
         # per item and frame: the 15 code-predictor draws, then the talker draw (one row each)
         self.noise_row = torch.ones(batch, groups * sub_vocab + cfg.vocab_size, device=device)
@@ -182,9 +183,11 @@ class FrameStep:
         return code
 
     def check_finite(self, logits: torch.Tensor) -> torch.Tensor:
-        """Notes rows whose logits [B, V] overflowed (inf/NaN: too narrow a dtype for these
-        weights); the loop reports it at its per-frame sync instead of emitting garbage."""
-        self.finite &= torch.isfinite(logits).all(dim=-1)
+        """In fp16, notes rows whose logits [B, V] overflowed (inf/NaN: fp16's range, 65504, is
+        too narrow for these weights); the loop reports it at its per-frame sync instead of
+        emitting garbage. bf16 and fp32 share fp32's range: no check, no cost."""
+        if self.guard:
+            self.finite &= torch.isfinite(logits).all(dim=-1)
         return logits
 
     def choose_sub(self, logits: torch.Tensor, group: int) -> torch.Tensor:
@@ -351,10 +354,13 @@ class FrameLoop:
             b = self.length.shape[0]
             for step in range(self.max_frames):
                 self.length = torch.where((state.code0 == state.eos) & (self.length < 0), step, self.length)
-                host = torch.cat([self.length, state.finite.long()]).tolist()   # the one sync
-                self.ended = host[:b]
-                if not all(host[b:]):
-                    raise NonFinite([i for i, ok in enumerate(host[b:]) if not ok], state.hidden.dtype)
+                if state.guard:   # the one sync per frame: end of speech (and overflow in fp16)
+                    host = torch.cat([self.length, state.finite.long()]).tolist()
+                    if not all(host[b:]):
+                        raise NonFinite([i for i, ok in enumerate(host[b:]) if not ok], state.hidden.dtype)
+                    self.ended = host[:b]
+                else:
+                    self.ended = self.length.tolist()
                 if all(n >= 0 for n in self.ended):
                     return
                 state.prepare(step, self.generators)
