@@ -7,8 +7,10 @@ from . import runtime
 from .types import CATEGORY, DEVICES, DTYPES, Model, Tokenizer
 
 
-_AUTO_DTYPE = ("auto: bf16 on a CUDA GPU that supports it (else fp16), fp32 on CPU, Apple MPS and "
-               "other devices.")
+_AUTO_DTYPE = ("auto: ComfyUI's choice for the device (its --bf16-unet / --fp16-unet / --fp32-unet "
+               "/ --force-fp32 flags apply): bf16 on GPUs that compute it natively (RTX 30xx, A100 "
+               "and newer), fp16 on older GPUs and Apple MPS, fp32 on CPU; the info output says "
+               "what was chosen and why.")
 _MODEL_DTYPE = (
     f"Weight precision. {_AUTO_DTYPE} The speech tokenizer's encoder is always fp32; its decoder is "
     "fp32 too, since the model is first loaded on the CPU, except with device auto under ComfyUI's "
@@ -47,6 +49,13 @@ class QwenTTSModelLoader(io.ComfyNode):
                                        "qwen-tts paths of extra_model_paths.yaml), e.g. "
                                        "Qwen3-TTS-12Hz-1.7B-CustomVoice. " + _DOWNLOAD_TIP),
                 *_device_inputs(_MODEL_DTYPE),
+                # appended last: workflows map widget values by position; older ones get the default
+                io.Boolean.Input("cuda_graphs", default=True, optional=True,
+                                 tooltip="Fast path on NVIDIA GPUs: each generated frame is replayed "
+                                         "as one captured CUDA graph (captured once per batch size and "
+                                         "length bucket, then reused). In fp32 the codes are the same "
+                                         "as without; off: the plain step (for debugging). No effect "
+                                         "on CPU or Mac."),
             ],
             outputs=[
                 Model.Output("model", display_name="model",
@@ -55,7 +64,8 @@ class QwenTTSModelLoader(io.ComfyNode):
                 Tokenizer.Output("speech_tokenizer", display_name="speech_tokenizer",
                                  tooltip="The model's own speech tokenizer, for Encode/Decode."),
                 io.String.Output("info", display_name="info",
-                                 tooltip="Model type, size, precision, device and speakers."),
+                                 tooltip="Model type, size, precision (and why it was chosen), "
+                                         "device, speakers and whether CUDA graphs are used."),
             ],
         )
 
@@ -66,8 +76,8 @@ class QwenTTSModelLoader(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, model_name, dtype, device) -> io.NodeOutput:
-        handle = runtime.load_model(model_name, dtype, device)
+    def execute(cls, model_name, dtype, device, cuda_graphs=True) -> io.NodeOutput:
+        handle = runtime.load_model(model_name, dtype, device, cuda_graphs)
         return io.NodeOutput(handle, handle.tokenizer(), handle.describe())
 
 

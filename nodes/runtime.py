@@ -19,7 +19,8 @@ import comfy.utils
 import folder_paths
 from qwen_tts_core import download as hub
 from qwen_tts_core import speech_codes
-from qwen_tts_core.api import QwenTTS, resolve_dtype
+from qwen_tts_core.api import QwenTTS, auto_dtype, probe_device
+from qwen_tts_core.api import choose_dtype as core_choose_dtype
 from qwen_tts_core.duration import FRAME_RATE
 from qwen_tts_core.errors import InputError, ModelFolderError
 from qwen_tts_core.voice import list_voices, voice_path
@@ -178,10 +179,13 @@ def voice_save_folder() -> Path:
 
 # --------------------------------------------------------------------------- devices, offloading
 def devices(choice: str) -> tuple[torch.device, torch.device]:
-    """(load device, offload device) for the loader's device option."""
+    """(load device, offload device) for the loader's device option; a GPU that is busy or
+    broken is reported here, before anything loads."""
     cpu = torch.device("cpu")
     if choice == "auto":
         load = mm.get_torch_device()
+        if load.type != "cpu":
+            probe_device(load)
         return load, (cpu if load.type == "cpu" else mm.unet_offload_device())
     if choice == "cpu":
         return cpu, cpu
@@ -189,26 +193,63 @@ def devices(choice: str) -> tuple[torch.device, torch.device]:
         if not torch.cuda.is_available():
             raise InputError("device 'cuda' was chosen but this machine has no usable CUDA GPU "
                              "(or ComfyUI runs with --cpu). Choose 'auto' or 'cpu'.")
-        return torch.device("cuda", torch.cuda.current_device()), cpu
+        return probe_device(torch.device("cuda", torch.cuda.current_device())), cpu
     if choice == "mps":
         if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
             raise InputError("device 'mps' was chosen but Apple Metal is not available here. "
                              "Choose 'auto' or 'cpu'.")
-        return torch.device("mps"), cpu
+        return probe_device(torch.device("mps")), cpu
     raise InputError(f"Unknown device {choice!r}; use auto, cuda, cpu or mps.")
 
 
-class QwenTTSWeights(torch.nn.Module):
-    """Container that lets ComfyUI's ModelPatcher move a group of our modules as one model."""
+SUPPORTED = (torch.bfloat16, torch.float16, torch.float32)
 
-    def __init__(self, **modules):
+
+def choose_dtype(choice: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """(dtype, why) for the loader's dtype option on the load device. "auto" follows ComfyUI:
+    `model_management.unet_dtype` with this model's supported precisions, so ComfyUI's flags
+    (--bf16-unet, --fp16-unet, --fp32-unet, --force-fp32, ...) apply. The pack's own rule
+    (`qwen_tts_core.api.auto_dtype`) is used where ComfyUI has no such function, picks a
+    precision this model has no kernels for (fp8, fp64), or picks bf16 on a GPU that only
+    emulates it."""
+    if choice != "auto":
+        return core_choose_dtype(choice, device)
+    unet_dtype = getattr(mm, "unet_dtype", None)
+    try:
+        chosen = unet_dtype(device=device, supported_dtypes=list(SUPPORTED)) if unet_dtype else None
+    except TypeError:          # an older ComfyUI without supported_dtypes
+        chosen = None
+    own, own_why = auto_dtype(device)
+    if chosen is None:
+        return own, f"{own_why} (this ComfyUI has no dtype helper for it)"
+    name = str(chosen).replace("torch.", "")
+    if chosen not in SUPPORTED:
+        return own, f"{own_why} (ComfyUI's choice {name} is not a precision this model runs in)"
+    if chosen == torch.bfloat16 and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+        return own, f"{own_why} (ComfyUI chose bf16, which this GPU only emulates)"
+    return chosen, f"{name}: ComfyUI's choice for {device} (its precision flags apply)"
+
+
+class QwenTTSWeights(torch.nn.Module):
+    """Container that lets ComfyUI's ModelPatcher move a group of our modules as one model.
+    `on_move` runs before the weights move (offload, reload): kept CUDA graphs hold the
+    weights' addresses, so they and their caches are released then."""
+
+    def __init__(self, on_move=None, **modules):
         super().__init__()
+        self._on_move = on_move
         for k, v in modules.items():
             self.add_module(k, v)
 
+    def _apply(self, fn, *args, **kwargs):
+        if self._on_move is not None:
+            self._on_move()
+        return super()._apply(fn, *args, **kwargs)
 
-def patcher(module: torch.nn.Module, load: torch.device, offload: torch.device):
-    return comfy.model_patcher.ModelPatcher(QwenTTSWeights(weights=module), load_device=load, offload_device=offload)
+
+def patcher(module: torch.nn.Module, load: torch.device, offload: torch.device, on_move=None):
+    return comfy.model_patcher.ModelPatcher(QwenTTSWeights(on_move, weights=module), load_device=load,
+                                            offload_device=offload)
 
 
 def load_to_device(patchers: list, memory_required: int = 0) -> None:
@@ -248,8 +289,13 @@ class ModelHandle:
     def describe(self) -> str:
         t = self.tts
         extra = f"; speakers: {', '.join(t.speakers)}" if t.speakers else ""
+        load = self.patcher.load_device
+        if load.type != "cuda":
+            graphs = "CUDA graphs: not used on " + load.type
+        else:
+            graphs = "CUDA graphs: " + ("on" if t.cuda_graphs else "off (eager step)")
         return (f"{self.name}: Qwen3-TTS {t.config.size_label} {t.model_type}, {t.dtype} on "
-                f"{self.patcher.load_device}{extra}")
+                f"{load}{extra}; precision {t.dtype_reason}; {graphs}")
 
     def tokenizer(self) -> TokenizerHandle:
         return TokenizerHandle(self.tts.codec, self.codec_patcher, f"{self.name}/speech_tokenizer")
@@ -262,19 +308,21 @@ class ModelHandle:
         return self.tts
 
     def memory_estimate(self, batch: int, frames: int) -> int:
-        """Bytes of the talker's KV caches for `batch` items of ~`frames` positions."""
-        c = self.tts.config.talker
-        per_position = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim
-        return int(batch * (frames + 512) * per_position * self.tts.dtype.itemsize)
+        """Bytes a generation needs on the load device besides the weights (the core's estimate:
+        KV caches, frame state, decoder activations of the batch), for ComfyUI to free first."""
+        return self.tts.memory_estimate(batch, frames, device=self.patcher.load_device)
 
 
-def load_model(name: str, dtype: str, device: str) -> ModelHandle:
+def load_model(name: str, dtype: str, device: str, cuda_graphs: bool = True) -> ModelHandle:
     name, folder = chosen_folder(name)
     load, offload = devices(device)
-    dt = resolve_dtype(dtype, load)
-    tts = QwenTTS.from_pretrained(folder, dtype=dt, device=offload, speech_tokenizer=True)
+    dt, why = choose_dtype(dtype, load)
+    tts = QwenTTS.from_pretrained(folder, dtype=dt, device=offload, speech_tokenizer=True,
+                                  cuda_graphs=bool(cuda_graphs))
+    tts.dtype_reason = why
     codec = speech_codes.modules(tts.codec)
-    handle = ModelHandle(tts, patcher(tts.model, load, offload), patcher(codec, load, offload), name)
+    handle = ModelHandle(tts, patcher(tts.model, load, offload, on_move=tts.release_steps),
+                         patcher(codec, load, offload), name)
     log.info("Loaded %s", handle.describe())
     return handle
 
@@ -282,7 +330,7 @@ def load_model(name: str, dtype: str, device: str) -> ModelHandle:
 def load_tokenizer(name: str, dtype: str, device: str) -> TokenizerHandle:
     name, folder = chosen_folder(name, "speech tokenizer")
     load, offload = devices(device)
-    dt = resolve_dtype(dtype, load)
+    dt, _ = choose_dtype(dtype, load)
     tok = speech_codes.load_speech_tokenizer(folder, dtype=dt, device=offload)
     return TokenizerHandle(tok, patcher(speech_codes.modules(tok), load, offload), name)
 
@@ -303,6 +351,10 @@ class FrameProgress:
     def on_frame(self, index: int, frame) -> None:
         stop_if_interrupted()
         self.bar.update_absolute(index + 1, self.total)
+
+    def on_decode(self, done: int, total: int) -> None:
+        """Between decoder chunks: Cancel stops a long decode too."""
+        stop_if_interrupted()
 
 
 class ChunkProgress:

@@ -55,7 +55,9 @@ def sampling_inputs() -> list[io.Input]:
     """Seed and sampling widgets (defaults = the released checkpoints' generation_config.json)."""
     return [
         io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                     tooltip="Random seed; the same seed and settings give the same speech."),
+                     tooltip="Random seed; the same seed, text and settings give the same speech. "
+                             "With one text per line, line i uses seed + i, so a line sounds the "
+                             "same alone as in the batch (at the same place)."),
         io.Float.Input("temperature", default=0.9, min=0.0, max=2.0, step=0.05,
                        tooltip="Sampling temperature of the talker. Lower = steadier, higher = more "
                                "varied. 0 = greedy, no sampling at all (same text, same speech)."),
