@@ -204,9 +204,14 @@ def test_out_of_range_sampling_values_are_refused(N, rt, field, value):
             speaker="Vivian", instruction="", **{**SAMPLING, field: value})
 
 
-def test_interrupt_stops_within_one_frame_and_next_run_works(N, rt, monkeypatch):
+# ComfyUI >= 0.20 derives InterruptProcessingException from BaseException (0.3.64: Exception)
+@pytest.mark.parametrize("base", [Exception, BaseException], ids=["comfyui-0.3.64", "comfyui-0.20+"])
+def test_interrupt_stops_within_one_frame_and_next_run_works(N, rt, monkeypatch, base):
     import comfy.model_management as mm
 
+    monkeypatch.setattr(mm, "InterruptProcessingException", type("InterruptProcessingException", (base,), {}))
+    emptied = []
+    monkeypatch.setattr(mm, "soft_empty_cache", lambda *a, **k: emptied.append(True))
     m = no_codec_model(rt, CUSTOM)
     frames = []
     original = rt.FrameProgress.on_frame
@@ -223,6 +228,7 @@ def test_interrupt_stops_within_one_frame_and_next_run_works(N, rt, monkeypatch)
             language="English", speaker="Ryan", instruction="", **{**SAMPLING, "max_seconds": 5.0})
     assert frames == [0, 1, 2]                                       # stopped at the frame it was asked
     assert e.value.__context__ is None and e.value.__cause__ is None  # generation's frames released
+    assert emptied == [True]                                         # and the memory
     assert not mm.processing_interrupted()
 
 
