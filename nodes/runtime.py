@@ -8,6 +8,8 @@ import logging
 import math
 import os
 import re
+import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -313,17 +315,45 @@ class ModelHandle:
         return self.tts.memory_estimate(batch, frames, device=self.patcher.load_device)
 
 
+# Handles alive anywhere in the process, by what they were loaded from. ComfyUI's cache may drop
+# a loader's output while an output made from it stays cached (ComfyUI >= 0.4's RAM-pressure
+# cache drops entries that carry a ModelPatcher first, and under pressure drops a node's output
+# right after the node ran, keeping only what its consumers touch, e.g. a Speaker). The loader
+# then runs again; it returns the handle that is still alive instead of a second copy from
+# disk. Weak references: once nothing holds a handle, it is freed and the next load reads disk.
+_LOADED: "weakref.WeakValueDictionary[tuple, ModelHandle | TokenizerHandle]" = weakref.WeakValueDictionary()
+
+
+def _loaded_key(kind: str, folder: Path, dtype: torch.dtype, load: torch.device, offload: torch.device) -> tuple:
+    """Changes when the checkpoint on disk changes (each config and weights file: size, mtime)."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix in (".json", ".safetensors") and p.is_file())
+    stamp = tuple((p.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()])
+    return kind, str(folder.absolute()), stamp, dtype, load, offload
+
+
+def _reuse(key: tuple, name: str):
+    handle = _LOADED.get(key)
+    if handle is not None:
+        log.info("Reusing %s (still loaded)", name)
+    return handle
+
+
 def load_model(name: str, dtype: str, device: str, cuda_graphs: bool = True) -> ModelHandle:
     name, folder = chosen_folder(name)
     load, offload = devices(device)
     dt, why = choose_dtype(dtype, load)
+    key = _loaded_key("model", folder, dt, load, offload) + (bool(cuda_graphs),)
+    if (handle := _reuse(key, name)) is not None:
+        return handle
+    start = time.perf_counter()
     tts = QwenTTS.from_pretrained(folder, dtype=dt, device=offload, speech_tokenizer=True,
                                   cuda_graphs=bool(cuda_graphs))
     tts.dtype_reason = why
     codec = speech_codes.modules(tts.codec)
     handle = ModelHandle(tts, patcher(tts.model, load, offload, on_move=tts.release_steps),
                          patcher(codec, load, offload), name)
-    log.info("Loaded %s", handle.describe())
+    log.info("Loaded %s in %.2f s", handle.describe(), time.perf_counter() - start)
+    _LOADED[key] = handle
     return handle
 
 
@@ -331,8 +361,15 @@ def load_tokenizer(name: str, dtype: str, device: str) -> TokenizerHandle:
     name, folder = chosen_folder(name, "speech tokenizer")
     load, offload = devices(device)
     dt, _ = choose_dtype(dtype, load)
+    key = _loaded_key("tokenizer", folder, dt, load, offload)
+    if (handle := _reuse(key, name)) is not None:
+        return handle
+    start = time.perf_counter()
     tok = speech_codes.load_speech_tokenizer(folder, dtype=dt, device=offload)
-    return TokenizerHandle(tok, patcher(speech_codes.modules(tok), load, offload), name)
+    handle = TokenizerHandle(tok, patcher(speech_codes.modules(tok), load, offload), name)
+    log.info("Loaded speech tokenizer %s in %.2f s", name, time.perf_counter() - start)
+    _LOADED[key] = handle
+    return handle
 
 
 # --------------------------------------------------------------------------- progress, interrupt

@@ -206,9 +206,14 @@ def test_out_of_range_sampling_values_are_refused(N, rt, field, value):
             speaker="Vivian", instruction="", **{**SAMPLING, field: value})
 
 
-def test_interrupt_stops_within_one_frame_and_next_run_works(N, rt, monkeypatch):
+# ComfyUI >= 0.20 derives InterruptProcessingException from BaseException (0.3.64: Exception)
+@pytest.mark.parametrize("base", [Exception, BaseException], ids=["comfyui-0.3.64", "comfyui-0.20+"])
+def test_interrupt_stops_within_one_frame_and_next_run_works(N, rt, monkeypatch, base):
     import comfy.model_management as mm
 
+    monkeypatch.setattr(mm, "InterruptProcessingException", type("InterruptProcessingException", (base,), {}))
+    emptied = []
+    monkeypatch.setattr(mm, "soft_empty_cache", lambda *a, **k: emptied.append(True))
     m = no_codec_model(rt, CUSTOM)
     frames = []
     original = rt.FrameProgress.on_frame
@@ -225,6 +230,7 @@ def test_interrupt_stops_within_one_frame_and_next_run_works(N, rt, monkeypatch)
             language="English", speaker="Ryan", instruction="", **{**SAMPLING, "max_seconds": 5.0})
     assert frames == [0, 1, 2]                                       # stopped at the frame it was asked
     assert e.value.__context__ is None and e.value.__cause__ is None  # generation's frames released
+    assert emptied == [True]                                         # and the memory
     assert not mm.processing_interrupted()
 
 
@@ -417,3 +423,41 @@ def test_offload_and_reload(N, codec):
                       speaker="Aiden", instruction="", **SAMPLING)
     assert audio["waveform"].shape[-1] > 0
     assert any(lm.model is model.patcher for lm in mm.current_loaded_models)
+
+
+def test_loader_run_again_after_the_cache_dropped_it(N, rt, codec, monkeypatch):
+    """ComfyUI's RAM-pressure cache (the default from 0.4) may drop a loader's output between
+    prompts while a Speaker made from it stays cached; the loader then runs again. It returns
+    the handle that is still alive (no second copy of the weights, no speaker on a stale copy),
+    reads the disk again once nothing holds the handle, and again when the checkpoint changed."""
+    import gc
+    import os
+    import shutil
+
+    root = rt.model_roots()[0]
+    name = "Copy-CustomVoice"
+    shutil.copytree(root / CUSTOM, root / name)
+    reads = []
+    from_pretrained = rt.QwenTTS.from_pretrained
+    monkeypatch.setattr(rt.QwenTTS, "from_pretrained", lambda *a, **k: reads.append(a[0]) or from_pretrained(*a, **k))
+    try:
+        model = run(N, "QwenTTSModelLoader", model_name=name, dtype="auto", device="auto")[0]
+        (speaker,) = run(N, "QwenTTSSpeakerBuiltIn", model=model, speaker="Ryan", language="English",
+                         instruction="", name="Narrator")
+        del model                                                   # dropped by the cache
+        gc.collect()
+        again = run(N, "QwenTTSModelLoader", model_name=name, dtype="fp32", device="cpu")[0]
+        assert again is speaker.handle and len(reads) == 1
+        del again, speaker                                          # nothing holds it any more
+        gc.collect()
+        fresh, _, info = run(N, "QwenTTSModelLoader", model_name=name, dtype="auto", device="auto")
+        assert len(reads) == 2 and info.startswith(f"{name}: Qwen3-TTS 1.7B custom_voice")
+        config = root / name / "config.json"                       # the checkpoint changed on disk
+        os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10**9))
+        newer = run(N, "QwenTTSModelLoader", model_name=name, dtype="auto", device="auto")[0]
+        assert newer is not fresh and len(reads) == 3
+        audio, _, _ = run(N, "QwenTTSCustomVoice", model=newer, text="Loaded again.", language="English",
+                          speaker="Ryan", instruction="", **SAMPLING)
+        assert audio["waveform"].abs().max() > 0
+    finally:
+        shutil.rmtree(root / name)
