@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,15 +161,32 @@ def save_voice(voice: Voice, folder: str | Path, name: str, overwrite: bool = Fa
             raise VoiceFileError(f"A different voice named {stem!r} already exists ({path}). Choose "
                                  "another name, or turn on 'overwrite' to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp, mode = _new_file(path.parent, f".{stem}.", ".tmp")
     try:
         save_file(tensors, tmp, metadata=_metadata(voice, stem))
+        os.chmod(tmp, mode)               # safetensors writes its files 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _new_file(folder: Path, prefix: str, suffix: str) -> tuple[str, int]:
+    """Creates an empty file with a fresh name in `folder`; returns it and the mode a new file
+    gets here (0644 under umask 022, like ComfyUI's own outputs). Saved voices get that mode:
+    tempfile.mkstemp and safetensors make 0600 files, which other users and containers sharing
+    the folder cannot read."""
+    for _ in range(10):
+        name = str(folder / f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        os.close(fd)
+        return name, mode
+    raise FileExistsError(f"Could not create a temporary file in {folder}.")
 
 
 def load_voice(path: str | Path, expect=None) -> Voice:

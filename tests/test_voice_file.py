@@ -1,6 +1,8 @@
 """Saved voices (qwen_tts_core.voice): safetensors round trip, safe names, and a clear error for
 every kind of bad file."""
 import json
+import os
+import stat
 import struct
 
 import pytest
@@ -165,3 +167,21 @@ def test_inconsistent_contents_are_damaged(tmp_path, base, change):
 def test_missing_file(tmp_path):
     with pytest.raises(VoiceFileError, match="not found"):
         load_voice(tmp_path / "nope.safetensors")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_saved_voice_files_follow_the_umask(tmp_path, xvector_voice, umask):
+    """Like ComfyUI's own outputs (0644 under umask 022), so others sharing the folder can read them;
+    also when a voice is replaced (overwrite)."""
+    old = os.umask(umask)
+    try:
+        path = save_voice(xvector_voice, tmp_path, "shared")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+        other = Voice(VoicePrompt(xvector_voice.prompt.speaker_embedding + 1), "base",
+                      xvector_voice.model_size, xvector_voice.hidden_size)
+        os.chmod(path, 0o600)
+        save_voice(other, tmp_path, "shared", overwrite=True)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    finally:
+        os.umask(old)
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.safetensors"]
