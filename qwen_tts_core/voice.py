@@ -30,6 +30,9 @@ FORMAT_VERSION = 1
 EXTENSION = ".safetensors"
 MAX_NAME_LENGTH = 100
 _UNSAFE_CHARS = re.compile(r"[^\w\-. ()]+")
+# Device names Windows reserves in every folder, with any extension too ("con.txt"), any case
+WINDOWS_RESERVED = frozenset(["con", "prn", "aux", "nul"] + [f"{d}{n}" for d in ("com", "lpt")
+                                                             for n in "0123456789\u00b9\u00b2\u00b3"])
 
 
 @dataclass
@@ -80,7 +83,8 @@ class Voice:
 def voice_file_name(name: str) -> str:
     """A user's voice name -> a safe file name (`<name>.safetensors`).
 
-    Path tricks are rejected (separators, `..`, leading dots, absolute paths); other characters
+    Path tricks are rejected (separators, `..`, leading dots, absolute paths), and so are the
+    device names Windows reserves (`con`, `nul`, `com1`, ..., also as `con.txt`); other characters
     that file systems dislike (`:`, `*`, `?`, ...) become `_`."""
     if not isinstance(name, str):
         raise InputError(f"The voice name must be text, got {type(name).__name__}.")
@@ -93,6 +97,11 @@ def voice_file_name(name: str) -> str:
         raise InputError(f"Invalid voice name {name!r}: a name cannot contain '/', '\\' or '..' "
                          "or start with a dot. Use letters, digits, spaces, '-' and '_'.")
     stem = _UNSAFE_CHARS.sub("_", stem).strip()
+    device = stem.split(".")[0].strip().lower()
+    if device in WINDOWS_RESERVED:
+        raise InputError(f"Invalid voice name {name!r}: {device.upper()} is a device name that Windows "
+                         "reserves (CON, PRN, AUX, NUL, COM0-COM9, LPT0-LPT9, also with an extension "
+                         "such as 'con.txt'); such a file cannot be made or opened there. Choose another name.")
     if len(stem) > MAX_NAME_LENGTH:
         raise InputError(f"The voice name is {len(stem)} characters long; use at most {MAX_NAME_LENGTH}.")
     return stem + EXTENSION

@@ -72,6 +72,8 @@ def test_file_is_not_pickle(tmp_path, xvector_voice):
     ("anna.safetensors", "anna.safetensors"),
     ("what: a *voice*?", "what_ a _voice_.safetensors"),
     ("Ünïcode-名字_1", "Ünïcode-名字_1.safetensors"),
+    ("console", "console.safetensors"), ("com10", "com10.safetensors"), ("my con", "my con.safetensors"),
+    ("aux_voice", "aux_voice.safetensors"), ("nul-2", "nul-2.safetensors"),
 ])
 def test_names_are_sanitised(name, expected):
     assert voice_file_name(name) == expected
@@ -85,6 +87,14 @@ def test_path_tricks_and_empty_names_are_rejected(tmp_path, xvector_voice, name)
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "voices").exists()
     with pytest.raises(InputError):
         voice_path(tmp_path, name)
+
+
+@pytest.mark.parametrize("name", ["con", "CON", "nul", "Nul.txt", "prn", "aux", "com1", "COM9", "lpt1",
+                                  "lpt9.safetensors", "con.txt", " aux .x", "com\u00b9", "nul.safetensors"])
+def test_windows_device_names_are_rejected(tmp_path, xvector_voice, name):
+    with pytest.raises(InputError, match="device name that Windows reserves"):
+        save_voice(xvector_voice, tmp_path, name)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_existing_voice_is_kept_unless_overwrite(tmp_path, base, xvector_voice):
