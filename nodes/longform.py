@@ -9,11 +9,12 @@ from comfy_api.latest import io
 from qwen_tts_core.errors import InputError
 from qwen_tts_core.longform import (Normalization, Pauses, Speaker, VoiceSpec, narrate, parse_subtitles,
                                    perform_script, voice_over)
+from qwen_tts_core.longform.script import check_speaker_name
 from qwen_tts_core.voice import Voice
 
 from . import runtime
 from .types import (CATEGORY, LANGUAGES, SPEAKERS, Voice as VoiceType, model_input, sampling_inputs,
-                    sampling_settings, to_audio)
+                    sampling_settings, to_audio, validation_result)
 
 SpeakerType = io.Custom("QWEN_TTS_SPEAKER")      # nodes.longform.SpeakerRecipe
 MAX_SCRIPT_SPEAKERS = 6
@@ -81,7 +82,7 @@ def _language_input() -> io.Input:
 def _speaker(model, kind: str, name: str, language: str, **voice) -> io.NodeOutput:
     if model is None or not hasattr(model, "ready"):
         raise InputError("Connect a Qwen3-TTS Model Loader to 'model'.")
-    recipe = SpeakerRecipe(model, kind, (name or "").strip(), language, **voice)
+    recipe = SpeakerRecipe(model, kind, check_speaker_name(name or ""), language, **voice)
     recipe.spec()  # checks now: the model's kind, the speaker / description / voice, the language
     return io.NodeOutput(recipe)
 
@@ -103,8 +104,9 @@ class QwenTTSSpeakerBuiltIn(io.ComfyNode):
             outputs=_speaker_output())
 
     @classmethod
-    def validate_inputs(cls, speaker):
-        return True  # checked against the loaded model when the speaker is used
+    def validate_inputs(cls, speaker=None, name=None):
+        # the speaker is checked against the loaded model when the node runs
+        return validation_result(check_speaker_name, name)
 
     @classmethod
     def execute(cls, model, speaker, language, instruction, name) -> io.NodeOutput:
@@ -129,6 +131,10 @@ class QwenTTSSpeakerDesigned(io.ComfyNode):
             outputs=_speaker_output())
 
     @classmethod
+    def validate_inputs(cls, name=None):
+        return validation_result(check_speaker_name, name)
+
+    @classmethod
     def execute(cls, model, voice_description, language, name) -> io.NodeOutput:
         return _speaker(model, "design", name, language, instruct=(voice_description or "").strip())
 
@@ -144,6 +150,10 @@ class QwenTTSSpeakerCloned(io.ComfyNode):
                     _language_input(),
                     _name_input("Narrator")],
             outputs=_speaker_output())
+
+    @classmethod
+    def validate_inputs(cls, name=None):
+        return validation_result(check_speaker_name, name)
 
     @classmethod
     def execute(cls, model, voice, language, name) -> io.NodeOutput:

@@ -89,6 +89,19 @@ def audio_outputs() -> list[io.Output]:
     ]
 
 
+def validation_result(check, value) -> bool | str:
+    """ComfyUI's `validate_inputs` answer for a typed value: True, or the message of the
+    InputError that `check(value)` raises, so a bad value stops the prompt before anything runs.
+    A value that comes through a link is None at validation time; the node checks it when it runs."""
+    if value is None:
+        return True
+    try:
+        check(value)
+    except InputError as e:
+        return str(e)
+    return True
+
+
 def split_texts(text: str, one_per_line: bool) -> list[str]:
     if not isinstance(text, str):
         raise InputError(f"The text must be a string, got {type(text).__name__}.")

@@ -5,10 +5,10 @@ import logging
 
 from comfy_api.latest import io
 from qwen_tts_core.errors import InputError
-from qwen_tts_core.voice import Voice, load_voice, save_voice
+from qwen_tts_core.voice import Voice, load_voice, save_voice, voice_file_name
 
 from . import runtime
-from .types import CATEGORY, Voice as VoiceType, audio_clips, model_input
+from .types import CATEGORY, Voice as VoiceType, audio_clips, model_input, validation_result
 
 log = logging.getLogger("qwen_tts_nodes")
 
@@ -80,6 +80,10 @@ class QwenTTSSaveVoice(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, name=None):
+        return validation_result(voice_file_name, name)
+
+    @classmethod
     def execute(cls, voice, name, overwrite) -> io.NodeOutput:
         if not isinstance(voice, Voice):
             raise InputError("Save Voice needs a voice from 'Make Voice from Reference Audio' or 'Load Voice'.")
@@ -106,8 +110,9 @@ class QwenTTSLoadVoice(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, voice_name):
-        return True  # missing or unsafe names are reported at run time with what exists
+    def validate_inputs(cls, voice_name=None):
+        # unsafe names fail now; a name not in the list is reported at run time with what exists
+        return validation_result(voice_file_name, voice_name)
 
     @classmethod
     def fingerprint_inputs(cls, voice_name, **kwargs):

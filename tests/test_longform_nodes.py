@@ -1,5 +1,7 @@
 """Long-form nodes on the ComfyUI-compatible runtime: speakers of the three kinds, narration,
 subtitle voice-over (track length from the video), multi-speaker scripts, and their bad input."""
+import re
+
 import pytest
 import torch
 
@@ -36,6 +38,32 @@ def test_speakers_check_the_model_when_made(N):
         run(N, "QwenTTSSpeakerDesigned", model=model(N, DESIGN), voice_description="  ", language="Auto", name="B")
     with pytest.raises(InputError, match="Connect a voice"):
         run(N, "QwenTTSSpeakerCloned", model=model(N, BASE), voice="not a voice", language="Auto", name="C")
+
+
+def speaker_inputs(N, node):
+    """Everything but the name, for each Speaker node (with a model of the right kind)."""
+    if node == "QwenTTSSpeakerBuiltIn":
+        return dict(model=model(N, CUSTOM), speaker="Ryan", instruction="")
+    if node == "QwenTTSSpeakerDesigned":
+        return dict(model=model(N, DESIGN), voice_description="A calm voice.")
+    voice = run(N, "QwenTTSVoiceFromAudio", model=model(N, BASE), reference_audio=ref_audio(),
+                reference_text="", mode="x-vector only")[0]
+    return dict(model=model(N, BASE), voice=voice)
+
+
+@pytest.mark.parametrize("node", ["QwenTTSSpeakerBuiltIn", "QwenTTSSpeakerDesigned", "QwenTTSSpeakerCloned"])
+def test_speaker_names_no_script_can_use_fail_validation(N, node):
+    inputs = speaker_inputs(N, node)
+    for name, message in (("Anna: the host", "contains ':'"), ("Ben (young)", "contains '(', ')'"),
+                          ("Two\nlines", "contains '\\n'"), ("x" * 41, "at most 40")):
+        with pytest.raises(comfy_env.ValidationError, match="custom validation failed: .*" + re.escape(message)):
+            run(N, node, **{**inputs, "model": None}, language="English", name=name)   # nothing loaded yet
+        with pytest.raises(InputError, match=re.escape(message)):                    # a linked name, at run time
+            N[node].execute(**inputs, language="English", name=name)
+    for name in ("Anna", "Dr. Who", "名字", "", "x" * 40):
+        assert N[node].validate_inputs(name=name) is True
+        assert run(N, node, **inputs, language="English", name=name)[0].name == name
+    assert N[node].validate_inputs(name=None) is True
 
 
 def test_narrate_long_text_in_chunks(N):

@@ -292,19 +292,29 @@ def test_save_and_load_voice(N, rt, voices_dir):
     assert torch.equal(back.prompt.speaker_embedding, voice.prompt.speaker_embedding)
 
 
-@pytest.mark.parametrize("name", ["../../x", "../x", "sub/x", ".x"])
-def test_save_voice_rejects_path_tricks(N, rt, voices_dir, name):
-    with pytest.raises(InputError, match="Invalid voice name"):
-        run(N, "QwenTTSSaveVoice", voice=_xvector(N, rt), name=name, overwrite=False)
+@pytest.mark.parametrize("name, message", [("../../x", "Invalid voice name"), ("../x", "Invalid voice name"),
+                                           ("sub/x", "Invalid voice name"), (".x", "Invalid voice name"),
+                                           ("", "empty"), ("CON", "Windows reserves"), ("lpt1.txt", "Windows reserves")])
+def test_save_voice_name_fails_validation_before_anything_runs(N, rt, voices_dir, name, message):
+    """ComfyUI runs validate_inputs before any node of the prompt: no voice was made (None)."""
+    with pytest.raises(comfy_env.ValidationError, match=f"custom validation failed: .*{message}"):
+        run(N, "QwenTTSSaveVoice", voice=None, name=name, overwrite=False)
+    # a name that comes through a link is None at validation, and checked when the node runs
+    assert N["QwenTTSSaveVoice"].validate_inputs(name=None) is True
+    with pytest.raises(InputError, match=message):
+        N["QwenTTSSaveVoice"].execute(voice=_xvector(N, rt), name=name, overwrite=False)
     assert list(voices_dir.iterdir()) == [] and not (voices_dir.parent.parent / "x.safetensors").exists()
+    assert N["QwenTTSSaveVoice"].validate_inputs(name="my voice (2)") is True
 
 
 def test_load_voice_errors(N, rt, voices_dir):
     base = no_codec_model(rt, BASE)
     with pytest.raises(InputError, match="No saved voice named 'ghost'"):
         run(N, "QwenTTSLoadVoice", model=base, voice_name="ghost")
-    with pytest.raises(InputError, match="Invalid voice name"):
+    with pytest.raises(comfy_env.ValidationError, match="Invalid voice name"):
         run(N, "QwenTTSLoadVoice", model=base, voice_name="../../x")
+    with pytest.raises(InputError, match="Invalid voice name"):                  # through a link
+        N["QwenTTSLoadVoice"].execute(model=base, voice_name="../../x")
     (voices_dir / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
     with pytest.raises(VoiceFileError, match="damaged"):
         run(N, "QwenTTSLoadVoice", model=base, voice_name="broken")
