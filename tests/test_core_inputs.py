@@ -2,6 +2,7 @@
 it, a conversion or a warning)."""
 import logging
 import math
+import re
 
 import pytest
 import torch
@@ -132,6 +133,43 @@ def test_bad_reference_audio(base, make, match):
     wav, sr = make()
     with pytest.raises(InputError, match=match):
         base.create_voice_clone_prompt(wav, sr, x_vector_only=True)
+
+
+@pytest.mark.parametrize("offset", [0.3, -0.5, 1e-3])
+def test_a_clip_that_is_only_a_dc_offset_is_silent(base, offset):
+    wav = torch.full((1, 48000), offset) + 1e-6 * torch.randn(1, 48000, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(InputError, match="silent \\(or only a constant DC offset\\)"):
+        base.create_voice_clone_prompt(wav, 24000, x_vector_only=True)
+    wav, sr = speech()
+    assert base.speaker_embedding(wav + offset, sr).isfinite().all()           # speech on an offset is fine
+
+
+def clipped(gain: float, limit: float = 1.0):
+    wav, sr = speech()
+    return (wav * gain).clamp(-limit, limit), sr
+
+
+@pytest.mark.parametrize("make, share", [
+    (lambda: clipped(8.0), 0.05),                                   # 8x too loud, clipped at full scale
+    (lambda: clipped(8.0, 32767 / 32768), 0.05),                    # the same as 16-bit PCM
+    (lambda: clipped(8.0, 1.5), 0.05),                              # float audio through a limiter at 1.5
+    (lambda: (clipped(8.0)[0].repeat(2, 1), 24000), 0.05),          # stereo
+])
+def test_a_badly_clipped_clip_is_refused(base, make, share):
+    wav, sr = make()
+    with pytest.raises(InputError, match=r"badly clipped: (\d+\.\d)% of its samples are at full scale") as e:
+        base.create_voice_clone_prompt(wav, sr, x_vector_only=True)
+    assert float(re.search(r"(\d+\.\d)%", str(e.value)).group(1)) / 100 > share
+
+
+@pytest.mark.parametrize("make", [
+    lambda: (speech()[0] / speech()[0].abs().max(), 24000),        # normalised to a peak of exactly 1
+    lambda: clipped(1.5),                                           # a few peaks clipped: under 1%
+    lambda: (speech()[0] * 3.0, 24000),                             # float audio beyond 1, not clipped
+])
+def test_loud_but_clean_clips_are_accepted(base, make):
+    wav, sr = make()
+    assert base.speaker_embedding(wav, sr).isfinite().all()
 
 
 def test_in_context_clone_needs_transcript(base):

@@ -229,6 +229,9 @@ def test_interrupt_stops_within_one_frame_and_next_run_works(N, rt, monkeypatch)
 # ----------------------------------------------------------------------------- reference audio
 @pytest.mark.parametrize("audio, message", [
     ({"waveform": torch.zeros(1, 1, 24000 * 3), "sample_rate": 24000}, "silent"),
+    ({"waveform": torch.full((1, 1, 24000 * 3), 0.25), "sample_rate": 24000}, "only a constant DC offset"),
+    ({"waveform": (ref_audio()["waveform"] * 8).clamp(-1, 1), "sample_rate": ref_audio()["sample_rate"]},
+     "badly clipped"),
     (ref_audio(seconds=0.5), "at least 1 s"),
     ({"waveform": torch.full((1, 1, 48000), float("nan")), "sample_rate": 24000}, "NaN"),
     ({"waveform": torch.zeros(2, 1, 48000), "sample_rate": 24000}, "2 clips"),
