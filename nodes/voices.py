@@ -31,7 +31,8 @@ class QwenTTSVoiceFromAudio(io.ComfyNode):
                                        "60 s with a warning). Any sample rate; stereo is mixed to mono."),
                 io.String.Input("reference_text", multiline=True, default="",
                                 tooltip="Exactly what is said in the reference audio (NOT the text to "
-                                        "speak). Needed for in-context mode."),
+                                        "speak). Empty: mode auto makes an x-vector-only voice (less "
+                                        "close), and in-context mode stops with an error."),
                 io.Combo.Input("mode", options=MODES, default="auto",
                                tooltip="in-context: uses the reference audio and its transcript "
                                        "(closest likeness). x-vector only: a speaker embedding alone "
@@ -50,6 +51,9 @@ class QwenTTSVoiceFromAudio(io.ComfyNode):
         if mode not in MODES:
             raise InputError(f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.")
         x_vector_only = mode == "x-vector only" or (mode == "auto" and not (reference_text or "").strip())
+        if mode == "auto" and x_vector_only:
+            log.info("Qwen3-TTS: no reference transcript, so mode auto makes an x-vector-only voice (less "
+                     "close to the reference); type what the clip says for an in-context voice.")
         tts = model.ready(with_codec=not x_vector_only)
         wav, rate = clips[0]
         prompt = tts.create_voice_clone_prompt(wav, rate, reference_text, x_vector_only=x_vector_only)

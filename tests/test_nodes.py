@@ -257,6 +257,14 @@ def test_stereo_and_48k_reference_simply_work(N, rt, audio):
     assert cos > 0.9                                                 # same speaker after resampling/mixing
 
 
+def test_auto_mode_without_a_transcript_says_it_makes_an_x_vector_voice(N, rt, caplog):
+    with caplog.at_level(logging.INFO):
+        (voice,) = run(N, "QwenTTSVoiceFromAudio", model=no_codec_model(rt, BASE), reference_audio=ref_audio(),
+                       reference_text="  ", mode="auto")
+    assert voice.mode == "x_vector" and voice.prompt.ref_text is None
+    assert "no reference transcript, so mode auto makes an x-vector-only voice" in caplog.text
+
+
 def test_too_long_reference_is_trimmed_with_a_warning(N, rt, caplog):
     with caplog.at_level(logging.WARNING):
         (voice,) = run(N, "QwenTTSVoiceFromAudio", model=no_codec_model(rt, BASE),
