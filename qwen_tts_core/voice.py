@@ -108,21 +108,30 @@ def voice_file_name(name: str) -> str:
 
 
 def voice_path(folder: str | Path, name: str) -> Path:
-    """The file of voice `name` inside `folder`; never outside it."""
+    """The file of voice `name` inside `folder`; never outside it (a symbolic link there that
+    points outside is refused, for reading and for writing through it)."""
     root = Path(folder).resolve()
-    path = (root / voice_file_name(name)).resolve()
+    link = root / voice_file_name(name)
+    path = link.resolve()
     if path.parent != root:
+        if link.is_symlink():
+            raise InputError(f"The voice {name!r} is a symbolic link to {path}, outside the voices folder "
+                             f"{root}; voices are only read from and saved inside that folder. Copy the file "
+                             "into the folder instead of linking it.")
         raise InputError(f"Invalid voice name {name!r}: it points outside the voices folder.")
     return path
 
 
 def list_voices(folder: str | Path) -> list[str]:
-    """Names (file names without extension) of the voice files in `folder`."""
+    """Names (file names without extension) of the voice files in `folder` that `voice_path`
+    accepts: symbolic links that point outside the folder are not listed."""
     root = Path(folder)
     if not root.is_dir():
         return []
+    real = root.resolve()
     return sorted(p.name[: -len(EXTENSION)] for p in root.iterdir()
-                  if p.is_file() and p.name.endswith(EXTENSION) and not p.name.startswith("."))
+                  if p.name.endswith(EXTENSION) and not p.name.startswith(".") and p.is_file()
+                  and p.resolve().parent == real)
 
 
 def _tensors(voice: Voice) -> dict[str, torch.Tensor]:

@@ -195,3 +195,22 @@ def test_saved_voice_files_follow_the_umask(tmp_path, xvector_voice, umask):
     finally:
         os.umask(old)
     assert [p.name for p in tmp_path.iterdir()] == ["shared.safetensors"]
+
+
+def test_links_pointing_outside_the_folder_are_not_listed_and_say_why(tmp_path, base, xvector_voice):
+    """Load Voice lists only what it will load; a link to a file elsewhere (listed before, then
+    refused as an 'Invalid voice name') is named as such when asked for."""
+    voices, elsewhere = tmp_path / "voices", tmp_path / "elsewhere"
+    outside = save_voice(xvector_voice, elsewhere, "shared")
+    save_voice(xvector_voice, voices, "mine")
+    (voices / "linked.safetensors").symlink_to(outside)
+    (voices / "alias.safetensors").symlink_to(voices / "mine.safetensors")      # inside: fine
+    (voices / "dangling.safetensors").symlink_to(tmp_path / "gone.safetensors")
+    assert list_voices(voices) == ["alias", "mine"]
+    assert load_voice(voice_path(voices, "alias"), expect=base).name == "mine"
+    with pytest.raises(InputError, match=r"'linked' is a symbolic link to .*elsewhere.*, outside the voices "
+                                         r"folder .*Copy the file into the folder"):
+        voice_path(voices, "linked")
+    with pytest.raises(InputError, match="symbolic link"):                       # never written through
+        save_voice(in_context_voice(base), voices, "linked", overwrite=True)
+    assert load_voice(outside).prompt.ref_codes is None                          # the target is untouched
