@@ -10,6 +10,7 @@ from qwen_tts_core.errors import InputError
 from qwen_tts_core.longform import (Normalization, Pauses, Speaker, VoiceSpec, narrate, parse_subtitles,
                                    perform_script, voice_over)
 from qwen_tts_core.longform.script import check_speaker_name
+from qwen_tts_core.longform.text import check_text
 from qwen_tts_core.voice import Voice
 
 from . import runtime
@@ -222,8 +223,7 @@ class QwenTTSNarrate(io.ComfyNode):
     def execute(cls, speaker, text, seed, temperature, top_k, top_p, repetition_penalty, retries,
                 chunk_seconds, normalize_text) -> io.NodeOutput:
         recipe = _recipe(speaker)
-        if not isinstance(text, str) or not text.strip():
-            raise InputError("The text is empty; type or paste something to read.")
+        check_text(text)
         progress = runtime.ChunkProgress()
         # one voice: its name plays no part (no name check), the seed as given
         sampling, sub_sampling = sampling_settings(temperature, top_k, top_p, repetition_penalty)

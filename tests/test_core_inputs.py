@@ -47,6 +47,40 @@ def test_empty_text(cv, text):
         cv.generate_custom_voice(text, "vivian", max_frames=3)
 
 
+NOTHING_TO_SAY = ["🎉🎉 👍", "\x00\x00", "...!?", "— … —", "\u200b\u200b", "♪ ♫"]
+
+
+@pytest.mark.parametrize("text", NOTHING_TO_SAY)
+def test_text_without_words_is_refused_by_every_mode(cv, vd, base, text):
+    """The one text check (qwen_tts_core.longform.text.check_text) guards every mode, as it
+    guards the long-form renderers."""
+    from qwen_tts_core.longform import narrate
+
+    calls = [lambda: cv.generate_custom_voice(text, "vivian", max_frames=3),
+             lambda: vd.generate_voice_design(text, "A calm voice.", max_frames=3),
+             lambda: base.generate_voice_clone(text, VoicePrompt(torch.zeros(base.config.talker.hidden_size)),
+                                               max_frames=3),
+             lambda: narrate(text, object())]
+    for call in calls:
+        with pytest.raises(InputError, match="The text has nothing to say: no letters or digits"):
+            call()
+    with pytest.raises(InputError, match="Text 2 of 3: The text has nothing to say"):
+        cv.generate_custom_voice(["One.", text, "Three."], "vivian", max_frames=3)
+
+
+def test_text_in_a_script_the_model_does_not_know_gets_a_note(cv, caplog):
+    with caplog.at_level(logging.WARNING):
+        out = cv.generate_custom_voice("مرحبا بالعالم، كيف حالك؟", "vivian", max_frames=2, seed=0)
+    assert len(out.codes) == 1                                          # generated all the same
+    assert out.warnings == [
+        "Much of the text is in Arabic script, which none of the model's languages use (Chinese, English, "
+        "German, Italian, Portuguese, Spanish, Japanese, Korean, French, Russian): expect it to be "
+        "mispronounced or skipped."]
+    assert "Arabic script" in caplog.text
+    out = cv.generate_custom_voice(["Hello, my friend Ahmed (أحمد), welcome home.", "Γειά σου κόσμε", "你好"], "vivian", max_frames=2)
+    assert len(out.warnings) == 1 and out.warnings[0].startswith("Text 2: Much of the text is in Greek script")
+
+
 def test_text_longer_than_one_generation(cv):
     with pytest.raises(InputError, match="long-text node"):
         cv.generate_custom_voice("word " * 5000, "vivian", max_frames=3)

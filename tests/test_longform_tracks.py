@@ -91,6 +91,26 @@ def test_emoji_mixed_scripts_and_bad_text():
         narrate("   ", ToneSpeaker())
 
 
+def test_text_in_a_script_the_model_does_not_know_is_noted_in_the_report():
+    out = narrate("Hello there. مرحبا بالعالم، كيف حالك اليوم؟", ToneSpeaker())
+    assert out.notes[-1].startswith("Much of the text is in Arabic script, which none of the model's languages")
+    assert out.summary().splitlines()[-2] == out.notes[-1] and out.audio.numel() > 0
+    assert not any("script" in n for n in narrate("Hello there, Ahmed (أحمد).", ToneSpeaker()).notes)
+    speakers = {"Anna": ToneSpeaker(), "Ben": ToneSpeaker()}
+    play = perform_script("Anna: Hello.\nBen: שלום עולם\nAnna: שלום, Ben.", speakers)
+    assert [n for n in play.notes if "script" in n] == [                # once, however many lines
+        "Much of the text is in Hebrew script, which none of the model's languages use (Chinese, English, "
+        "German, Italian, Portuguese, Spanish, Japanese, Korean, French, Russian): expect it to be "
+        "mispronounced or skipped."]
+
+
+def test_a_script_line_without_words_is_refused_before_anything_is_said():
+    speakers = {"Anna": ToneSpeaker(), "Ben": ToneSpeaker()}
+    with pytest.raises(InputError, match="Line 3 \\(Anna\\) has nothing to say"):
+        perform_script("Anna: Hello.\nBen: Hi.\nAnna: 🎉🎉", speakers)
+    assert speakers["Anna"].spoken == [] and speakers["Ben"].spoken == []
+
+
 def test_a_megabyte_text_is_refused_in_memory_at_once_and_streams_to_a_file(tmp_path):
     """Decision: in memory (what a node returns) a text longer than 3 hours of speech is refused
     before any work, with the estimate and the way out; written to a file, any length runs, one

@@ -167,6 +167,38 @@ def test_empty_text(N, rt):
                 instruction="", **{**SAMPLING, "one_text_per_line": per_line})
 
 
+@pytest.mark.parametrize("text", ["🎉🎉 👍", "\x00", "...!?", "♪"])
+def test_every_text_node_refuses_text_without_words_alike(N, rt, text):
+    """One check for all (Narrate refused such text while the others spoke it), before the model is used."""
+    message = "The text has nothing to say: no letters or digits"
+    voice = Voice(VoicePrompt(torch.zeros(tiny_model("Tiny-Base", False).config.talker.hidden_size)), "base",
+                  "1b7", tiny_model("Tiny-Base", False).config.talker.hidden_size)
+    runs = {"QwenTTSCustomVoice": dict(model=no_codec_model(rt, CUSTOM), speaker="Vivian", instruction=""),
+            "QwenTTSVoiceDesign": dict(model=no_codec_model(rt, DESIGN), voice_description="A calm voice."),
+            "QwenTTSVoiceClone": dict(model=no_codec_model(rt, BASE), voice=voice)}
+    for node, inputs in runs.items():
+        with pytest.raises(InputError, match=message):
+            run(N, node, text=text, language="Auto", **inputs, **SAMPLING)
+        with pytest.raises(InputError, match=f"Line 3 has nothing to say"):
+            run(N, node, text=f"One.\n\n{text}\nFour.", language="Auto", **inputs,
+                **{**SAMPLING, "one_text_per_line": True})
+    speaker = run(N, "QwenTTSSpeakerBuiltIn", model=no_codec_model(rt, CUSTOM), speaker="Ryan",
+                  language="English", instruction="", name="A")[0]
+    with pytest.raises(InputError, match=message):
+        run(N, "QwenTTSNarrate", speaker=speaker, text=text, seed=0, temperature=0.9, top_k=50, top_p=1.0,
+            repetition_penalty=1.05, retries=0, chunk_seconds=6.0, normalize_text=False)
+
+
+def test_text_in_a_script_the_model_does_not_know_is_noted_in_the_log(N, caplog, codec):
+    with caplog.at_level(logging.INFO):
+        run(N, "QwenTTSCustomVoice", model=loaded(N, CUSTOM)[0], text="مرحبا بالعالم", language="Auto",
+            speaker="Vivian", instruction="", **SAMPLING)
+    notes = [r.getMessage() for r in caplog.records if "Arabic script" in r.getMessage()]
+    assert notes == ["Much of the text is in Arabic script, which none of the model's languages use (Chinese, "
+                     "English, German, Italian, Portuguese, Spanish, Japanese, Korean, French, Russian): "
+                     "expect it to be mispronounced or skipped."]
+
+
 def test_unknown_speaker_lists_the_models_speakers(N, rt):
     m = no_codec_model(rt, CUSTOM)
     with pytest.raises(InputError, match="Unknown speaker 'Bob'. This model has: serena, vivian"):

@@ -25,7 +25,7 @@ from .normalize import Normalization, clean, normalize_text
 from .script import ScriptLine, parse_script, speaker_prefix
 from .subtitles import Cue, format_time, spoken_text
 from .synthesis import ChunkReport
-from .text import _SPEAKABLE, DEFAULT_MAX_SECONDS, Chunk, chunk_text
+from .text import DEFAULT_MAX_SECONDS, Chunk, check_text, chunk_text, has_words
 
 SAMPLE_RATE = edit.SAMPLE_RATE
 # In memory, a narration is limited to this much audio (3 h is ~1 GB of float32 at 24 kHz, ~2 GB
@@ -160,8 +160,7 @@ class Progress:
 
 
 def _language(text, speaker, language: str | None) -> str:
-    if not isinstance(text, str) or not text.strip():
-        raise InputError("The text is empty; type something to say.")
+    check_text(text)
     return langs.resolve(language or getattr(speaker, "language", "auto"), text)
 
 
@@ -169,12 +168,9 @@ def _prepare(text: str, speaker, language: str | None, normalization: Normalizat
              max_seconds: float) -> tuple[str, list[Chunk], list[str]]:
     lang = _language(text, speaker, language)
     options = normalization or Normalization()
-    said = normalize_text(text, lang, options)
-    if not said.strip():
-        raise InputError("The text has nothing to say: after removing emoji and symbols nothing "
-                         "is left.")
-    chunks = chunk_text(said, lang, max_seconds)
-    return lang, chunks, options.notes(lang)
+    chunks = chunk_text(normalize_text(text, lang, options), lang, max_seconds)
+    script = langs.unsupported_script_note(text)
+    return lang, chunks, options.notes(lang) + ([script] if script else [])
 
 
 def _say_chunks(chunks: list[Chunk], speaker, joiner: Joiner, pauses: Pauses, first_gap: float = 0.0,
@@ -333,7 +329,7 @@ def voice_over(cues: list[Cue], speakers, *, default=None, video_seconds: float 
     spoken = []                                  # (cue, speaker, text) of the cues with words
     for cue in cues:
         text = spoken_text(cue.text)
-        if not _SPEAKABLE.search(clean(text)):
+        if not has_words(clean(text)):
             notes.append(f"{cue.where()} at {format_time(cue.start)} has nothing to say "
                          f"({cue.text!r}); skipped")
             continue
@@ -415,6 +411,8 @@ def perform_script(script: str | list[ScriptLine], speakers: dict, *, pauses: Pa
     if not isinstance(speakers, dict) or not speakers:
         raise InputError("Give the script a voice per speaker: {'Anna': speaker, 'Ben': speaker}.")
     lines = parse_script(script, speakers) if isinstance(script, str) else list(script)
+    for line in lines:                         # every line, before anything is said
+        check_text(line.text, f"Line {line.line} ({line.speaker})")
     pauses = pauses or Pauses()
     joiner = Joiner()
     segments, reports, notes = [], [], []
