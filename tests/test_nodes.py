@@ -371,6 +371,15 @@ def test_load_voice_errors(N, rt, voices_dir):
         run(N, "QwenTTSLoadVoice", model=base, voice_name="future")
 
 
+def test_load_voice_lists_only_what_it_loads(N, rt, voices_dir, tmp_path):
+    outside = save_voice(_xvector(N, rt), tmp_path / "elsewhere", "shared")
+    save_voice(_xvector(N, rt), voices_dir, "mine")
+    (voices_dir / "linked.safetensors").symlink_to(outside)
+    assert N["QwenTTSLoadVoice"].define_schema().inputs[1].options == ["mine"]
+    with pytest.raises(InputError, match="'linked' is a symbolic link to .*, outside the voices folder"):
+        run(N, "QwenTTSLoadVoice", model=no_codec_model(rt, BASE), voice_name="linked")
+
+
 # ----------------------------------------------------------------------------- with the codec
 def check_audio(audio, items, codes, n):
     assert audio["sample_rate"] == 24000 and audio["waveform"].dtype == torch.float32
