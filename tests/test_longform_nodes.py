@@ -77,6 +77,31 @@ def test_narrate_long_text_in_chunks(N):
     assert chunks >= 3  # paragraphs are never joined; ~6 s pieces
 
 
+def test_the_progress_bar_moves_inside_every_chunk(N, monkeypatch):
+    """Not only when a chunk ends (the first update came after ~2 minutes on a CPU): frames
+    move it inside each chunk, it never goes back, and it ends full."""
+    import comfy.utils
+
+    updates = []
+
+    class Bar:  # records what the node shows
+        def __init__(self, total):
+            pass
+
+        def update_absolute(self, value, total=None, preview=None):
+            updates.append((value, total))
+
+    monkeypatch.setattr(comfy.utils, "ProgressBar", Bar)
+    text = "The first sentence is here.\n\nA second one follows.\n\nAnd a third one ends it."
+    _, report = run(N, "QwenTTSNarrate", speaker=built_in(N), text=text, **{**LONG, "chunk_seconds": 3.0})
+    chunks = int(report.split(" chunks")[0].splitlines()[-1])
+    assert chunks == 3 and {total for _, total in updates} == {chunks * 100}
+    values = [v for v, _ in updates]
+    assert values[0] == 0 and values[-1] == chunks * 100 and values == sorted(values)
+    for k in range(chunks):                                 # moved inside every chunk, before its end
+        assert any(k * 100 < v < (k + 1) * 100 for v in values), (k, values)
+
+
 def test_narrate_needs_no_speaker_name(N):
     """The name only matters in scripts and subtitles: a blank one narrates with the same voice."""
     named = run(N, "QwenTTSNarrate", speaker=built_in(N), text="Hello there.", **LONG)[0]
