@@ -67,7 +67,8 @@ class SpeakerRecipe:
 def _name_input(default: str) -> io.Input:
     return io.String.Input("name", default=default,
                            tooltip="Name of this speaker in a script ('Name: line') or in subtitles "
-                                   "(WebVTT <v Name> or 'Name: ' before the text).")
+                                   "(WebVTT <v Name> or 'Name: ' before the text): at most 40 characters, "
+                                   "no colon, brackets or line breaks.")
 
 
 def _speaker_output() -> list[io.Output]:

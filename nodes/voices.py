@@ -73,7 +73,8 @@ class QwenTTSSaveVoice(io.ComfyNode):
                 VoiceType.Input("voice", tooltip="A voice from Make Voice from Reference Audio or Load Voice."),
                 io.String.Input("name", default="my_voice",
                                 tooltip="File name of the voice (letters, digits, spaces, '-', '_'); "
-                                        "no folders."),
+                                        "no folders, no Windows device names (con, nul, com1, ...). "
+                                        "Checked before the prompt runs."),
                 io.Boolean.Input("overwrite", default=False,
                                  tooltip="Replace an existing, different voice of the same name. Off: "
                                          "such a save stops with an error and the old file is kept."),

@@ -239,8 +239,9 @@ UNKNOWN_SCRIPT_SHARE = 0.25   # letters in scripts none of the languages use, fr
 
 def unsupported_script_note(text: str) -> str | None:
     """A one-line note when much of `text` (a quarter of its letters or more) is written in a
-    script none of the model's ten languages use (Arabic, Hebrew, Greek, Thai, Devanagari, or
-    Latin letters such as Vietnamese ones): the model has not learnt to say it. None otherwise."""
+    script none of the model's ten languages use (Arabic, Hebrew, Greek, Thai, Devanagari, ...,
+    told apart with the same script tables as the guess above): the model has not learnt to say
+    it. None otherwise (also for Latin-script languages it does not know, which this cannot tell)."""
     letters = _WORD.findall(text[:GUESS_SAMPLE])
     total = sum(len(w) for w in letters)
     unknown = [ch for w in letters for ch in w if not _KNOWN_SCRIPTS.match(ch)]
