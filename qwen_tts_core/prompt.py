@@ -105,7 +105,7 @@ class ChatTokenizer:
 
 class PromptBuilder:
     def __init__(self, talker: Talker, config: ModelConfig, tokenizer):
-        self.talker, self.config, self.tokenizer = talker, config, tokenizer
+        self.talker, self.config = talker, config
         self.chat = ChatTokenizer(tokenizer)
 
     @property
