@@ -69,6 +69,13 @@ def _clone_prompt(reference="qwen_tts_reference.wav", text="", voice_name="e2e v
             "6": {"class_type": "QwenTTSSaveVoice", "inputs": {"voice": ["3", 0], "name": voice_name, "overwrite": False}}}
 
 
+def _save_voice_prompt(name):
+    """Only Save Voice as output: a name refused by validation leaves nothing to run, so ComfyUI
+    rejects the whole prompt (with more outputs it would run the valid ones and skip Save Voice)."""
+    clone = _clone_prompt(voice_name=name)
+    return {k: clone[k] for k in ("1", "2", "3", "6")}
+
+
 def _load_voice_prompt(name):
     return {"1": {"class_type": "QwenTTSModelLoader", "inputs": {"model_name": BASE, "dtype": "auto", "device": "auto"}},
             "2": {"class_type": "QwenTTSLoadVoice", "inputs": {"model": ["1", 0], "voice_name": name}},
@@ -92,8 +99,8 @@ BAD_INPUTS = {
     "bad_dc_offset_reference": (_clone_prompt("dc_offset.wav"), r"only a constant DC offset"),
     "bad_clipped_reference": (_clone_prompt("clipped.wav"), r"badly clipped: \d+\.\d% of its samples"),
     # names are refused by validate_inputs: the prompt is rejected before any node runs
-    "bad_voice_name": (_clone_prompt(voice_name="../../x"), r"/prompt rejected[\s\S]*Invalid voice name"),
-    "bad_windows_voice_name": (_clone_prompt(voice_name="COM1"), r"/prompt rejected[\s\S]*Windows reserves"),
+    "bad_voice_name": (_save_voice_prompt("../../x"), r"/prompt rejected[\s\S]*Invalid voice name"),
+    "bad_windows_voice_name": (_save_voice_prompt("COM1"), r"/prompt rejected[\s\S]*Windows reserves"),
     "bad_corrupt_voice": (_load_voice_prompt("corrupt"), r"damaged or not a safetensors file"),
     "bad_newer_voice": (_load_voice_prompt("future"), r"newer version of the Qwen3-TTS nodes"),
     "ok_stereo_48k_reference": (_clone_prompt("stereo_48k.wav", voice_name="stereo"), None),
