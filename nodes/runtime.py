@@ -396,17 +396,35 @@ class FrameProgress:
 
 class ChunkProgress:
     """A ComfyUI progress bar over the chunks (narration) or lines (subtitles, script) of a
-    long-form node, as the core's `on_progress`; its `on_frame`, given to every speaker, stops
-    the generation within one frame when the user interrupts the prompt."""
+    long-form node, as the core's `on_progress`, that also moves inside a chunk or line: its
+    `on_frame`, given to every speaker, counts the frames generated against the frames expected
+    for the chunk or line now starting (at most 95% of it until it ends, so retries and slow
+    speech never move the bar back), and stops the generation within one frame when the user
+    interrupts the prompt."""
+
+    STEPS = 100           # bar steps per chunk or line
+    WITHIN_MAX = 0.95     # share of a chunk or line the frames alone can fill
 
     def __init__(self):
         self.bar = comfy.utils.ProgressBar(1)
+        self.done, self.total, self.value = 0, 1, 0
+        self.frames, self.expected_frames = 0, 1.0
 
     def __call__(self, progress) -> None:
-        self.bar.update_absolute(progress.done, max(progress.total, 1))
+        self.done, self.total = progress.done, max(progress.total, 1)
+        self.frames, self.expected_frames = 0, max(1.0, progress.next_seconds * FRAME_RATE)
+        self._show(self.done * self.STEPS, force=True)
 
     def on_frame(self, index: int, frame) -> None:
         stop_if_interrupted()
+        self.frames += 1
+        within = min(self.frames / self.expected_frames, self.WITHIN_MAX)
+        self._show(int((self.done + within) * self.STEPS))
+
+    def _show(self, value: int, force: bool = False) -> None:
+        if value > self.value or force:
+            self.value = max(self.value, value)
+            self.bar.update_absolute(self.value, self.total * self.STEPS)
 
 
 def stop_if_interrupted() -> None:

@@ -21,6 +21,8 @@ from .duration import FRAME_RATE, max_frames_for  # noqa: F401  (FRAME_RATE is p
 from .errors import DeviceError, InputError, ModelFolderError, OutOfMemory, UnsupportedModeError
 from .generate import (FrameLoop, Frames, FrameStep, GraphedStep, StepBuckets, cache_bucket,
                        collate, collect, item_generators, step_bytes, weights_key)
+from .longform.languages import unsupported_script_note
+from .longform.text import check_text
 from .prompt import PromptBuilder, Request, TalkerPrompt, VoicePrompt
 from .sampling import Sampling
 from .speaker import LogMel, SpeakerEncoder
@@ -285,8 +287,7 @@ class QwenTTS:
 
     # ------------------------------------------------------------------ generation
     def check(self, req: Request) -> Request:
-        if not isinstance(req.text, str) or not req.text.strip():
-            raise InputError("The text is empty; type something to say.")
+        text = check_text(req.text)
         language = (req.language or "auto").strip().lower()
         if language not in self.languages:
             raise InputError(f"Unsupported language {req.language!r}. Choose one of: "
@@ -296,7 +297,14 @@ class QwenTTS:
             raise InputError(f"Unknown speaker {req.speaker!r}. This model has: "
                              f"{', '.join(self.speakers) or 'no built-in speakers'}.")
         instruct = req.instruct.strip() if req.instruct else None
-        return replace(req, text=req.text.strip(), language=language, speaker=speaker, instruct=instruct or None)
+        return replace(req, text=text, language=language, speaker=speaker, instruct=instruct or None)
+
+    @staticmethod
+    def text_notes(texts: Sequence[str]) -> list[str]:
+        """Notes (not errors) on the texts of a call: text in a script none of the model's
+        languages use (e.g. Arabic) is generated, but the user is told what to expect."""
+        notes = [(i, unsupported_script_note(t)) for i, t in enumerate(texts) if isinstance(t, str)]
+        return [f"Text {i + 1}: {n}" if len(texts) > 1 else n for i, n in notes if n]
 
     def generate_custom_voice(self, text: str | Sequence[str], speaker: str | Sequence[str],
                               language: str | Sequence[str] = "auto",
@@ -305,7 +313,7 @@ class QwenTTS:
         """Built-in speakers (CustomVoice models), with an optional style instruction."""
         self._require("custom_voice", "Custom voice")
         texts = _as_list(text)
-        warnings = []
+        warnings = self.text_notes(texts)
         if self.config.tts_model_size == "0b6" and any(_broadcast(instruct, len(texts))):
             warnings.append("The 0.6B CustomVoice model does not follow instructions; the "
                             "instruction was ignored. Use the 1.7B model for style control.")
@@ -326,7 +334,7 @@ class QwenTTS:
         texts = _as_list(text)
         reqs = [Request(t, l, None, i, None, non_streaming_text) for t, l, i in zip(
             texts, _broadcast(language, len(texts)), _broadcast(instruct, len(texts)))]
-        return self.generate(reqs, **options)
+        return self.generate(reqs, warnings=self.text_notes(texts), **options)
 
     def generate_voice_clone(self, text: str | Sequence[str], voice: VoicePrompt | Sequence[VoicePrompt],
                              language: str | Sequence[str] = "auto", non_streaming_text: bool = False,
@@ -347,10 +355,18 @@ class QwenTTS:
                     f"values; this model uses {self.config.talker.hidden_size}). Re-create it with this model.")
         reqs = [Request(t, l, None, None, v, non_streaming_text) for t, l, v in zip(
             texts, _broadcast(language, len(texts)), voices)]
-        return self.generate(reqs, **options)
+        return self.generate(reqs, warnings=self.text_notes(texts), **options)
 
     def build_prompts(self, requests: Sequence[Request]) -> list[TalkerPrompt]:
-        return [self.prompts.build(self.check(r)) for r in requests]
+        prompts = []
+        for i, r in enumerate(requests):
+            try:
+                prompts.append(self.prompts.build(self.check(r)))
+            except InputError as e:
+                if len(requests) == 1:
+                    raise
+                raise InputError(f"Text {i + 1} of {len(requests)}: {e}") from None
+        return prompts
 
     def frame_loop(self, requests: Sequence[Request], max_frames: int | None = None,
                    sampling: Sampling | None = None, sub_sampling: Sampling | None = None,

@@ -74,6 +74,13 @@ def _clone_prompt(reference="qwen_tts_reference.wav", text="", voice_name="e2e v
             "6": {"class_type": "QwenTTSSaveVoice", "inputs": {"voice": ["3", 0], "name": voice_name, "overwrite": False}}}
 
 
+def _save_voice_prompt(name):
+    """Only Save Voice as output: a name refused by validation leaves nothing to run, so ComfyUI
+    rejects the whole prompt (with more outputs it would run the valid ones and skip Save Voice)."""
+    clone = _clone_prompt(voice_name=name)
+    return {k: clone[k] for k in ("1", "2", "3", "6")}
+
+
 def _load_voice_prompt(name):
     return {"1": {"class_type": "QwenTTSModelLoader", "inputs": {"model_name": BASE, "dtype": "auto", "device": "auto"}},
             "2": {"class_type": "QwenTTSLoadVoice", "inputs": {"model": ["1", 0], "voice_name": name}},
@@ -93,7 +100,12 @@ BAD_INPUTS = {
     "bad_unknown_speaker": (_custom_voice_prompt(speaker="Bob"), r"Unknown speaker 'Bob'. This model has: serena"),
     "bad_silent_reference": (_clone_prompt("silent.wav"), r"reference audio is silent"),
     "bad_short_reference": (_clone_prompt("short.wav"), r"voice cloning needs at least 1 s"),
-    "bad_voice_name": (_clone_prompt(voice_name="../../x"), r"Invalid voice name"),
+    "bad_text_without_words": (_custom_voice_prompt(text="🎉 ... 👍"), r"text has nothing to say"),
+    "bad_dc_offset_reference": (_clone_prompt("dc_offset.wav"), r"only a constant DC offset"),
+    "bad_clipped_reference": (_clone_prompt("clipped.wav"), r"badly clipped: \d+\.\d% of its samples"),
+    # names are refused by validate_inputs: the prompt is rejected before any node runs
+    "bad_voice_name": (_save_voice_prompt("../../x"), r"/prompt rejected[\s\S]*Invalid voice name"),
+    "bad_windows_voice_name": (_save_voice_prompt("COM1"), r"/prompt rejected[\s\S]*Windows reserves"),
     "bad_corrupt_voice": (_load_voice_prompt("corrupt"), r"damaged or not a safetensors file"),
     "bad_newer_voice": (_load_voice_prompt("future"), r"newer version of the Qwen3-TTS nodes"),
     "ok_stereo_48k_reference": (_clone_prompt("stereo_48k.wav", voice_name="stereo"), None),
@@ -106,6 +118,8 @@ def _inputs(folder: Path) -> Path:
     wav, rate = read_wav(comfy_env.FIXTURE_AUDIO / "ref_en.wav")
     write_wav(folder / "silent.wav", torch.zeros(1, 3 * 24000))
     write_wav(folder / "short.wav", wav[:, : rate // 2], rate)
+    write_wav(folder / "dc_offset.wav", torch.full((1, 3 * 24000), 0.25))
+    write_wav(folder / "clipped.wav", (wav[:1] * 8).clamp(-1, 1), rate)
     import torchaudio.functional as AF
 
     w48 = AF.resample(wav[:1], rate, 48000)

@@ -169,6 +169,38 @@ def test_empty_text(N, rt):
                 instruction="", **{**SAMPLING, "one_text_per_line": per_line})
 
 
+@pytest.mark.parametrize("text", ["🎉🎉 👍", "\x00", "...!?", "♪"])
+def test_every_text_node_refuses_text_without_words_alike(N, rt, text):
+    """One check for all (Narrate refused such text while the others spoke it), before the model is used."""
+    message = "The text has nothing to say: no letters or digits"
+    voice = Voice(VoicePrompt(torch.zeros(tiny_model("Tiny-Base", False).config.talker.hidden_size)), "base",
+                  "1b7", tiny_model("Tiny-Base", False).config.talker.hidden_size)
+    runs = {"QwenTTSCustomVoice": dict(model=no_codec_model(rt, CUSTOM), speaker="Vivian", instruction=""),
+            "QwenTTSVoiceDesign": dict(model=no_codec_model(rt, DESIGN), voice_description="A calm voice."),
+            "QwenTTSVoiceClone": dict(model=no_codec_model(rt, BASE), voice=voice)}
+    for node, inputs in runs.items():
+        with pytest.raises(InputError, match=message):
+            run(N, node, text=text, language="Auto", **inputs, **SAMPLING)
+        with pytest.raises(InputError, match=f"Line 3 has nothing to say"):
+            run(N, node, text=f"One.\n\n{text}\nFour.", language="Auto", **inputs,
+                **{**SAMPLING, "one_text_per_line": True})
+    speaker = run(N, "QwenTTSSpeakerBuiltIn", model=no_codec_model(rt, CUSTOM), speaker="Ryan",
+                  language="English", instruction="", name="A")[0]
+    with pytest.raises(InputError, match=message):
+        run(N, "QwenTTSNarrate", speaker=speaker, text=text, seed=0, temperature=0.9, top_k=50, top_p=1.0,
+            repetition_penalty=1.05, retries=0, chunk_seconds=6.0, normalize_text=False)
+
+
+def test_text_in_a_script_the_model_does_not_know_is_noted_in_the_log(N, caplog, codec):
+    with caplog.at_level(logging.INFO):
+        run(N, "QwenTTSCustomVoice", model=loaded(N, CUSTOM)[0], text="مرحبا بالعالم", language="Auto",
+            speaker="Vivian", instruction="", **SAMPLING)
+    notes = [r.getMessage() for r in caplog.records if "Arabic script" in r.getMessage()]
+    assert notes == ["Much of the text is in Arabic script, which none of the model's languages use (Chinese, "
+                     "English, German, Italian, Portuguese, Spanish, Japanese, Korean, French, Russian): "
+                     "expect it to be mispronounced or skipped."]
+
+
 def test_unknown_speaker_lists_the_models_speakers(N, rt):
     m = no_codec_model(rt, CUSTOM)
     with pytest.raises(InputError, match="Unknown speaker 'Bob'. This model has: serena, vivian"):
@@ -237,6 +269,9 @@ def test_interrupt_stops_within_one_frame_and_next_run_works(N, rt, monkeypatch,
 # ----------------------------------------------------------------------------- reference audio
 @pytest.mark.parametrize("audio, message", [
     ({"waveform": torch.zeros(1, 1, 24000 * 3), "sample_rate": 24000}, "silent"),
+    ({"waveform": torch.full((1, 1, 24000 * 3), 0.25), "sample_rate": 24000}, "only a constant DC offset"),
+    ({"waveform": (ref_audio()["waveform"] * 8).clamp(-1, 1), "sample_rate": ref_audio()["sample_rate"]},
+     "badly clipped"),
     (ref_audio(seconds=0.5), "at least 1 s"),
     ({"waveform": torch.full((1, 1, 48000), float("nan")), "sample_rate": 24000}, "NaN"),
     ({"waveform": torch.zeros(2, 1, 48000), "sample_rate": 24000}, "2 clips"),
@@ -260,6 +295,14 @@ def test_stereo_and_48k_reference_simply_work(N, rt, audio):
                 reference_text="", mode="x-vector only")[0]
     cos = torch.nn.functional.cosine_similarity(voice.prompt.speaker_embedding, plain.prompt.speaker_embedding, 0)
     assert cos > 0.9                                                 # same speaker after resampling/mixing
+
+
+def test_auto_mode_without_a_transcript_says_it_makes_an_x_vector_voice(N, rt, caplog):
+    with caplog.at_level(logging.INFO):
+        (voice,) = run(N, "QwenTTSVoiceFromAudio", model=no_codec_model(rt, BASE), reference_audio=ref_audio(),
+                       reference_text="  ", mode="auto")
+    assert voice.mode == "x_vector" and voice.prompt.ref_text is None
+    assert "no reference transcript, so mode auto makes an x-vector-only voice" in caplog.text
 
 
 def test_too_long_reference_is_trimmed_with_a_warning(N, rt, caplog):
@@ -300,19 +343,29 @@ def test_save_and_load_voice(N, rt, voices_dir):
     assert torch.equal(back.prompt.speaker_embedding, voice.prompt.speaker_embedding)
 
 
-@pytest.mark.parametrize("name", ["../../x", "../x", "sub/x", ".x"])
-def test_save_voice_rejects_path_tricks(N, rt, voices_dir, name):
-    with pytest.raises(InputError, match="Invalid voice name"):
-        run(N, "QwenTTSSaveVoice", voice=_xvector(N, rt), name=name, overwrite=False)
+@pytest.mark.parametrize("name, message", [("../../x", "Invalid voice name"), ("../x", "Invalid voice name"),
+                                           ("sub/x", "Invalid voice name"), (".x", "Invalid voice name"),
+                                           ("", "empty"), ("CON", "Windows reserves"), ("lpt1.txt", "Windows reserves")])
+def test_save_voice_name_fails_validation_before_anything_runs(N, rt, voices_dir, name, message):
+    """ComfyUI runs validate_inputs before any node of the prompt: no voice was made (None)."""
+    with pytest.raises(comfy_env.ValidationError, match=f"custom validation failed: .*{message}"):
+        run(N, "QwenTTSSaveVoice", voice=None, name=name, overwrite=False)
+    # a name that comes through a link is None at validation, and checked when the node runs
+    assert N["QwenTTSSaveVoice"].validate_inputs(name=None) is True
+    with pytest.raises(InputError, match=message):
+        N["QwenTTSSaveVoice"].execute(voice=_xvector(N, rt), name=name, overwrite=False)
     assert list(voices_dir.iterdir()) == [] and not (voices_dir.parent.parent / "x.safetensors").exists()
+    assert N["QwenTTSSaveVoice"].validate_inputs(name="my voice (2)") is True
 
 
 def test_load_voice_errors(N, rt, voices_dir):
     base = no_codec_model(rt, BASE)
     with pytest.raises(InputError, match="No saved voice named 'ghost'"):
         run(N, "QwenTTSLoadVoice", model=base, voice_name="ghost")
-    with pytest.raises(InputError, match="Invalid voice name"):
+    with pytest.raises(comfy_env.ValidationError, match="Invalid voice name"):
         run(N, "QwenTTSLoadVoice", model=base, voice_name="../../x")
+    with pytest.raises(InputError, match="Invalid voice name"):                  # through a link
+        N["QwenTTSLoadVoice"].execute(model=base, voice_name="../../x")
     (voices_dir / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
     with pytest.raises(VoiceFileError, match="damaged"):
         run(N, "QwenTTSLoadVoice", model=base, voice_name="broken")
@@ -324,6 +377,15 @@ def test_load_voice_errors(N, rt, voices_dir):
     save_file(load_file(str(path)), str(path), metadata={"format": "qwen-tts-voice", "format_version": "99"})
     with pytest.raises(VoiceFileError, match="newer version"):
         run(N, "QwenTTSLoadVoice", model=base, voice_name="future")
+
+
+def test_load_voice_lists_only_what_it_loads(N, rt, voices_dir, tmp_path):
+    outside = save_voice(_xvector(N, rt), tmp_path / "elsewhere", "shared")
+    save_voice(_xvector(N, rt), voices_dir, "mine")
+    (voices_dir / "linked.safetensors").symlink_to(outside)
+    assert N["QwenTTSLoadVoice"].define_schema().inputs[1].options == ["mine"]
+    with pytest.raises(InputError, match="'linked' is a symbolic link to .*, outside the voices folder"):
+        run(N, "QwenTTSLoadVoice", model=no_codec_model(rt, BASE), voice_name="linked")
 
 
 # ----------------------------------------------------------------------------- with the codec
