@@ -21,7 +21,7 @@ import comfy.utils
 import folder_paths
 from qwen_tts_core import download as hub
 from qwen_tts_core import speech_codes
-from qwen_tts_core.api import QwenTTS, auto_dtype, probe_device
+from qwen_tts_core.api import QwenTTS, auto_dtype, bf16_emulated, probe_device
 from qwen_tts_core.api import choose_dtype as core_choose_dtype
 from qwen_tts_core.duration import FRAME_RATE
 from qwen_tts_core.errors import InputError, ModelFolderError
@@ -210,15 +210,17 @@ SUPPORTED = (torch.bfloat16, torch.float16, torch.float32)
 def choose_dtype(choice: str, device: torch.device) -> tuple[torch.dtype, str]:
     """(dtype, why) for the loader's dtype option on the load device. "auto" follows ComfyUI:
     `model_management.unet_dtype` with this model's supported precisions, so ComfyUI's flags
-    (--bf16-unet, --fp16-unet, --fp32-unet, --force-fp32, ...) apply. The pack's own rule
-    (`qwen_tts_core.api.auto_dtype`) is used where ComfyUI has no such function, picks a
-    precision this model has no kernels for (fp8, fp64), or picks bf16 on a GPU that only
-    emulates it."""
+    (--bf16-unet, --fp16-unet, --fp32-unet, --force-fp32, ...) apply. On Apple MPS it is offered
+    fp16 and fp32 only: the pack picks fp16 there (`qwen_tts_core.api.auto_dtype`: bf16 is not on
+    every Mac), while ComfyUI's own rule would pick bf16 on macOS 14 and newer. The pack's rule
+    is used where ComfyUI has no such function, picks a precision this model has no kernels for
+    (fp8, fp64), or picks bf16 on a GPU that only emulates it."""
     if choice != "auto":
         return core_choose_dtype(choice, device)
     unet_dtype = getattr(mm, "unet_dtype", None)
+    offered = [torch.float16, torch.float32] if device.type == "mps" else list(SUPPORTED)
     try:
-        chosen = unet_dtype(device=device, supported_dtypes=list(SUPPORTED)) if unet_dtype else None
+        chosen = unet_dtype(device=device, supported_dtypes=offered) if unet_dtype else None
     except TypeError:          # an older ComfyUI without supported_dtypes
         chosen = None
     own, own_why = auto_dtype(device)
@@ -227,7 +229,7 @@ def choose_dtype(choice: str, device: torch.device) -> tuple[torch.dtype, str]:
     name = str(chosen).replace("torch.", "")
     if chosen not in SUPPORTED:
         return own, f"{own_why} (ComfyUI's choice {name} is not a precision this model runs in)"
-    if chosen == torch.bfloat16 and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+    if chosen == torch.bfloat16 and bf16_emulated(device):
         return own, f"{own_why} (ComfyUI chose bf16, which this GPU only emulates)"
     return chosen, f"{name}: ComfyUI's choice for {device} (its precision flags apply)"
 

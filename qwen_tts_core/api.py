@@ -84,6 +84,12 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
 FP16_UNRELIABLE = ("GTX 1630", "GTX 1650", "GTX 1660")  # Turing without tensor cores: fp16 NaNs (as ComfyUI)
 
 
+def bf16_emulated(device: torch.device) -> bool:
+    """True on CUDA GPUs below compute capability 8.0 (before Ampere), which run bf16 only by
+    emulation (slowly)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8
+
+
 def auto_dtype(device: torch.device) -> tuple[torch.dtype, str]:
     """The precision "auto" picks for `device`, and why (the loader's info line says it).
 
@@ -98,7 +104,7 @@ def auto_dtype(device: torch.device) -> tuple[torch.dtype, str]:
         major, minor = torch.cuda.get_device_capability(device)
         name = torch.cuda.get_device_name(device)
         gpu = f"{name}, compute capability {major}.{minor}"
-        if major >= 8:
+        if not bf16_emulated(device):
             return torch.bfloat16, f"bf16: native on this GPU ({gpu})"
         if major == 7 and not any(n in name for n in FP16_UNRELIABLE):
             return torch.float16, f"fp16: this GPU ({gpu}) has no native bf16"
@@ -127,7 +133,7 @@ def choose_dtype(dtype: str | torch.dtype, device: torch.device) -> tuple[torch.
         raise InputError(f"dtype {chosen} is not supported; use auto, bf16, fp16 or fp32.")
     if chosen != torch.float32:
         check_dtype_runs(chosen, device)
-    if chosen == torch.bfloat16 and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+    if chosen == torch.bfloat16 and bf16_emulated(device):
         why += "; bf16 is emulated on this GPU (slow): auto would pick fp16"
         log.warning("bf16 is emulated on %s (compute capability < 8.0) and runs slowly; dtype auto "
                     "picks fp16 there.", torch.cuda.get_device_name(device))

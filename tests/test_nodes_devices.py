@@ -71,6 +71,25 @@ def test_auto_dtype_refuses_bf16_that_the_gpu_only_emulates(rt, monkeypatch):
     assert dtype == torch.float16 and why.endswith("(ComfyUI chose bf16, which this GPU only emulates)")
 
 
+def test_auto_dtype_is_fp16_on_apple_mps(rt, monkeypatch):
+    """ComfyUI's unet_dtype on a Mac with macOS >= 14: should_use_fp16 and should_use_bf16 are
+    both True on MPS, so it returns whichever of the two comes first in supported_dtypes. The
+    pack picks fp16 on MPS (README, loader tooltip); ComfyUI's flags still apply (--bf16-unet)."""
+    import comfy.model_management as mm
+
+    def unet_dtype(device=None, model_params=0, supported_dtypes=None, weight_dtype=None, flag=None):
+        assert device.type == "mps"
+        if flag is not None:
+            return flag
+        return next(d for d in supported_dtypes if d in (torch.float16, torch.bfloat16))
+
+    monkeypatch.setattr(mm, "unet_dtype", unet_dtype)
+    assert rt.choose_dtype("auto", torch.device("mps")) == (
+        torch.float16, "float16: ComfyUI's choice for mps (its precision flags apply)")
+    monkeypatch.setattr(mm, "unet_dtype", lambda **k: unet_dtype(**k, flag=torch.bfloat16))   # --bf16-unet
+    assert rt.choose_dtype("auto", torch.device("mps"))[0] == torch.bfloat16
+
+
 def test_cuda_graphs_option_is_last_optional_and_on_by_default(N, codec):
     inputs = N["QwenTTSModelLoader"].define_schema().inputs
     assert [i.id for i in inputs] == ["model_name", "dtype", "device", "cuda_graphs"]
