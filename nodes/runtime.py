@@ -318,11 +318,11 @@ class ModelHandle:
 
 
 # Handles alive anywhere in the process, by what they were loaded from. ComfyUI's cache may drop
-# a loader's output while an output made from it stays cached (ComfyUI >= 0.4's RAM-pressure
-# cache drops entries that carry a ModelPatcher first, and under pressure drops a node's output
-# right after the node ran, keeping only what its consumers touch, e.g. a Speaker). The loader
-# then runs again; it returns the handle that is still alive instead of a second copy from
-# disk. Weak references: once nothing holds a handle, it is freed and the next load reads disk.
+# a loader's output while an output made from it stays cached: the RAM-pressure cache (ComfyUI's
+# default from 0.23) drops entries that carry a ModelPatcher first, and under pressure drops a
+# node's output right after the node ran, keeping only what its consumers touch, e.g. a Speaker.
+# The loader then runs again; it returns the handle that is still alive instead of a second copy
+# from disk. Weak references: once nothing holds a handle, it is freed and the next load reads disk.
 _LOADED: "weakref.WeakValueDictionary[tuple, ModelHandle | TokenizerHandle]" = weakref.WeakValueDictionary()
 
 

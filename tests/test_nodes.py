@@ -488,7 +488,7 @@ def test_offload_and_reload(N, codec):
 
 
 def test_loader_run_again_after_the_cache_dropped_it(N, rt, codec, monkeypatch):
-    """ComfyUI's RAM-pressure cache (the default from 0.4) may drop a loader's output between
+    """ComfyUI's RAM-pressure cache (the default from 0.23) may drop a loader's output between
     prompts while a Speaker made from it stays cached; the loader then runs again. It returns
     the handle that is still alive (no second copy of the weights, no speaker on a stale copy),
     reads the disk again once nothing holds the handle, and again when the checkpoint changed."""
