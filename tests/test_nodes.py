@@ -123,7 +123,12 @@ def test_no_model_folders_at_all(N, tmp_path):
     saved = folder_paths.folder_names_and_paths["qwen-tts"]
     folder_paths.folder_names_and_paths["qwen-tts"] = ([str(tmp_path / "qwen-tts")], set())
     try:
-        assert all(o.endswith(" GB)") for o in N["QwenTTSModelLoader"].define_schema().inputs[0].options)
+        assert N["QwenTTSModelLoader"].define_schema().inputs[0].options == [   # only download entries
+            "Qwen3-TTS-12Hz-1.7B-CustomVoice (download, 4.5 GB)", "Qwen3-TTS-12Hz-0.6B-CustomVoice (download, 2.5 GB)",
+            "Qwen3-TTS-12Hz-1.7B-VoiceDesign (download, 4.5 GB)", "Qwen3-TTS-12Hz-1.7B-Base (download, 4.5 GB)",
+            "Qwen3-TTS-12Hz-0.6B-Base (download, 2.5 GB)"]
+        assert N["QwenTTSSpeechTokenizerLoader"].define_schema().inputs[0].options == [
+            "Qwen3-TTS-Tokenizer-12Hz (download, 0.7 GB)"]
         with pytest.raises(ModelFolderError, match="no Qwen3-TTS folders there yet.*hf download "
                                                    "Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice"):
             run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="auto", device="auto")
