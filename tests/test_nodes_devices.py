@@ -121,6 +121,9 @@ def test_cancel_during_decoding_stops_between_chunks(N, rt, monkeypatch, codec):
     model = run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="fp32", device="cpu")[0]
     codec_cls = type(model.tts.codec)
     monkeypatch.setattr(codec_cls, "decode_chunk_frames", lambda self, batch: 1)
+    inputs = dict(model=model, text="Cancel me while decoding.", language="English", speaker="Ryan",
+                  instruction="", **{**SAMPLING, "max_seconds": 0.5})
+    whole, _, whole_codes = run(N, "QwenTTSCustomVoice", **inputs)    # the same prompt, not cancelled
     decoder = model.tts.codec.decoder
     calls = []
     original = decoder.forward
@@ -132,11 +135,37 @@ def test_cancel_during_decoding_stops_between_chunks(N, rt, monkeypatch, codec):
 
     monkeypatch.setattr(decoder, "forward", forward)
     with pytest.raises(mm.InterruptProcessingException) as e:
-        run(N, "QwenTTSCustomVoice", model=model, text="Cancel me while decoding.", language="English",
-            speaker="Ryan", instruction="", **{**SAMPLING, "max_seconds": 0.5})
+        run(N, "QwenTTSCustomVoice", **inputs)
     assert calls == [1]                                          # stopped before the second chunk
     assert e.value.__context__ is None and not mm.processing_interrupted()
     monkeypatch.setattr(decoder, "forward", original)
-    audio = run(N, "QwenTTSCustomVoice", model=model, text="Next run.", language="English", speaker="Ryan",
-                instruction="", **SAMPLING)[0]
-    assert audio["waveform"].shape[-1] > 0
+    audio, _, codes = run(N, "QwenTTSCustomVoice", **inputs)     # nothing left over from the Cancel
+    assert torch.equal(codes.items[0], whole_codes.items[0]) and whole_codes.items[0].shape[0] > 1
+    assert torch.equal(audio["waveform"], whole["waveform"])
+
+
+def test_cancel_in_decode_codes_stops_between_chunks(N, monkeypatch, codec):
+    import comfy.model_management as mm
+    from qwen_tts_core.speech_codes import SpeechCodes
+
+    (tok,) = run(N, "QwenTTSSpeechTokenizerLoader", tokenizer_name=CUSTOM, dtype="fp32", device="cpu")
+    monkeypatch.setattr(type(tok.tokenizer), "decode_chunk_frames", lambda self, batch: 2)
+    codes = SpeechCodes([torch.randint(0, 2048, (6, 16), generator=torch.Generator().manual_seed(0))])
+    whole, _ = run(N, "QwenTTSDecodeCodes", speech_tokenizer=tok, codes=codes)   # 3 chunks, not cancelled
+    decoder = tok.tokenizer.decoder
+    calls = []
+    original = decoder.forward
+
+    def forward(frames, state=None):
+        calls.append(frames.shape[-1])
+        mm.interrupt_current_processing(True)                   # Cancel while the first chunk decodes
+        return original(frames, state)
+
+    monkeypatch.setattr(decoder, "forward", forward)
+    with pytest.raises(mm.InterruptProcessingException) as e:
+        run(N, "QwenTTSDecodeCodes", speech_tokenizer=tok, codes=codes)
+    assert calls == [2]                                          # stopped before the second chunk
+    assert e.value.__context__ is None and not mm.processing_interrupted()
+    monkeypatch.setattr(decoder, "forward", original)
+    again, _ = run(N, "QwenTTSDecodeCodes", speech_tokenizer=tok, codes=codes)
+    assert torch.equal(again["waveform"], whole["waveform"]) and whole["waveform"].shape[-1] == 6 * 1920
