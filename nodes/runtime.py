@@ -236,24 +236,41 @@ def choose_dtype(choice: str, device: torch.device) -> tuple[torch.dtype, str]:
 
 class QwenTTSWeights(torch.nn.Module):
     """Container that lets ComfyUI's ModelPatcher move a group of our modules as one model.
-    `on_move` runs before the weights move (offload, reload): kept CUDA graphs hold the
-    weights' addresses, so they and their caches are released then."""
+    `on_release` runs before the weights move as a whole (offload, reload: ModelPatcher's
+    unpatch_model and detach move this container): kept CUDA graphs hold the weights'
+    addresses, so they and their caches are released then."""
 
-    def __init__(self, on_move=None, **modules):
+    def __init__(self, on_release=None, **modules):
         super().__init__()
-        self._on_move = on_move
+        self._on_release = on_release
         for k, v in modules.items():
             self.add_module(k, v)
 
+    def release(self) -> None:
+        if self._on_release is not None:
+            self._on_release()
+
     def _apply(self, fn, *args, **kwargs):
-        if self._on_move is not None:
-            self._on_move()
+        self.release()
         return super()._apply(fn, *args, **kwargs)
 
 
-def patcher(module: torch.nn.Module, load: torch.device, offload: torch.device, on_move=None):
-    return comfy.model_patcher.ModelPatcher(QwenTTSWeights(on_move, weights=module), load_device=load,
-                                            offload_device=offload)
+class QwenTTSPatcher(comfy.model_patcher.ModelPatcher):
+    """ComfyUI's ModelPatcher, releasing the kept CUDA graphs and caches (memory ComfyUI does
+    not count) wherever it frees the model's memory without moving the container as a whole:
+    a partial unload moves single submodules, and a detach may leave the weights in place."""
+
+    def partially_unload(self, *args, **kwargs):
+        self.model.release()
+        return super().partially_unload(*args, **kwargs)
+
+    def detach(self, *args, **kwargs):
+        self.model.release()
+        return super().detach(*args, **kwargs)
+
+
+def patcher(module: torch.nn.Module, load: torch.device, offload: torch.device, on_release=None):
+    return QwenTTSPatcher(QwenTTSWeights(on_release, weights=module), load_device=load, offload_device=offload)
 
 
 def load_to_device(patchers: list, memory_required: int = 0) -> None:
@@ -352,7 +369,7 @@ def load_model(name: str, dtype: str, device: str, cuda_graphs: bool = True) -> 
                                   cuda_graphs=bool(cuda_graphs))
     tts.dtype_reason = why
     codec = speech_codes.modules(tts.codec)
-    handle = ModelHandle(tts, patcher(tts.model, load, offload, on_move=tts.release_steps),
+    handle = ModelHandle(tts, patcher(tts.model, load, offload, on_release=tts.release_steps),
                          patcher(codec, load, offload), name)
     log.info("Loaded %s in %.2f s", handle.describe(), time.perf_counter() - start)
     _LOADED[key] = handle

