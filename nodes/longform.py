@@ -28,8 +28,11 @@ class _ReadyModel:
     def __init__(self, handle):
         self._handle = handle
 
-    def generate(self, *args, **kwargs):
-        return self._handle.ready(with_codec=True).generate(*args, **kwargs)
+    def generate(self, requests, max_frames=None, **kwargs):
+        tts = self._handle.tts
+        frames = max_frames or tts.auto_max_frames([r.text for r in requests], [r.language for r in requests])
+        return self._handle.ready(with_codec=True, batch=len(requests), frames=frames).generate(
+            requests, max_frames=max_frames, **kwargs)
 
     def decode(self, *args, **kwargs):
         return self._handle.ready(with_codec=True).decode(*args, **kwargs)

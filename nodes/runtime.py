@@ -321,9 +321,12 @@ class ModelHandle:
     def tokenizer(self) -> TokenizerHandle:
         return TokenizerHandle(self.tts.codec, self.codec_patcher, f"{self.name}/speech_tokenizer")
 
-    def ready(self, with_codec: bool = True, batch: int = 1, frames: int = 2048) -> QwenTTS:
+    def ready(self, with_codec: bool = True, batch: int = 1, frames: int | None = None) -> QwenTTS:
+        """The model on its load device. `batch`, `frames`: the generation about to run (its
+        frame limit), whose memory ComfyUI frees first; frames None: no generation (a reference
+        to encode, codes to decode)."""
         load_to_device([self.patcher] + ([self.codec_patcher] if with_codec else []),
-                       self.memory_estimate(batch, frames))
+                       self.memory_estimate(batch, frames) if frames else 0)
         if with_codec and self.tts.codec is not None:
             speech_codes.follow_modules(self.tts.codec)
         return self.tts

@@ -390,9 +390,8 @@ class QwenTTS:
         if text_tokens > MAX_TEXT_TOKENS:
             raise InputError(f"The text is {text_tokens} tokens long; one generation takes at most "
                              f"{MAX_TEXT_TOKENS}. Split it, or use the long-text node which does that.")
-        cap = max(1, self.defaults.max_new_tokens - 1)
-        if max_frames is None:   # per item from its text and language; the batch takes the longest
-            max_frames = max(max_frames_for(r.text, r.language, cap) for r in requests)
+        if max_frames is None:
+            max_frames = self.auto_max_frames([r.text for r in requests], [r.language for r in requests])
         if not isinstance(max_frames, int) or max_frames < 1:
             raise InputError(f"max_frames must be a positive integer (got {max_frames!r}).")
         longest = max(p.embeds.shape[0] for p in prompts)
@@ -407,6 +406,13 @@ class QwenTTS:
         step = self._frame_step(len(prompts), longest + max_frames, sampling, sub_sampling,
                                 static, self.uses_cuda_graphs(cuda_graphs))
         return FrameLoop(step, batch, max_frames, item_generators(seed, len(prompts), self.device))
+
+    def auto_max_frames(self, texts: Sequence[str], language: str | Sequence[str] = "auto") -> int:
+        """The frame limit a batch gets without max_frames: per text from its length and language
+        (`duration.max_frames_for`, at most the checkpoint's max_new_tokens - 1), the longest for
+        the batch."""
+        cap = max(1, self.defaults.max_new_tokens - 1)
+        return max(max_frames_for(t, l, cap) for t, l in zip(texts, _broadcast(language, len(texts))))
 
     def uses_cuda_graphs(self, cuda_graphs: bool | None = None) -> bool:
         """Whether generation replays CUDA graphs: asked for (default: `self.cuda_graphs`) and on CUDA."""

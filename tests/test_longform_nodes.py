@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import comfy_env
-from test_nodes import BASE, CUSTOM, DESIGN, loaded, ref_audio, run
+from test_nodes import BASE, CUSTOM, DESIGN, loaded, memory_asked, ref_audio, run  # noqa: F401 (fixture)
 from qwen_tts_core.errors import InputError, UnsupportedModeError
 
 LONG = dict(seed=3, temperature=0.9, top_k=50, top_p=1.0, repetition_penalty=1.05, retries=0,
@@ -75,6 +75,20 @@ def test_narrate_long_text_in_chunks(N):
     assert torch.isfinite(wav).all()
     chunks = int(report.split(" chunks")[0].splitlines()[-1])
     assert chunks >= 3  # paragraphs are never joined; ~6 s pieces
+
+
+def test_long_form_tells_comfyui_the_memory_of_each_chunks_frame_limit(N, memory_asked):
+    import comfy.model_management as mm
+
+    asked, limits = memory_asked
+    speaker = built_in(N)
+    asked.clear()
+    with pytest.raises(mm.InterruptProcessingException):             # at the first chunk's first frame
+        run(N, "QwenTTSNarrate", speaker=speaker, text="A first sentence, of a few words.", **LONG)
+    handle = model(N, CUSTOM)
+    chunk = "A first sentence, of a few words."
+    assert limits == [(1, handle.tts.auto_max_frames([chunk], "english"))] and 40 < limits[0][1] < 2047
+    assert asked == [handle.memory_estimate(1, limits[0][1])]
 
 
 def test_the_progress_bar_moves_inside_every_chunk(N, monkeypatch):

@@ -425,6 +425,44 @@ def test_custom_voice_single_and_batch(N, codec):
     check_audio(audio, items, codes, 3)
 
 
+@pytest.fixture
+def memory_asked(monkeypatch):
+    """(memory_required of every load, (batch, frame limit) of every generation) as they happen;
+    every generation is cancelled at its first frame (the frame limit is what counts here)."""
+    import comfy.model_management as mm
+
+    rt = comfy_env.pack().nodes.runtime
+    asked, limits = [], []
+    load, frame_loop = rt.load_to_device, rt.QwenTTS.frame_loop
+    monkeypatch.setattr(rt, "load_to_device", lambda patchers, memory_required=0:
+                        asked.append(memory_required) or load(patchers, memory_required))
+    monkeypatch.setattr(rt.QwenTTS, "frame_loop", lambda self, *a, **k:
+                        limits.append((len(a[0]), (loop := frame_loop(self, *a, **k)).max_frames)) or loop)
+    monkeypatch.setattr(rt, "stop_if_interrupted", lambda: (_ for _ in ()).throw(mm.InterruptProcessingException()))
+    return asked, limits
+
+
+def test_comfyui_is_told_the_memory_of_the_frame_limit_the_generation_uses(N, memory_asked, codec):
+    """max_seconds 0: the automatic limit from the text (the same number the generation uses,
+    not a fixed 2048 frames); max_seconds set: its frames. Encoding a reference: no generation."""
+    import comfy.model_management as mm
+
+    asked, limits = memory_asked
+    model = loaded(N, CUSTOM)[0]
+    lines = "Short.\nA second line, a good deal longer than the first one, with a clause."
+    for seconds in (0.0, 0.3):
+        with pytest.raises(mm.InterruptProcessingException):
+            run(N, "QwenTTSCustomVoice", model=model, text=lines, language="English", speaker="Ryan",
+                instruction="", **{**SAMPLING, "one_text_per_line": True, "max_seconds": seconds})
+    assert limits == [(2, model.tts.auto_max_frames(lines.splitlines(), "English")), (2, 4)]
+    assert 40 < limits[0][1] < 2047
+    assert asked == [model.memory_estimate(batch, frames) for batch, frames in limits]
+    asked.clear()
+    run(N, "QwenTTSVoiceFromAudio", model=loaded(N, BASE)[0], reference_audio=ref_audio(),
+        reference_text="Hello there.", mode="in-context")
+    assert asked == [0]                                              # encoding only: no generation estimate
+
+
 def test_seed_and_sampling_settings(N, codec):
     model = loaded(N, CUSTOM)[0]
 
