@@ -12,10 +12,10 @@ _AUTO_DTYPE = ("auto: ComfyUI's choice for the device (its --bf16-unet / --fp16-
                "and newer), fp16 on older GPUs and Apple MPS, fp32 on CPU; the info output says "
                "what was chosen and why.")
 _MODEL_DTYPE = (
-    f"Weight precision. {_AUTO_DTYPE} The speech tokenizer's encoder is always fp32; its decoder is "
-    "fp32 too, since the model is first loaded on the CPU, except with device auto under ComfyUI's "
-    "--highvram or --gpu-only (loaded on the GPU, the decoder takes this precision).")
-_TOKENIZER_DTYPE = f"Precision of the speech decoder. {_AUTO_DTYPE} The encoder is always fp32."
+    f"Weight precision. {_AUTO_DTYPE} The speech tokenizer's encoder is always fp32; its decoder "
+    "takes this precision on a GPU and fp32 on the CPU (half precision is much slower there).")
+_TOKENIZER_DTYPE = (f"Precision of the speech decoder on a GPU (fp32 on the CPU, where half precision "
+                    f"is much slower). {_AUTO_DTYPE} The encoder is always fp32.")
 _DOWNLOAD_TIP = (
     "Released checkpoints not on disk yet are listed as '<name> (download, size)': running with one "
     "downloads it from Hugging Face into models/qwen-tts/<name>/ (progress bar, Cancel keeps what "

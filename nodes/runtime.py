@@ -21,7 +21,7 @@ import comfy.utils
 import folder_paths
 from qwen_tts_core import download as hub
 from qwen_tts_core import speech_codes
-from qwen_tts_core.api import QwenTTS, auto_dtype, bf16_emulated, probe_device
+from qwen_tts_core.api import QwenTTS, auto_dtype, bf16_emulated, decoder_dtype, probe_device
 from qwen_tts_core.api import choose_dtype as core_choose_dtype
 from qwen_tts_core.duration import FRAME_RATE
 from qwen_tts_core.errors import InputError, ModelFolderError
@@ -368,8 +368,9 @@ def load_model(name: str, dtype: str, device: str, cuda_graphs: bool = True) -> 
     if (handle := _reuse(key, name)) is not None:
         return handle
     start = time.perf_counter()
+    # loaded on the offload device, run on the load device: the decoder's precision is the one for the latter
     tts = QwenTTS.from_pretrained(folder, dtype=dt, device=offload, speech_tokenizer=True,
-                                  cuda_graphs=bool(cuda_graphs))
+                                  cuda_graphs=bool(cuda_graphs), codec_dtype=decoder_dtype(dt, load))
     tts.dtype_reason = why
     codec = speech_codes.modules(tts.codec)
     handle = ModelHandle(tts, patcher(tts.model, load, offload, on_release=tts.release_steps),
@@ -387,7 +388,7 @@ def load_tokenizer(name: str, dtype: str, device: str) -> TokenizerHandle:
     if (handle := _reuse(key, name)) is not None:
         return handle
     start = time.perf_counter()
-    tok = speech_codes.load_speech_tokenizer(folder, dtype=dt, device=offload)
+    tok = speech_codes.load_speech_tokenizer(folder, dtype=decoder_dtype(dt, load), device=offload)
     handle = TokenizerHandle(tok, patcher(speech_codes.modules(tok), load, offload), name)
     log.info("Loaded speech tokenizer %s in %.2f s", name, time.perf_counter() - start)
     _LOADED[key] = handle

@@ -155,6 +155,12 @@ def check_dtype_runs(dtype: torch.dtype, device: torch.device) -> None:
                           "(it picks what this device supports) or fp32.") from None
 
 
+def decoder_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """Precision of the speech decoder that runs on `device` for a model in `dtype`: fp32 on the
+    CPU (its convolutions run ~60x slower in half precision there), else the model's."""
+    return torch.float32 if torch.device(device).type == "cpu" else dtype
+
+
 def load_model(config: ModelConfig, files: dict, dtype: torch.dtype, device: torch.device) -> Qwen3TTS:
     """Builds the modules on the meta device and assigns the checkpoint tensors, already in
     `dtype` on `device`: no fp32 copy of the model is ever made. The rotary tables (built on
@@ -198,10 +204,13 @@ class QwenTTS:
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: str | torch.dtype = "auto",
                         device: str | torch.device = "auto", speech_tokenizer: bool = True,
-                        cuda_graphs: bool = True) -> "QwenTTS":
+                        cuda_graphs: bool = True, codec_dtype: torch.dtype | None = None) -> "QwenTTS":
         """dtype: auto (see `auto_dtype`), bf16, fp16, fp32; device: auto (cuda, else mps, else
         cpu), cpu, cuda, cuda:N, mps. cuda_graphs: replay each frame as one CUDA graph on CUDA
-        devices (the fast path; the same codes as without in fp32; off: the eager step)."""
+        devices (the fast path; the same codes as without in fp32; off: the eager step).
+        codec_dtype: the speech decoder's precision (default `decoder_dtype` on `device`; a
+        caller that loads on one device to run on another, as ComfyUI does, gives it for the
+        device it will run on)."""
         folder = Path(path)
         if not folder.is_dir():
             raise ModelFolderError(
@@ -223,8 +232,7 @@ class QwenTTS:
         model = load_model(config, files, dt, dev)
         codec = None
         if codec_folder is not None:
-            # on CPU the speech decoder stays fp32: its convolutions run ~60x slower in half precision
-            codec = SpeechTokenizer.from_pretrained(codec_folder, dtype=torch.float32 if dev.type == "cpu" else dt,
+            codec = SpeechTokenizer.from_pretrained(codec_folder, dtype=codec_dtype or decoder_dtype(dt, dev),
                                                     device=dev)
         return cls(folder, config, model, tokenizer, defaults, codec, cuda_graphs, dtype_reason)
 

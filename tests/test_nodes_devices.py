@@ -90,6 +90,22 @@ def test_auto_dtype_is_fp16_on_apple_mps(rt, monkeypatch):
     assert rt.choose_dtype("auto", torch.device("mps"))[0] == torch.bfloat16
 
 
+@pytest.mark.parametrize("load", ["gpu", "cpu"])
+def test_speech_decoder_precision_is_set_for_the_device_it_runs_on(N, rt, monkeypatch, codec, load):
+    """Both loaders load on the offload device (the CPU) and run on the load device: the decoder
+    takes the chosen precision for a GPU and fp32 for the CPU, whatever device it is loaded on
+    (a device that takes any dtype, "meta", stands in for the GPU here; nothing moves onto it)."""
+    device = torch.device("meta" if load == "gpu" else "cpu")
+    monkeypatch.setattr(rt, "devices", lambda choice: (device, torch.device("cpu")))
+    want = torch.bfloat16 if load == "gpu" else torch.float32
+    model, tok_of_model, _ = run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="bf16", device="auto")
+    (tok,) = run(N, "QwenTTSSpeechTokenizerLoader", tokenizer_name=CUSTOM, dtype="bf16", device="auto")
+    assert model.tts.dtype == torch.bfloat16 and model.tts.device.type == "cpu"
+    for t in (model.tts.codec, tok.tokenizer):
+        assert t.dtype == want and {p.dtype for p in t.decoder.parameters()} == {want}
+        assert {p.dtype for p in t.encoder.parameters()} == {torch.float32}
+
+
 def test_cuda_graphs_option_is_last_optional_and_on_by_default(N, codec):
     inputs = N["QwenTTSModelLoader"].define_schema().inputs
     assert [i.id for i in inputs] == ["model_name", "dtype", "device", "cuda_graphs"]
