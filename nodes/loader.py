@@ -54,8 +54,9 @@ class QwenTTSModelLoader(io.ComfyNode):
                                  tooltip="Fast path on NVIDIA GPUs: each generated frame is replayed "
                                          "as one captured CUDA graph (captured once per batch size and "
                                          "length bucket, then reused). In fp32 the codes are the same "
-                                         "as without; off: the plain step (for debugging). No effect "
-                                         "on CPU or Mac."),
+                                         "as without (checked on CPU with a stand-in for the graph; "
+                                         "not yet measured on a GPU); off: the plain step (for "
+                                         "debugging). No effect on CPU or Mac."),
             ],
             outputs=[
                 Model.Output("model", display_name="model",

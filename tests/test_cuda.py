@@ -91,10 +91,14 @@ def test_bf16_against_the_official_package_on_gpu():
     kw = dict(META["cases"][case]["kwargs"], do_sample=False, subtalker_dosample=False, max_new_tokens=41)
     rec = oracle.run_case(official, "generate_custom_voice", kw)
     b16 = model(name, "bf16")
+    theirs = [c.cpu() for c in rec["codes"]]
     for graphs in (False, True):
         out = b16.generate(reqs, max_frames=40, cuda_graphs=graphs, **greedy(b16))
-        print(f"GPU bf16 vs official bf16 (cuda_graphs={graphs}): greedy agreement "
-              f"{agreement(out.codes, [c.cpu() for c in rec['codes']]):.3f}")
+        share = agreement(out.codes, theirs)
+        print(f"GPU bf16 vs official bf16 (cuda_graphs={graphs}): greedy agreement {share:.3f}")
+        # same dtype, same weights: rounding may part the greedy paths after some frames, but
+        # unrelated codes would agree on ~1/2048 of them (a sanity bound, unmeasured on a GPU)
+        assert share > 0.5, (graphs, share)
 
 
 def test_no_float64_on_the_gpu():
