@@ -12,7 +12,7 @@ from qwen_tts_core.voice import Voice
 
 from . import runtime
 from .types import (CATEGORY, SPEAKERS, Codes, Voice as VoiceType, audio_outputs, generation_inputs,
-                    model_input, sampling_settings, split_texts, text_inputs, to_audio)
+                    model_input, sampling_settings, speaker_choice, split_texts, text_inputs, to_audio)
 
 log = logging.getLogger("qwen_tts_nodes")
 
@@ -70,8 +70,8 @@ class QwenTTSCustomVoice(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, speaker):
-        return True  # checked against the loaded model at run time (newer checkpoints may add speakers)
+    def validate_inputs(cls, speaker=None):
+        return speaker_choice("Qwen3-TTS Custom Voice", speaker)   # the loaded model's list: at run time
 
     @classmethod
     def execute(cls, model, text, language, speaker, instruction, one_text_per_line, seed, temperature,

@@ -15,7 +15,7 @@ from qwen_tts_core.voice import Voice
 
 from . import runtime
 from .types import (CATEGORY, LANGUAGES, SPEAKERS, Voice as VoiceType, model_input, sampling_inputs,
-                    sampling_settings, to_audio, validation_result)
+                    sampling_settings, speaker_choice, to_audio, validation_result)
 
 SpeakerType = io.Custom("QWEN_TTS_SPEAKER")      # nodes.longform.SpeakerRecipe
 MAX_SCRIPT_SPEAKERS = 6
@@ -110,8 +110,9 @@ class QwenTTSSpeakerBuiltIn(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, speaker=None, name=None):
-        # the speaker is checked against the loaded model when the node runs
-        return validation_result(check_speaker_name, name)
+        # the loaded model's own speakers are checked when the node runs
+        ok = speaker_choice("Qwen3-TTS Speaker: Built-in Voice", speaker)
+        return validation_result(check_speaker_name, name) if ok is True else ok
 
     @classmethod
     def execute(cls, model, speaker, language, instruction, name) -> io.NodeOutput:

@@ -32,8 +32,9 @@ def test_speakers_check_the_model_when_made(N):
     with pytest.raises(UnsupportedModeError, match="CustomVoice"):
         run(N, "QwenTTSSpeakerBuiltIn", model=model(N, DESIGN), speaker="Ryan", language="English",
             instruction="", name="A")
-    with pytest.raises(InputError, match="Unknown speaker 'Nobody'"):
-        built_in(N, speaker="Nobody")
+    with pytest.raises(InputError, match="Unknown speaker 'Nobody'"):             # a linked value, after validation
+        N["QwenTTSSpeakerBuiltIn"].execute(model=model(N, CUSTOM), speaker="Nobody", language="English",
+                                           instruction="", name="A")
     with pytest.raises(InputError, match="description"):
         run(N, "QwenTTSSpeakerDesigned", model=model(N, DESIGN), voice_description="  ", language="Auto", name="B")
     with pytest.raises(InputError, match="Connect a voice"):

@@ -206,11 +206,22 @@ def test_text_in_a_script_the_model_does_not_know_is_noted_in_the_log(N, caplog,
                      "expect it to be mispronounced or skipped."]
 
 
+@pytest.mark.parametrize("node", ["QwenTTSCustomVoice", "QwenTTSSpeakerBuiltIn"])
+def test_unknown_speaker_fails_validation_naming_the_node_and_the_speakers(N, node):
+    title = N[node].define_schema().display_name.split(" (")[0]
+    assert N[node].validate_inputs(speaker="Bob") == (
+        f"{title}: unknown speaker 'Bob'; choose one of the built-in speakers: Vivian, Serena, Uncle_Fu, "
+        "Ryan, Aiden, Ono_Anna, Sohee, Eric, Dylan.")
+    assert N[node].validate_inputs(speaker=7).startswith(f"{title}: unknown speaker 7;")
+    for ok in ("Ryan", "ono_anna", None):                           # None: a linked value, checked at run time
+        assert N[node].validate_inputs(speaker=ok) is True
+
+
 def test_unknown_speaker_lists_the_models_speakers(N, rt):
     m = no_codec_model(rt, CUSTOM)
     with pytest.raises(InputError, match="Unknown speaker 'Bob'. This model has: serena, vivian"):
-        run(N, "QwenTTSCustomVoice", model=m, text="Hi", language="Auto", speaker="Bob", instruction="",
-            **SAMPLING)
+        N["QwenTTSCustomVoice"].execute(model=m, text="Hi", language="Auto", speaker="Bob", instruction="",
+                                        **SAMPLING)                  # a linked value, after validation
 
 
 @pytest.mark.parametrize("node, model, extra, message", [
