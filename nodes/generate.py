@@ -77,8 +77,6 @@ class QwenTTSCustomVoice(io.ComfyNode):
     def execute(cls, model, text, language, speaker, instruction, one_text_per_line, seed, temperature,
                 top_k, top_p, repetition_penalty, max_seconds) -> io.NodeOutput:
         texts = split_texts(text, one_text_per_line)
-        if not isinstance(speaker, str) or not speaker.strip():
-            raise InputError("Choose a speaker.")
         return _generate(model, "generate_custom_voice", texts, language, seed, temperature, top_k, top_p,
                          repetition_penalty, max_seconds, speaker=speaker,
                          instruct=(instruction or "").strip() or None)

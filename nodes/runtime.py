@@ -32,10 +32,6 @@ log = logging.getLogger("qwen_tts_nodes")
 MODELS = "qwen-tts"              # models/qwen-tts/<checkpoint folder>/
 VOICES = "qwen-tts-voices"       # models/qwen-tts-voices/<name>.safetensors
 
-# the released checkpoints (folder name = Hugging Face repository name Qwen/<name>) -> what for
-CHECKPOINTS = {name: c.what for name, c in hub.CHECKPOINTS.items()}
-
-
 def register_folders() -> None:
     """Adds models/qwen-tts and models/qwen-tts-voices (paths from extra_model_paths.yaml, read by
     ComfyUI before packs load, stay and come first)."""
@@ -82,7 +78,7 @@ def _looks_like_tokenizer(folder: Path) -> bool:
 
 
 def download_hint(name: str, root: Path) -> str:
-    repo = name if name in CHECKPOINTS else "Qwen3-TTS-12Hz-1.7B-CustomVoice"
+    repo = name if name in hub.CHECKPOINTS else "Qwen3-TTS-12Hz-1.7B-CustomVoice"
     return f"{hub.manual_command(repo, root)}  (or: huggingface-cli download Qwen/{repo} --local-dir ...)"
 
 
@@ -150,11 +146,11 @@ def find_model_folder(name: str, what: str = "model") -> Path:
         listing = f"Folders found: {', '.join(found)}."
     wanted = f"'{name}' " if name else ""
     pick = (f"To download it from here, choose '{download_entry(name)}' in the loader's list. "
-            if name in CHECKPOINTS else "")
+            if name in hub.CHECKPOINTS else "")
     raise ModelFolderError(
         f"Qwen3-TTS {what} folder {wanted}not found in {where}. {listing} {pick}Or download the "
         f"checkpoint into its own folder there, e.g.: {download_hint(name, first)}. Checkpoints: "
-        + "; ".join(f"{k} ({v})" for k, v in CHECKPOINTS.items())
+        + "; ".join(f"{k} ({c.what})" for k, c in hub.CHECKPOINTS.items())
         + ". Then refresh the browser (R) and pick it in the loader.")
 
 
@@ -293,6 +289,9 @@ class TokenizerHandle:
         speech_codes.follow_modules(self.tokenizer)
         return self.tokenizer
 
+    def describe(self) -> str:
+        return f"speech tokenizer {self.name}"
+
 
 @dataclass
 class ModelHandle:
@@ -353,10 +352,16 @@ def _loaded_key(kind: str, folder: Path, dtype: torch.dtype, load: torch.device,
     return kind, str(folder.absolute()), stamp, dtype, load, offload
 
 
-def _reuse(key: tuple, name: str):
+def _load_once(key: tuple, name: str, load):
+    """The handle loaded from `key` if one is still alive, else `load()`'s (timed, logged, kept)."""
     handle = _LOADED.get(key)
     if handle is not None:
         log.info("Reusing %s (still loaded)", name)
+        return handle
+    start = time.perf_counter()
+    handle = load()
+    log.info("Loaded %s in %.2f s", handle.describe(), time.perf_counter() - start)
+    _LOADED[key] = handle
     return handle
 
 
@@ -364,35 +369,31 @@ def load_model(name: str, dtype: str, device: str, cuda_graphs: bool = True) -> 
     name, folder = chosen_folder(name)
     load, offload = devices(device)
     dt, why = choose_dtype(dtype, load)
-    key = _loaded_key("model", folder, dt, load, offload) + (bool(cuda_graphs),)
-    if (handle := _reuse(key, name)) is not None:
-        return handle
-    start = time.perf_counter()
-    # loaded on the offload device, run on the load device: the decoder's precision is the one for the latter
-    tts = QwenTTS.from_pretrained(folder, dtype=dt, device=offload, speech_tokenizer=True,
-                                  cuda_graphs=bool(cuda_graphs), codec_dtype=decoder_dtype(dt, load))
-    tts.dtype_reason = why
-    codec = speech_codes.modules(tts.codec)
-    handle = ModelHandle(tts, patcher(tts.model, load, offload, on_release=tts.release_steps),
-                         patcher(codec, load, offload), name)
-    log.info("Loaded %s in %.2f s", handle.describe(), time.perf_counter() - start)
-    _LOADED[key] = handle
-    return handle
+
+    def read() -> ModelHandle:
+        # loaded on the offload device, run on the load device: the decoder's precision is the one for the latter
+        tts = QwenTTS.from_pretrained(folder, dtype=dt, device=offload, speech_tokenizer=True,
+                                      cuda_graphs=bool(cuda_graphs), codec_dtype=decoder_dtype(dt, load))
+        tts.dtype_reason = why
+        codec = speech_codes.modules(tts.codec)
+        return ModelHandle(tts, patcher(tts.model, load, offload, on_release=tts.release_steps),
+                           patcher(codec, load, offload), name)
+
+    # cuda_graphs is part of the key: it is the loaded model's own setting (generation and the memory
+    # estimate read it), so two loaders that differ in it must not share one model
+    return _load_once(_loaded_key("model", folder, dt, load, offload) + (bool(cuda_graphs),), name, read)
 
 
 def load_tokenizer(name: str, dtype: str, device: str) -> TokenizerHandle:
     name, folder = chosen_folder(name, "speech tokenizer")
     load, offload = devices(device)
     dt, _ = choose_dtype(dtype, load)
-    key = _loaded_key("tokenizer", folder, dt, load, offload)
-    if (handle := _reuse(key, name)) is not None:
-        return handle
-    start = time.perf_counter()
-    tok = speech_codes.load_speech_tokenizer(folder, dtype=decoder_dtype(dt, load), device=offload)
-    handle = TokenizerHandle(tok, patcher(speech_codes.modules(tok), load, offload), name)
-    log.info("Loaded speech tokenizer %s in %.2f s", name, time.perf_counter() - start)
-    _LOADED[key] = handle
-    return handle
+
+    def read() -> TokenizerHandle:
+        tok = speech_codes.load_speech_tokenizer(folder, dtype=decoder_dtype(dt, load), device=offload)
+        return TokenizerHandle(tok, patcher(speech_codes.modules(tok), load, offload), name)
+
+    return _load_once(_loaded_key("tokenizer", folder, dt, load, offload), name, read)
 
 
 # --------------------------------------------------------------------------- progress, interrupt
