@@ -418,6 +418,19 @@ def check_audio(audio, items, codes, n):
         assert torch.isfinite(item["waveform"]).all()
 
 
+def as_the_core_says(model, method, texts, outputs, seed=1, max_frames=4, **kwargs):
+    """The node's codes and clips equal the core's for the same inputs (SAMPLING's settings): a
+    node that drops or alters an input (speaker, instruction, language, seed, ...) fails here."""
+    from qwen_tts_core.sampling import Sampling
+
+    _, items, codes = outputs
+    out = getattr(model.tts, method)(texts, max_frames=max_frames, seed=seed, decode=True,
+                                     sampling=Sampling(True, 0.9, 50, 1.0, 1.05), **kwargs)
+    assert len(codes.items) == len(out.codes) == len(texts)
+    for item, c, want_codes, want_audio in zip(items, codes.items, out.codes, out.audio):
+        assert torch.equal(c, want_codes) and torch.equal(item["waveform"][0, 0], want_audio)
+
+
 def test_loader_reports_type_size_and_device(N, codec):
     model, tok, info = loaded(N, CUSTOM)
     assert model.model_type == "custom_voice" and tok.tokenizer is model.tts.codec
@@ -430,10 +443,14 @@ def test_custom_voice_single_and_batch(N, codec):
                               speaker="Vivian", instruction="Speak warmly.", **SAMPLING)
     check_audio(audio, items, codes, 1)
     assert codes.items[0].shape[0] <= 4                               # max_seconds=0.3 -> 4 frames
+    as_the_core_says(model, "generate_custom_voice", ["Hello there."], (audio, items, codes), speaker="Vivian",
+                     language="English", instruct="Speak warmly.")
     lines = "First line.\n\n  Second, longer line of text here.\nThird."
-    audio, items, codes = run(N, "QwenTTSCustomVoice", model=model, text=lines, language="Auto",
-                              speaker="Dylan", instruction="", **{**SAMPLING, "one_text_per_line": True})
-    check_audio(audio, items, codes, 3)
+    outputs = run(N, "QwenTTSCustomVoice", model=model, text=lines, language="Auto",
+                  speaker="Dylan", instruction="", **{**SAMPLING, "one_text_per_line": True})
+    check_audio(*outputs, 3)
+    as_the_core_says(model, "generate_custom_voice", ["First line.", "Second, longer line of text here.", "Third."],
+                     outputs, speaker="Dylan", language="Auto")
 
 
 @pytest.fixture
@@ -488,13 +505,19 @@ def test_seed_and_sampling_settings(N, codec):
                        codes(temperature=0.0, seed=2, max_seconds=0.2))          # greedy: seed-free
     # other settings, the largest seed, and the length limit (0.2 s -> 3 frames)
     other = codes(top_k=1, top_p=0.5, repetition_penalty=1.5, seed=0xFFFFFFFFFFFFFFFF, max_seconds=0.2)
-    assert other.shape[0] <= 3 and other.shape[1] == 16
+    from qwen_tts_core.sampling import Sampling
+    core = model.tts.generate_custom_voice("Same text.", "Ryan", language="Auto", max_frames=3, seed=0xFFFFFFFFFFFFFFFF,
+                                           sampling=Sampling(True, 0.9, 1, 0.5, 1.5))
+    assert other.shape[0] <= 3 and torch.equal(other, core.codes[0])
 
 
 def test_voice_design(N, codec):
-    audio, items, codes = run(N, "QwenTTSVoiceDesign", model=loaded(N, DESIGN)[0], text="Welcome.",
-                              language="English", voice_description="A warm, deep narrator.", **SAMPLING)
-    check_audio(audio, items, codes, 1)
+    model = loaded(N, DESIGN)[0]
+    outputs = run(N, "QwenTTSVoiceDesign", model=model, text="Welcome.", language="English",
+                  voice_description="  A warm, deep narrator.\n", **SAMPLING)
+    check_audio(*outputs, 1)
+    as_the_core_says(model, "generate_voice_design", ["Welcome."], outputs, language="English",
+                     instruct="A warm, deep narrator.")
 
 
 def test_clone_in_context_and_decode_matches(N, voices_dir, codec):
@@ -506,6 +529,8 @@ def test_clone_in_context_and_decode_matches(N, voices_dir, codec):
                               text="One.\nTwo and three.", language="English",
                               **{**SAMPLING, "one_text_per_line": True})
     check_audio(audio, items, codes, 2)
+    as_the_core_says(model, "generate_voice_clone", ["One.", "Two and three."], (audio, items, codes),
+                     voice=voice.prompt, language="English")
     assert all(torch.equal(c, voice.prompt.ref_codes) for c in codes.context)
     again, again_items = run(N, "QwenTTSDecodeCodes", speech_tokenizer=tok, codes=codes)
     for a, b in zip(items, again_items):
