@@ -50,8 +50,7 @@ class QwenTTSDecodeCodes(io.ComfyNode):
     @classmethod
     def execute(cls, speech_tokenizer, codes) -> io.NodeOutput:
         tok = speech_tokenizer.ready()
-        # Cancel is checked between decoder chunks (long code sequences take a while)
-        wavs = runtime.run_interruptible(
-            lambda: speech_codes.decode(tok, codes, on_chunk=lambda done, total: runtime.stop_if_interrupted()))
+        progress = runtime.FrameProgress()    # its on_decode: Cancel stops a long decode between chunks
+        wavs = runtime.run_interruptible(lambda: speech_codes.decode(tok, codes, on_chunk=progress.on_decode))
         batch, items = to_audio(wavs)
         return io.NodeOutput(batch, items)

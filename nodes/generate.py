@@ -12,7 +12,7 @@ from qwen_tts_core.voice import Voice
 
 from . import runtime
 from .types import (CATEGORY, SPEAKERS, Codes, Voice as VoiceType, audio_outputs, generation_inputs,
-                    model_input, sampling_settings, split_texts, text_inputs, to_audio)
+                    model_input, sampling_settings, speaker_choice, split_texts, text_inputs, to_audio)
 
 log = logging.getLogger("qwen_tts_nodes")
 
@@ -23,16 +23,17 @@ def _outputs() -> list[io.Output]:
                                                    "with Decode Codes to Audio).")]
 
 
-def _generate(model, method: str, texts: list[str], seed, temperature, top_k, top_p,
+def _generate(model, method: str, texts: list[str], language, seed, temperature, top_k, top_p,
               repetition_penalty, max_seconds, contexts=None, **kwargs) -> io.NodeOutput:
     if model is None or not hasattr(model, "ready"):
         raise InputError("Connect a Qwen3-TTS Model Loader to 'model'.")
     sampling, sub_sampling = sampling_settings(temperature, top_k, top_p, repetition_penalty)
     max_frames = runtime.seconds_to_frames(max_seconds)
-    tts = model.ready(with_codec=True, batch=len(texts), frames=max_frames or 2048)
+    frames = max_frames or model.tts.auto_max_frames(texts, language)   # the limit the generation uses
+    tts = model.ready(with_codec=True, batch=len(texts), frames=frames)
     progress = runtime.FrameProgress()
     result = runtime.run_interruptible(lambda: getattr(tts, method)(
-        texts, max_frames=max_frames, sampling=sampling, sub_sampling=sub_sampling,
+        texts, language=language, max_frames=max_frames, sampling=sampling, sub_sampling=sub_sampling,
         seed=int(seed), decode=True, on_frame=progress.on_frame, on_start=progress.on_start,
         on_decode=progress.on_decode, **kwargs))
     for i, stopped in enumerate(result.stopped):
@@ -69,17 +70,15 @@ class QwenTTSCustomVoice(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, speaker):
-        return True  # checked against the loaded model at run time (newer checkpoints may add speakers)
+    def validate_inputs(cls, speaker=None):
+        return speaker_choice("Qwen3-TTS Custom Voice", speaker)   # the loaded model's list: at run time
 
     @classmethod
     def execute(cls, model, text, language, speaker, instruction, one_text_per_line, seed, temperature,
                 top_k, top_p, repetition_penalty, max_seconds) -> io.NodeOutput:
         texts = split_texts(text, one_text_per_line)
-        if not isinstance(speaker, str) or not speaker.strip():
-            raise InputError("Choose a speaker.")
-        return _generate(model, "generate_custom_voice", texts, seed, temperature, top_k, top_p,
-                         repetition_penalty, max_seconds, speaker=speaker, language=language,
+        return _generate(model, "generate_custom_voice", texts, language, seed, temperature, top_k, top_p,
+                         repetition_penalty, max_seconds, speaker=speaker,
                          instruct=(instruction or "").strip() or None)
 
 
@@ -110,9 +109,8 @@ class QwenTTSVoiceDesign(io.ComfyNode):
         if not isinstance(voice_description, str) or not voice_description.strip():
             raise InputError("The voice description is empty; describe the voice, e.g. 'a young "
                              "woman with a bright, cheerful voice'.")
-        return _generate(model, "generate_voice_design", texts, seed, temperature, top_k, top_p,
-                         repetition_penalty, max_seconds, instruct=voice_description.strip(),
-                         language=language)
+        return _generate(model, "generate_voice_design", texts, language, seed, temperature, top_k, top_p,
+                         repetition_penalty, max_seconds, instruct=voice_description.strip())
 
 
 class QwenTTSVoiceClone(io.ComfyNode):
@@ -142,6 +140,5 @@ class QwenTTSVoiceClone(io.ComfyNode):
         if hasattr(model, "tts"):
             voice.check_fits(model.tts)
         context = [voice.prompt.ref_codes if voice.prompt.in_context else None] * len(texts)
-        return _generate(model, "generate_voice_clone", texts, seed, temperature, top_k, top_p,
-                         repetition_penalty, max_seconds, contexts=context, voice=voice.prompt,
-                         language=language)
+        return _generate(model, "generate_voice_clone", texts, language, seed, temperature, top_k, top_p,
+                         repetition_penalty, max_seconds, contexts=context, voice=voice.prompt)

@@ -12,10 +12,10 @@ _AUTO_DTYPE = ("auto: ComfyUI's choice for the device (its --bf16-unet / --fp16-
                "and newer), fp16 on older GPUs and Apple MPS, fp32 on CPU; the info output says "
                "what was chosen and why.")
 _MODEL_DTYPE = (
-    f"Weight precision. {_AUTO_DTYPE} The speech tokenizer's encoder is always fp32; its decoder is "
-    "fp32 too, since the model is first loaded on the CPU, except with device auto under ComfyUI's "
-    "--highvram or --gpu-only (loaded on the GPU, the decoder takes this precision).")
-_TOKENIZER_DTYPE = f"Precision of the speech decoder. {_AUTO_DTYPE} The encoder is always fp32."
+    f"Weight precision. {_AUTO_DTYPE} The speech tokenizer's encoder is always fp32; its decoder "
+    "takes this precision on a GPU and fp32 on the CPU (half precision is much slower there).")
+_TOKENIZER_DTYPE = (f"Precision of the speech decoder on a GPU (fp32 on the CPU, where half precision "
+                    f"is much slower). {_AUTO_DTYPE} The encoder is always fp32.")
 _DOWNLOAD_TIP = (
     "Released checkpoints not on disk yet are listed as '<name> (download, size)': running with one "
     "downloads it from Hugging Face into models/qwen-tts/<name>/ (progress bar, Cancel keeps what "
@@ -54,8 +54,9 @@ class QwenTTSModelLoader(io.ComfyNode):
                                  tooltip="Fast path on NVIDIA GPUs: each generated frame is replayed "
                                          "as one captured CUDA graph (captured once per batch size and "
                                          "length bucket, then reused). In fp32 the codes are the same "
-                                         "as without; off: the plain step (for debugging). No effect "
-                                         "on CPU or Mac."),
+                                         "as without (checked on CPU with a stand-in for the graph; "
+                                         "not yet measured on a GPU); off: the plain step (for "
+                                         "debugging). No effect on CPU or Mac."),
             ],
             outputs=[
                 Model.Output("model", display_name="model",

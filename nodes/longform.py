@@ -10,12 +10,11 @@ from qwen_tts_core.errors import InputError
 from qwen_tts_core.longform import (Normalization, Pauses, Speaker, VoiceSpec, narrate, parse_subtitles,
                                    perform_script, voice_over)
 from qwen_tts_core.longform.script import check_speaker_name
-from qwen_tts_core.longform.text import check_text
 from qwen_tts_core.voice import Voice
 
 from . import runtime
 from .types import (CATEGORY, LANGUAGES, SPEAKERS, Voice as VoiceType, model_input, sampling_inputs,
-                    sampling_settings, to_audio, validation_result)
+                    sampling_settings, speaker_choice, to_audio, validation_result)
 
 SpeakerType = io.Custom("QWEN_TTS_SPEAKER")      # nodes.longform.SpeakerRecipe
 MAX_SCRIPT_SPEAKERS = 6
@@ -28,8 +27,11 @@ class _ReadyModel:
     def __init__(self, handle):
         self._handle = handle
 
-    def generate(self, *args, **kwargs):
-        return self._handle.ready(with_codec=True).generate(*args, **kwargs)
+    def generate(self, requests, max_frames=None, **kwargs):
+        tts = self._handle.tts
+        frames = max_frames or tts.auto_max_frames([r.text for r in requests], [r.language for r in requests])
+        return self._handle.ready(with_codec=True, batch=len(requests), frames=frames).generate(
+            requests, max_frames=max_frames, **kwargs)
 
     def decode(self, *args, **kwargs):
         return self._handle.ready(with_codec=True).decode(*args, **kwargs)
@@ -89,7 +91,16 @@ def _speaker(model, kind: str, name: str, language: str, **voice) -> io.NodeOutp
     return io.NodeOutput(recipe)
 
 
-class QwenTTSSpeakerBuiltIn(io.ComfyNode):
+class _SpeakerNode(io.ComfyNode):
+    """The Speaker nodes: the name is checked before the prompt runs (ComfyUI finds an inherited
+    validate_inputs)."""
+
+    @classmethod
+    def validate_inputs(cls, name=None):
+        return validation_result(check_speaker_name, name)
+
+
+class QwenTTSSpeakerBuiltIn(_SpeakerNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -107,8 +118,9 @@ class QwenTTSSpeakerBuiltIn(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, speaker=None, name=None):
-        # the speaker is checked against the loaded model when the node runs
-        return validation_result(check_speaker_name, name)
+        # the loaded model's own speakers are checked when the node runs
+        ok = speaker_choice("Qwen3-TTS Speaker: Built-in Voice", speaker)
+        return super().validate_inputs(name) if ok is True else ok
 
     @classmethod
     def execute(cls, model, speaker, language, instruction, name) -> io.NodeOutput:
@@ -116,7 +128,7 @@ class QwenTTSSpeakerBuiltIn(io.ComfyNode):
                         instruct=(instruction or "").strip() or None)
 
 
-class QwenTTSSpeakerDesigned(io.ComfyNode):
+class QwenTTSSpeakerDesigned(_SpeakerNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -133,15 +145,11 @@ class QwenTTSSpeakerDesigned(io.ComfyNode):
             outputs=_speaker_output())
 
     @classmethod
-    def validate_inputs(cls, name=None):
-        return validation_result(check_speaker_name, name)
-
-    @classmethod
     def execute(cls, model, voice_description, language, name) -> io.NodeOutput:
         return _speaker(model, "design", name, language, instruct=(voice_description or "").strip())
 
 
-class QwenTTSSpeakerCloned(io.ComfyNode):
+class QwenTTSSpeakerCloned(_SpeakerNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -152,10 +160,6 @@ class QwenTTSSpeakerCloned(io.ComfyNode):
                     _language_input(),
                     _name_input("Narrator")],
             outputs=_speaker_output())
-
-    @classmethod
-    def validate_inputs(cls, name=None):
-        return validation_result(check_speaker_name, name)
 
     @classmethod
     def execute(cls, model, voice, language, name) -> io.NodeOutput:
@@ -224,7 +228,6 @@ class QwenTTSNarrate(io.ComfyNode):
     def execute(cls, speaker, text, seed, temperature, top_k, top_p, repetition_penalty, retries,
                 chunk_seconds, normalize_text) -> io.NodeOutput:
         recipe = _recipe(speaker)
-        check_text(text)
         progress = runtime.ChunkProgress()
         # one voice: its name plays no part (no name check), the seed as given
         sampling, sub_sampling = sampling_settings(temperature, top_k, top_p, repetition_penalty)
@@ -322,8 +325,6 @@ class QwenTTSScript(io.ComfyNode):
                 chunk_seconds, normalize_text, **more) -> io.NodeOutput:
         recipes = [_recipe(speaker_1, "speaker_1")] + [
             _recipe(more[k], k) for k in sorted(more) if k.startswith("speaker_") and more[k] is not None]
-        if not isinstance(script, str) or not script.strip():
-            raise InputError("The script is empty; write one 'Name: line' per turn.")
         progress = runtime.ChunkProgress()
         voices = _speakers(recipes, seed, temperature, top_k, top_p, repetition_penalty, retries, progress)
         out = runtime.run_interruptible(lambda: perform_script(

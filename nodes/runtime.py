@@ -21,7 +21,7 @@ import comfy.utils
 import folder_paths
 from qwen_tts_core import download as hub
 from qwen_tts_core import speech_codes
-from qwen_tts_core.api import QwenTTS, auto_dtype, probe_device
+from qwen_tts_core.api import QwenTTS, auto_dtype, bf16_emulated, decoder_dtype, probe_device
 from qwen_tts_core.api import choose_dtype as core_choose_dtype
 from qwen_tts_core.duration import FRAME_RATE
 from qwen_tts_core.errors import InputError, ModelFolderError
@@ -31,10 +31,6 @@ log = logging.getLogger("qwen_tts_nodes")
 
 MODELS = "qwen-tts"              # models/qwen-tts/<checkpoint folder>/
 VOICES = "qwen-tts-voices"       # models/qwen-tts-voices/<name>.safetensors
-
-# the released checkpoints (folder name = Hugging Face repository name Qwen/<name>) -> what for
-CHECKPOINTS = {name: c.what for name, c in hub.CHECKPOINTS.items()}
-
 
 def register_folders() -> None:
     """Adds models/qwen-tts and models/qwen-tts-voices (paths from extra_model_paths.yaml, read by
@@ -82,7 +78,7 @@ def _looks_like_tokenizer(folder: Path) -> bool:
 
 
 def download_hint(name: str, root: Path) -> str:
-    repo = name if name in CHECKPOINTS else "Qwen3-TTS-12Hz-1.7B-CustomVoice"
+    repo = name if name in hub.CHECKPOINTS else "Qwen3-TTS-12Hz-1.7B-CustomVoice"
     return f"{hub.manual_command(repo, root)}  (or: huggingface-cli download Qwen/{repo} --local-dir ...)"
 
 
@@ -150,11 +146,11 @@ def find_model_folder(name: str, what: str = "model") -> Path:
         listing = f"Folders found: {', '.join(found)}."
     wanted = f"'{name}' " if name else ""
     pick = (f"To download it from here, choose '{download_entry(name)}' in the loader's list. "
-            if name in CHECKPOINTS else "")
+            if name in hub.CHECKPOINTS else "")
     raise ModelFolderError(
         f"Qwen3-TTS {what} folder {wanted}not found in {where}. {listing} {pick}Or download the "
         f"checkpoint into its own folder there, e.g.: {download_hint(name, first)}. Checkpoints: "
-        + "; ".join(f"{k} ({v})" for k, v in CHECKPOINTS.items())
+        + "; ".join(f"{k} ({c.what})" for k, c in hub.CHECKPOINTS.items())
         + ". Then refresh the browser (R) and pick it in the loader.")
 
 
@@ -210,15 +206,17 @@ SUPPORTED = (torch.bfloat16, torch.float16, torch.float32)
 def choose_dtype(choice: str, device: torch.device) -> tuple[torch.dtype, str]:
     """(dtype, why) for the loader's dtype option on the load device. "auto" follows ComfyUI:
     `model_management.unet_dtype` with this model's supported precisions, so ComfyUI's flags
-    (--bf16-unet, --fp16-unet, --fp32-unet, --force-fp32, ...) apply. The pack's own rule
-    (`qwen_tts_core.api.auto_dtype`) is used where ComfyUI has no such function, picks a
-    precision this model has no kernels for (fp8, fp64), or picks bf16 on a GPU that only
-    emulates it."""
+    (--bf16-unet, --fp16-unet, --fp32-unet, --force-fp32, ...) apply. On Apple MPS it is offered
+    fp16 and fp32 only: the pack picks fp16 there (`qwen_tts_core.api.auto_dtype`: bf16 is not on
+    every Mac), while ComfyUI's own rule would pick bf16 on macOS 14 and newer. The pack's rule
+    is used where ComfyUI has no such function, picks a precision this model has no kernels for
+    (fp8, fp64), or picks bf16 on a GPU that only emulates it."""
     if choice != "auto":
         return core_choose_dtype(choice, device)
     unet_dtype = getattr(mm, "unet_dtype", None)
+    offered = [torch.float16, torch.float32] if device.type == "mps" else list(SUPPORTED)
     try:
-        chosen = unet_dtype(device=device, supported_dtypes=list(SUPPORTED)) if unet_dtype else None
+        chosen = unet_dtype(device=device, supported_dtypes=offered) if unet_dtype else None
     except TypeError:          # an older ComfyUI without supported_dtypes
         chosen = None
     own, own_why = auto_dtype(device)
@@ -227,31 +225,48 @@ def choose_dtype(choice: str, device: torch.device) -> tuple[torch.dtype, str]:
     name = str(chosen).replace("torch.", "")
     if chosen not in SUPPORTED:
         return own, f"{own_why} (ComfyUI's choice {name} is not a precision this model runs in)"
-    if chosen == torch.bfloat16 and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+    if chosen == torch.bfloat16 and bf16_emulated(device):
         return own, f"{own_why} (ComfyUI chose bf16, which this GPU only emulates)"
     return chosen, f"{name}: ComfyUI's choice for {device} (its precision flags apply)"
 
 
 class QwenTTSWeights(torch.nn.Module):
     """Container that lets ComfyUI's ModelPatcher move a group of our modules as one model.
-    `on_move` runs before the weights move (offload, reload): kept CUDA graphs hold the
-    weights' addresses, so they and their caches are released then."""
+    `on_release` runs before the weights move as a whole (offload, reload: ModelPatcher's
+    unpatch_model and detach move this container): kept CUDA graphs hold the weights'
+    addresses, so they and their caches are released then."""
 
-    def __init__(self, on_move=None, **modules):
+    def __init__(self, on_release=None, **modules):
         super().__init__()
-        self._on_move = on_move
+        self._on_release = on_release
         for k, v in modules.items():
             self.add_module(k, v)
 
+    def release(self) -> None:
+        if self._on_release is not None:
+            self._on_release()
+
     def _apply(self, fn, *args, **kwargs):
-        if self._on_move is not None:
-            self._on_move()
+        self.release()
         return super()._apply(fn, *args, **kwargs)
 
 
-def patcher(module: torch.nn.Module, load: torch.device, offload: torch.device, on_move=None):
-    return comfy.model_patcher.ModelPatcher(QwenTTSWeights(on_move, weights=module), load_device=load,
-                                            offload_device=offload)
+class QwenTTSPatcher(comfy.model_patcher.ModelPatcher):
+    """ComfyUI's ModelPatcher, releasing the kept CUDA graphs and caches (memory ComfyUI does
+    not count) wherever it frees the model's memory without moving the container as a whole:
+    a partial unload moves single submodules, and a detach may leave the weights in place."""
+
+    def partially_unload(self, *args, **kwargs):
+        self.model.release()
+        return super().partially_unload(*args, **kwargs)
+
+    def detach(self, *args, **kwargs):
+        self.model.release()
+        return super().detach(*args, **kwargs)
+
+
+def patcher(module: torch.nn.Module, load: torch.device, offload: torch.device, on_release=None):
+    return QwenTTSPatcher(QwenTTSWeights(on_release, weights=module), load_device=load, offload_device=offload)
 
 
 def load_to_device(patchers: list, memory_required: int = 0) -> None:
@@ -273,6 +288,9 @@ class TokenizerHandle:
         load_to_device([self.patcher])
         speech_codes.follow_modules(self.tokenizer)
         return self.tokenizer
+
+    def describe(self) -> str:
+        return f"speech tokenizer {self.name}"
 
 
 @dataclass
@@ -302,9 +320,12 @@ class ModelHandle:
     def tokenizer(self) -> TokenizerHandle:
         return TokenizerHandle(self.tts.codec, self.codec_patcher, f"{self.name}/speech_tokenizer")
 
-    def ready(self, with_codec: bool = True, batch: int = 1, frames: int = 2048) -> QwenTTS:
+    def ready(self, with_codec: bool = True, batch: int = 1, frames: int | None = None) -> QwenTTS:
+        """The model on its load device. `batch`, `frames`: the generation about to run (its
+        frame limit), whose memory ComfyUI frees first; frames None: no generation (a reference
+        to encode, codes to decode)."""
         load_to_device([self.patcher] + ([self.codec_patcher] if with_codec else []),
-                       self.memory_estimate(batch, frames))
+                       self.memory_estimate(batch, frames) if frames else 0)
         if with_codec and self.tts.codec is not None:
             speech_codes.follow_modules(self.tts.codec)
         return self.tts
@@ -316,11 +337,11 @@ class ModelHandle:
 
 
 # Handles alive anywhere in the process, by what they were loaded from. ComfyUI's cache may drop
-# a loader's output while an output made from it stays cached (ComfyUI >= 0.4's RAM-pressure
-# cache drops entries that carry a ModelPatcher first, and under pressure drops a node's output
-# right after the node ran, keeping only what its consumers touch, e.g. a Speaker). The loader
-# then runs again; it returns the handle that is still alive instead of a second copy from
-# disk. Weak references: once nothing holds a handle, it is freed and the next load reads disk.
+# a loader's output while an output made from it stays cached: the RAM-pressure cache (ComfyUI's
+# default from 0.23) drops entries that carry a ModelPatcher first, and under pressure drops a
+# node's output right after the node ran, keeping only what its consumers touch, e.g. a Speaker.
+# The loader then runs again; it returns the handle that is still alive instead of a second copy
+# from disk. Weak references: once nothing holds a handle, it is freed and the next load reads disk.
 _LOADED: "weakref.WeakValueDictionary[tuple, ModelHandle | TokenizerHandle]" = weakref.WeakValueDictionary()
 
 
@@ -331,10 +352,16 @@ def _loaded_key(kind: str, folder: Path, dtype: torch.dtype, load: torch.device,
     return kind, str(folder.absolute()), stamp, dtype, load, offload
 
 
-def _reuse(key: tuple, name: str):
+def _load_once(key: tuple, name: str, load):
+    """The handle loaded from `key` if one is still alive, else `load()`'s (timed, logged, kept)."""
     handle = _LOADED.get(key)
     if handle is not None:
         log.info("Reusing %s (still loaded)", name)
+        return handle
+    start = time.perf_counter()
+    handle = load()
+    log.info("Loaded %s in %.2f s", handle.describe(), time.perf_counter() - start)
+    _LOADED[key] = handle
     return handle
 
 
@@ -342,34 +369,31 @@ def load_model(name: str, dtype: str, device: str, cuda_graphs: bool = True) -> 
     name, folder = chosen_folder(name)
     load, offload = devices(device)
     dt, why = choose_dtype(dtype, load)
-    key = _loaded_key("model", folder, dt, load, offload) + (bool(cuda_graphs),)
-    if (handle := _reuse(key, name)) is not None:
-        return handle
-    start = time.perf_counter()
-    tts = QwenTTS.from_pretrained(folder, dtype=dt, device=offload, speech_tokenizer=True,
-                                  cuda_graphs=bool(cuda_graphs))
-    tts.dtype_reason = why
-    codec = speech_codes.modules(tts.codec)
-    handle = ModelHandle(tts, patcher(tts.model, load, offload, on_move=tts.release_steps),
-                         patcher(codec, load, offload), name)
-    log.info("Loaded %s in %.2f s", handle.describe(), time.perf_counter() - start)
-    _LOADED[key] = handle
-    return handle
+
+    def read() -> ModelHandle:
+        # loaded on the offload device, run on the load device: the decoder's precision is the one for the latter
+        tts = QwenTTS.from_pretrained(folder, dtype=dt, device=offload, speech_tokenizer=True,
+                                      cuda_graphs=bool(cuda_graphs), codec_dtype=decoder_dtype(dt, load))
+        tts.dtype_reason = why
+        codec = speech_codes.modules(tts.codec)
+        return ModelHandle(tts, patcher(tts.model, load, offload, on_release=tts.release_steps),
+                           patcher(codec, load, offload), name)
+
+    # cuda_graphs is part of the key: it is the loaded model's own setting (generation and the memory
+    # estimate read it), so two loaders that differ in it must not share one model
+    return _load_once(_loaded_key("model", folder, dt, load, offload) + (bool(cuda_graphs),), name, read)
 
 
 def load_tokenizer(name: str, dtype: str, device: str) -> TokenizerHandle:
     name, folder = chosen_folder(name, "speech tokenizer")
     load, offload = devices(device)
     dt, _ = choose_dtype(dtype, load)
-    key = _loaded_key("tokenizer", folder, dt, load, offload)
-    if (handle := _reuse(key, name)) is not None:
-        return handle
-    start = time.perf_counter()
-    tok = speech_codes.load_speech_tokenizer(folder, dtype=dt, device=offload)
-    handle = TokenizerHandle(tok, patcher(speech_codes.modules(tok), load, offload), name)
-    log.info("Loaded speech tokenizer %s in %.2f s", name, time.perf_counter() - start)
-    _LOADED[key] = handle
-    return handle
+
+    def read() -> TokenizerHandle:
+        tok = speech_codes.load_speech_tokenizer(folder, dtype=decoder_dtype(dt, load), device=offload)
+        return TokenizerHandle(tok, patcher(speech_codes.modules(tok), load, offload), name)
+
+    return _load_once(_loaded_key("tokenizer", folder, dt, load, offload), name, read)
 
 
 # --------------------------------------------------------------------------- progress, interrupt

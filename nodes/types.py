@@ -105,6 +105,16 @@ def validation_result(check, value) -> bool | str:
     return True
 
 
+def speaker_choice(node: str, speaker) -> bool | str:
+    """`validate_inputs` answer for a built-in speaker: one of SPEAKERS (any case), or a message
+    naming the node and the speakers. A linked value (None now) and the loaded model's own list
+    are checked when the node runs."""
+    if speaker is None or (isinstance(speaker, str) and speaker.strip().lower() in {s.lower() for s in SPEAKERS}):
+        return True
+    return (f"{node}: unknown speaker {speaker!r}; choose one of the built-in speakers: "
+            f"{', '.join(SPEAKERS)}.")
+
+
 def split_texts(text: str, one_per_line: bool) -> list[str]:
     """The clips to say, each checked by the core's one text check (before any model is loaded)."""
     if not isinstance(text, str):

@@ -84,6 +84,12 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
 FP16_UNRELIABLE = ("GTX 1630", "GTX 1650", "GTX 1660")  # Turing without tensor cores: fp16 NaNs (as ComfyUI)
 
 
+def bf16_emulated(device: torch.device) -> bool:
+    """True on CUDA GPUs below compute capability 8.0 (before Ampere), which run bf16 only by
+    emulation (slowly)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8
+
+
 def auto_dtype(device: torch.device) -> tuple[torch.dtype, str]:
     """The precision "auto" picks for `device`, and why (the loader's info line says it).
 
@@ -98,7 +104,7 @@ def auto_dtype(device: torch.device) -> tuple[torch.dtype, str]:
         major, minor = torch.cuda.get_device_capability(device)
         name = torch.cuda.get_device_name(device)
         gpu = f"{name}, compute capability {major}.{minor}"
-        if major >= 8:
+        if not bf16_emulated(device):
             return torch.bfloat16, f"bf16: native on this GPU ({gpu})"
         if major == 7 and not any(n in name for n in FP16_UNRELIABLE):
             return torch.float16, f"fp16: this GPU ({gpu}) has no native bf16"
@@ -127,7 +133,7 @@ def choose_dtype(dtype: str | torch.dtype, device: torch.device) -> tuple[torch.
         raise InputError(f"dtype {chosen} is not supported; use auto, bf16, fp16 or fp32.")
     if chosen != torch.float32:
         check_dtype_runs(chosen, device)
-    if chosen == torch.bfloat16 and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+    if chosen == torch.bfloat16 and bf16_emulated(device):
         why += "; bf16 is emulated on this GPU (slow): auto would pick fp16"
         log.warning("bf16 is emulated on %s (compute capability < 8.0) and runs slowly; dtype auto "
                     "picks fp16 there.", torch.cuda.get_device_name(device))
@@ -147,6 +153,12 @@ def check_dtype_runs(dtype: torch.dtype, device: torch.device) -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DeviceError(f"{device} cannot compute in {name} ({first}). Choose dtype auto "
                           "(it picks what this device supports) or fp32.") from None
+
+
+def decoder_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """Precision of the speech decoder that runs on `device` for a model in `dtype`: fp32 on the
+    CPU (its convolutions run ~60x slower in half precision there), else the model's."""
+    return torch.float32 if torch.device(device).type == "cpu" else dtype
 
 
 def load_model(config: ModelConfig, files: dict, dtype: torch.dtype, device: torch.device) -> Qwen3TTS:
@@ -192,10 +204,13 @@ class QwenTTS:
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: str | torch.dtype = "auto",
                         device: str | torch.device = "auto", speech_tokenizer: bool = True,
-                        cuda_graphs: bool = True) -> "QwenTTS":
+                        cuda_graphs: bool = True, codec_dtype: torch.dtype | None = None) -> "QwenTTS":
         """dtype: auto (see `auto_dtype`), bf16, fp16, fp32; device: auto (cuda, else mps, else
         cpu), cpu, cuda, cuda:N, mps. cuda_graphs: replay each frame as one CUDA graph on CUDA
-        devices (the fast path; the same codes as without in fp32; off: the eager step)."""
+        devices (the fast path; the same codes as without in fp32; off: the eager step).
+        codec_dtype: the speech decoder's precision (default `decoder_dtype` on `device`; a
+        caller that loads on one device to run on another, as ComfyUI does, gives it for the
+        device it will run on)."""
         folder = Path(path)
         if not folder.is_dir():
             raise ModelFolderError(
@@ -217,8 +232,7 @@ class QwenTTS:
         model = load_model(config, files, dt, dev)
         codec = None
         if codec_folder is not None:
-            # on CPU the speech decoder stays fp32: its convolutions run ~60x slower in half precision
-            codec = SpeechTokenizer.from_pretrained(codec_folder, dtype=torch.float32 if dev.type == "cpu" else dt,
+            codec = SpeechTokenizer.from_pretrained(codec_folder, dtype=codec_dtype or decoder_dtype(dt, dev),
                                                     device=dev)
         return cls(folder, config, model, tokenizer, defaults, codec, cuda_graphs, dtype_reason)
 
@@ -384,9 +398,8 @@ class QwenTTS:
         if text_tokens > MAX_TEXT_TOKENS:
             raise InputError(f"The text is {text_tokens} tokens long; one generation takes at most "
                              f"{MAX_TEXT_TOKENS}. Split it, or use the long-text node which does that.")
-        cap = max(1, self.defaults.max_new_tokens - 1)
-        if max_frames is None:   # per item from its text and language; the batch takes the longest
-            max_frames = max(max_frames_for(r.text, r.language, cap) for r in requests)
+        if max_frames is None:
+            max_frames = self.auto_max_frames([r.text for r in requests], [r.language for r in requests])
         if not isinstance(max_frames, int) or max_frames < 1:
             raise InputError(f"max_frames must be a positive integer (got {max_frames!r}).")
         longest = max(p.embeds.shape[0] for p in prompts)
@@ -401,6 +414,13 @@ class QwenTTS:
         step = self._frame_step(len(prompts), longest + max_frames, sampling, sub_sampling,
                                 static, self.uses_cuda_graphs(cuda_graphs))
         return FrameLoop(step, batch, max_frames, item_generators(seed, len(prompts), self.device))
+
+    def auto_max_frames(self, texts: Sequence[str], language: str | Sequence[str] = "auto") -> int:
+        """The frame limit a batch gets without max_frames: per text from its length and language
+        (`duration.max_frames_for`, at most the checkpoint's max_new_tokens - 1), the longest for
+        the batch."""
+        cap = max(1, self.defaults.max_new_tokens - 1)
+        return max(max_frames_for(t, l, cap) for t, l in zip(texts, _broadcast(language, len(texts))))
 
     def uses_cuda_graphs(self, cuda_graphs: bool | None = None) -> bool:
         """Whether generation replays CUDA graphs: asked for (default: `self.cuda_graphs`) and on CUDA."""

@@ -152,7 +152,11 @@ class ValidationError(ValueError):
 def _custom_validated(cls) -> set[str]:
     import inspect
 
-    fn = cls.__dict__.get("validate_inputs")
+    from comfy_api.latest import io
+
+    # as ComfyUI's first_real_override: the nearest class below io.ComfyNode that defines it
+    fn = next((c.__dict__["validate_inputs"] for c in cls.__mro__
+               if c is not io.ComfyNode and "validate_inputs" in c.__dict__ and issubclass(c, io.ComfyNode)), None)
     if fn is None:
         return set()
     return set(inspect.getfullargspec(fn.__func__).args[1:])

