@@ -216,6 +216,15 @@ class FrameStep:
         self.write_at += 1
         self.frame_index += 1
 
+    def clear_caches(self) -> None:
+        """Zeroes the KV caches in place (a captured graph keeps reading the same addresses).
+        After a failed generation they may hold inf/NaN, which poisons attention even at masked
+        positions (their weight is 0, and 0 * inf is NaN): a kept step is cleared before its
+        next prompt."""
+        for cache in self.caches + self.sub_caches:
+            cache.k.zero_()
+            cache.v.zero_()
+
     def buffers(self) -> dict[str, torch.Tensor]:
         """The tensors a captured step reads or writes (for checks that none is ever replaced)."""
         named = {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
@@ -350,22 +359,31 @@ class FrameLoop:
     def __iter__(self):
         state = self.state
         with torch.inference_mode():
-            state.start(self.batch, self.generators)
-            b = self.length.shape[0]
-            for step in range(self.max_frames):
-                self.length = torch.where((state.code0 == state.eos) & (self.length < 0), step, self.length)
-                if state.guard:   # the one sync per frame: end of speech (and overflow in fp16)
-                    host = torch.cat([self.length, state.finite.long()]).tolist()
-                    if not all(host[b:]):
-                        raise NonFinite([i for i, ok in enumerate(host[b:]) if not ok], state.hidden.dtype)
-                    self.ended = host[:b]
-                else:
-                    self.ended = self.length.tolist()
-                if all(n >= 0 for n in self.ended):
-                    return
-                state.prepare(step, self.generators)
-                self.run_step(step)
-                yield step, state.frame.clone()
+            try:
+                yield from self._frames(state)
+            except GeneratorExit:     # the consumer stopped early: the caches are sound
+                raise
+            except BaseException:     # overflow, out of memory, ...: the caches may not be
+                state.clear_caches()
+                raise
+
+    def _frames(self, state: FrameStep):
+        state.start(self.batch, self.generators)
+        b = self.length.shape[0]
+        for step in range(self.max_frames):
+            self.length = torch.where((state.code0 == state.eos) & (self.length < 0), step, self.length)
+            if state.guard:   # the one sync per frame: end of speech (and overflow in fp16)
+                host = torch.cat([self.length, state.finite.long()]).tolist()
+                if not all(host[b:]):
+                    raise NonFinite([i for i, ok in enumerate(host[b:]) if not ok], state.hidden.dtype)
+                self.ended = host[:b]
+            else:
+                self.ended = self.length.tolist()
+            if all(n >= 0 for n in self.ended):
+                return
+            state.prepare(step, self.generators)
+            self.run_step(step)
+            yield step, state.frame.clone()
 
 
 def collect(loop: FrameLoop, on_frame: Callable[[int, torch.Tensor], bool | None] | None = None) -> Frames:

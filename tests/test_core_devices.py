@@ -372,6 +372,33 @@ def test_overflow_stops_generation_with_a_message():
                             "a GPU that has it) and run again.")
 
 
+def test_the_step_kept_after_an_overflow_serves_the_next_generation():
+    """An fp16 overflow stops a static generation with inf/NaN in its kept step's KV caches,
+    and masked positions still poison attention (0 * inf = NaN): the caches are cleared, so the
+    next generation of that shape runs in the same kept step and gives the codes that a freshly
+    loaded model gives."""
+    def load():
+        return api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp16", device="cpu",
+                                           speech_tokenizer=False)
+
+    tts = load()
+    blow_up = {"on": False}
+    tts.model.talker.model.layers[0].mlp.register_forward_hook(lambda m, i, o: o * 1e6 if blow_up["on"] else o)
+
+    def overflow_after_frame_3(index, frame):
+        blow_up["on"] = index == 3
+
+    with pytest.raises(generate.NonFinite):
+        tts.generate_custom_voice("A first, somewhat longer sentence that the model says here.", "ryan",
+                                  max_frames=20, seed=1, static=True, on_frame=overflow_after_frame_3)
+    kept = list(tts.steps.steps.values())
+    assert len(kept) == 1
+    out = tts.generate_custom_voice("Short.", "ryan", max_frames=20, seed=1, static=True)
+    assert list(tts.steps.steps.values()) == kept                # the same bucket, the same step
+    fresh = load().generate_custom_voice("Short.", "ryan", max_frames=20, seed=1, static=True)
+    assert len(out.codes[0]) > 0 and torch.equal(out.codes[0], fresh.codes[0])
+
+
 def test_out_of_memory_while_generating_or_decoding(codec, monkeypatch):
     from qwen_tts_core.errors import OutOfMemory
 
