@@ -467,7 +467,9 @@ class QwenTTS:
         `cuda_graphs` (default: the model's setting, on) replays it as a CUDA graph on CUDA
         devices. In fp32 the codes are the same either way; in bf16/fp16 they agree with the
         dynamic step's up to rounding, which can part them after some frames (README,
-        Exactness). The KV caches of a dynamic step are freed before decoding."""
+        Exactness). The KV caches of a dynamic step are freed before decoding. A static step is
+        kept for the next generation of its shape; if that shape's kept step is still held by an
+        unfinished `stream()`, this generation runs in a fresh step instead (same codes)."""
         try:
             frames = self._codes(requests, max_frames, sampling, sub_sampling, seed, static,
                                  cuda_graphs, on_start, on_frame)
@@ -499,7 +501,11 @@ class QwenTTS:
         item has final=True. Options as for generate(). The joined chunks of an item equal
         decode() of its codes (in-context clones: the reference frames prime the decoder), except
         that for in-context clones decode() may start one sample earlier: it cuts the reference
-        share off as the official package does (see speech_codes.decode)."""
+        share off as the official package does (see speech_codes.decode).
+
+        With `static`/CUDA graphs the stream holds its shape's kept step until it is read to the
+        end, closed or dropped; a generation of the same shape meanwhile runs in a step of its
+        own (same codes; memory, and a graph capture, of its own)."""
         if self.codec is None:
             raise ModelFolderError("This model was loaded without its speech tokenizer.")
         if chunk_frames < 1:
@@ -511,17 +517,21 @@ class QwenTTS:
                 d.push(r.voice.ref_codes.t()[None].to(self.device))
                 d.flush()
         done = [False] * len(requests)
-        for step, frame in loop:
-            for i, d in enumerate(decoders):
-                if done[i]:
-                    continue
-                if 0 <= loop.ended[i] <= step:                  # ended before this frame
-                    done[i] = True
-                    yield AudioChunk(i, d.flush()[0], True)
-                    continue
-                audio = d.push(frame[i, :, None][None])
-                if audio.shape[-1]:
-                    yield AudioChunk(i, audio[0], False)
+        running = iter(loop)
+        try:
+            for step, frame in running:
+                for i, d in enumerate(decoders):
+                    if done[i]:
+                        continue
+                    if 0 <= loop.ended[i] <= step:              # ended before this frame
+                        done[i] = True
+                        yield AudioChunk(i, d.flush()[0], True)
+                        continue
+                    audio = d.push(frame[i, :, None][None])
+                    if audio.shape[-1]:
+                        yield AudioChunk(i, audio[0], False)
+        finally:
+            running.close()   # a stream closed or dropped before its end frees its step at once
         for i, d in enumerate(decoders):
             if not done[i]:
                 yield AudioChunk(i, d.flush()[0], True)

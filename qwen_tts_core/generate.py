@@ -8,6 +8,7 @@ On CUDA the frame step is replayed as a CUDA graph, captured once per shape buck
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -147,6 +148,13 @@ class FrameStep:
         self.text = torch.zeros(batch, 1, cfg.hidden_size, dtype=dtype, device=device)  # [B, 1, D]
         self.batch: Batch | None = None
         self.prompt_len = 0
+        self.user: weakref.ref | None = None   # the FrameLoop this step serves (set by it)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a frame loop holds this step: from `frame_loop()` until its iteration ends
+        (or the loop is dropped unstarted)."""
+        return self.user is not None and self.user() is not None
 
     def start(self, batch: Batch, generators: list) -> None:
         """Prefills a prompt batch into the caches and the state buffers; draws the first
@@ -291,14 +299,20 @@ class GraphedStep:
         return graph
 
 
+def state_of(step: FrameStep | GraphedStep) -> FrameStep:
+    return step.state if isinstance(step, GraphedStep) else step
+
+
 class StepBuckets:
     """Static frame steps kept between generations, one per shape bucket (batch size, cache
     bucket, dtype, sampling settings), each with its CUDA graph once captured: a graph is
     captured once per bucket and replayed for every later prompt. At most `limit` buckets are
     kept (least recently used goes first); all are dropped when the talker's weights move
-    (ComfyUI offloading: a graph holds the weights' addresses) or on `clear()`. A kept step
-    serves one generation at a time (as ComfyUI runs them): finish iterating one `stream()`
-    before starting another generation of the same shape on the same model."""
+    (ComfyUI offloading: a graph holds the weights' addresses) or on `clear()`.
+
+    A kept step serves one frame loop at a time. While it is busy (a `stream()` not read to
+    the end yet), `get` hands out a fresh step of the same shape that is not kept: that
+    generation gets the same codes, in memory (and, with graphs, a capture) of its own."""
 
     def __init__(self, limit: int = 2):
         self.limit = limit
@@ -310,6 +324,11 @@ class StepBuckets:
             self.clear()
             self.weights = weights
         step = self.steps.pop(key, None)
+        if step is not None and state_of(step).busy:
+            self.steps[key] = step
+            log.info("A generation of this shape is still running (a stream not read to the end); "
+                     "this one runs in a step of its own")
+            return make()
         if step is None:
             while len(self.steps) >= self.limit:
                 self.steps.pop(next(iter(self.steps)))
@@ -340,12 +359,18 @@ class FrameLoop:
     frames before item i's end-of-speech once it is chosen (-1 until then), and `ended` is its
     host copy taken before each frame (the per-frame sync); iteration ends when every item has
     ended or after `max_frames`. `step` runs one frame: a FrameStep (dynamic or static) or a
-    GraphedStep around a static one; `generators` are the items' random generators."""
+    GraphedStep around a static one; `generators` are the items' random generators.
+
+    A loop runs once. It holds its step from here until its iteration ends, fails or is closed
+    (or the loop is dropped unstarted): a kept step is never re-started under a running loop."""
 
     def __init__(self, step: FrameStep | GraphedStep, batch: Batch, max_frames: int,
                  generators: list):
         self.run_step = step if isinstance(step, GraphedStep) else step.step
-        self.state = step.state if isinstance(step, GraphedStep) else step
+        self.state = state_of(step)
+        if self.state.busy:
+            raise RuntimeError("This frame step is in use by another generation that has not ended.")
+        self.state.user = weakref.ref(self)
         self.batch, self.generators, self.max_frames = batch, generators, max_frames
         b = batch.embeds.shape[0]
         self.length = torch.full((b,), -1, dtype=torch.long, device=batch.embeds.device)
@@ -356,8 +381,15 @@ class FrameLoop:
         """Whether frames run as a CUDA graph (False before capture, after a failed one, or eager)."""
         return isinstance(self.run_step, GraphedStep) and self.run_step.failed is None
 
+    def release(self) -> None:
+        """Hands the step back (a kept step can then serve the next generation)."""
+        if self.state.user is not None and self.state.user() is self:
+            self.state.user = None
+
     def __iter__(self):
         state = self.state
+        if state.user is None or state.user() is not self:
+            raise RuntimeError("A FrameLoop runs once; make a new one (QwenTTS.frame_loop) to generate again.")
         with torch.inference_mode():
             try:
                 yield from self._frames(state)
@@ -366,6 +398,8 @@ class FrameLoop:
             except BaseException:     # overflow, out of memory, ...: the caches may not be
                 state.clear_caches()
                 raise
+            finally:
+                self.release()
 
     def _frames(self, state: FrameStep):
         state.start(self.batch, self.generators)
@@ -393,10 +427,14 @@ def collect(loop: FrameLoop, on_frame: Callable[[int, torch.Tensor], bool | None
     may raise to abort (interrupt), or return True to end generation early, keeping the frames
     so far (those items count as not stopped by end-of-speech)."""
     frames: list[torch.Tensor] = []
-    for step, frame in loop:
-        frames.append(frame)
-        if on_frame is not None and on_frame(step, frame):
-            break
+    running = iter(loop)
+    try:
+        for step, frame in running:
+            frames.append(frame)
+            if on_frame is not None and on_frame(step, frame):
+                break
+    finally:
+        running.close()   # stopped early or by an exception from on_frame: the step is free again
     b = loop.length.shape[0]
     stopped = (loop.length >= 0).tolist()
     length = torch.where(loop.length < 0, len(frames), loop.length).tolist()

@@ -214,6 +214,55 @@ def test_static_and_dynamic_steps_give_the_same_sampled_codes_in_fp32():
         assert all(torch.equal(a, b) for a, b in zip(runs[0].codes, other.codes))
 
 
+@pytest.mark.parametrize("graphs", [False, True])
+def test_a_generation_while_a_loop_of_its_shape_runs_gets_a_step_of_its_own(graphs, request):
+    """A second generation of the same shape bucket, started while the first is between two
+    frames (a stream being read), must not re-start the first one's kept step: it runs in a
+    fresh step, and both get their golden codes. The kept step is free again afterwards."""
+    tts = request.getfixturevalue("fake_graphs") if graphs else api.QwenTTS.from_pretrained(
+        MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu", speech_tokenizer=False)
+    _, reqs = requests_of("cv_batch")
+    n, others = official_max_frames("cv_batch"), []
+    loop = tts.frame_loop(reqs, n, greedy(tts), GREEDY_SUB, static=True)
+
+    def interleave(index, frame):
+        if index == 4:
+            inner = tts.frame_loop(reqs[::-1], n, greedy(tts), GREEDY_SUB, static=True)
+            others.append(inner.state)
+            others.append(generate.collect(inner))
+
+    first = generate.collect(loop, interleave)
+    second_state, second = others
+    assert second_state is not loop.state and list(tts.steps.steps.values())[-1] is not second_state
+    for i, codes in enumerate(first.codes):
+        assert torch.equal(codes, GOLDEN[f"cv_batch.codes.{i}"]), f"first, item {i}"
+    for codes, i in zip(second.codes, [2, 1, 0]):
+        assert torch.equal(codes, GOLDEN[f"cv_batch.codes.{i}"]), f"second, item {i}"
+    assert tts.frame_loop(reqs, n, greedy(tts), GREEDY_SUB, static=True).state is loop.state
+    with pytest.raises(RuntimeError, match="runs once"):
+        list(loop)
+
+
+def test_an_abandoned_stream_frees_its_kept_step_and_an_unfinished_one_blocks_nothing(codec):
+    """A stream read only in part holds its kept step: meanwhile a generation of the same shape
+    runs in a step of its own (same codes, not refused); once the stream is dropped, the kept
+    step serves the next generation again."""
+    tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu")
+    _, reqs = requests_of("cv_batch")
+    options = dict(max_frames=official_max_frames("cv_batch"), sampling=greedy(tts), sub_sampling=GREEDY_SUB,
+                   static=True)
+    tts.generate(reqs, **options)
+    (kept,) = tts.steps.steps.values()
+    stream = tts.stream(reqs, chunk_frames=2, **options)
+    next(stream)                                           # two frames in, then left unfinished
+    assert tts.frame_loop(reqs, **options).state is not kept
+    out = tts.generate(reqs, **options)
+    assert all(torch.equal(c, GOLDEN[f"cv_batch.codes.{i}"]) for i, c in enumerate(out.codes))
+    del stream                                             # abandoned: its step is free again
+    assert tts.frame_loop(reqs, **options).state is kept
+    assert list(tts.steps.steps.values()) == [kept]
+
+
 # ----------------------------------------------------------------------------- CUDA graph bookkeeping
 class FakeGraph:
     """Stands in for a captured CUDA graph on CPU: replay runs the static step again, after
