@@ -432,18 +432,19 @@ class QwenTTS:
 
     def memory_estimate(self, batch: int, frames: int, prompt_positions: int = 512,
                         device: torch.device | None = None, decode: bool = True) -> int:
-        """Bytes a generation of `batch` items of up to `frames` frames needs on `device`
-        (default: where the model is) besides the weights: the talker's and code predictor's KV
-        caches, the frame state and the prefill (at the bucketed cache length when CUDA graphs
-        keep them), plus the speech decoder's working memory for the batch. With graphs the
-        caches stay allocated while decoding, so both count; otherwise the caches are freed
-        first and the larger of the two counts."""
+        """Bytes a generation of `batch` items of up to `frames` frames after prompts of up to
+        `prompt_positions` positions needs on `device` (default: where the model is) besides
+        the weights: the talker's and code predictor's KV caches (at the bucketed cache length
+        when CUDA graphs keep them) and frame state, the larger of the prefill's and a frame's
+        transient memory (`step_bytes`), plus the speech decoder's working memory for the
+        batch. With graphs the caches stay allocated while decoding, so both count; otherwise
+        the caches are freed first and the larger of the two counts."""
         device = torch.device(device) if device is not None else self.device
         graphs = bool(self.cuda_graphs) and device.type == "cuda"
         length = prompt_positions + frames
         if graphs:
             length = cache_bucket(length, self.config.talker.max_position_embeddings)
-        caches = step_bytes(self.model.talker, batch, length, self.dtype)
+        caches = step_bytes(self.model.talker, batch, prompt_positions, length, self.dtype)
         if not decode or self.codec is None or self.codec.decoder is None:
             return caches
         decoding = self.codec.decode_bytes(batch, frames, device)

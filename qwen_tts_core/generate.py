@@ -80,16 +80,22 @@ def item_generators(seed: int | None, batch: int, device) -> list[torch.Generato
     return [torch.Generator(device=device).manual_seed((int(seed) + i) % 2 ** 64) for i in range(batch)]
 
 
-def step_bytes(talker: Talker, batch: int, cache_len: int, dtype: torch.dtype) -> int:
-    """Device memory of a FrameStep for `batch` prompts in a cache of `cache_len` positions:
-    the talker's and code predictor's KV caches, the frame state (noise in fp32, masks,
-    hidden states) and the prefill's transient activations (up to `cache_len` positions)."""
+def step_bytes(talker: Talker, batch: int, prompt_len: int, cache_len: int, dtype: torch.dtype) -> int:
+    """Device memory of a FrameStep for `batch` prompts of up to `prompt_len` positions in a
+    cache of `cache_len` positions: the talker's and code predictor's KV caches and the frame
+    state (noise in fp32, masks, hidden states), held throughout, plus the larger of two
+    transients that are never live at once: the prefill's activations (over the prompt, not
+    the cache) and one frame's (one position attending over the whole cache)."""
     c = talker.cfg
+    groups = c.num_code_groups
     caches = talker.model.cache_bytes(batch, cache_len, dtype) \
-        + talker.code_predictor.model.cache_bytes(batch, c.num_code_groups, dtype)
-    noise = ((c.num_code_groups - 1) * c.code_predictor.vocab_size + c.vocab_size) * 4
+        + talker.code_predictor.model.cache_bytes(batch, groups, dtype)
+    noise = ((groups - 1) * c.code_predictor.vocab_size + c.vocab_size) * 4
     state = batch * (noise + c.vocab_size + cache_len + 3 * c.hidden_size * dtype.itemsize)
-    return caches + state + talker.model.prefill_bytes(batch, cache_len, dtype)
+    prefill = talker.model.forward_bytes(batch, prompt_len, dtype)
+    frame = talker.model.forward_bytes(batch, 1, dtype, keys=cache_len) \
+        + talker.code_predictor.model.forward_bytes(batch, 2, dtype, keys=groups)
+    return caches + state + max(prefill, frame)
 
 
 def cache_bucket(length: int, limit: int) -> int:
