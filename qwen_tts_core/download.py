@@ -102,7 +102,6 @@ def download(name: str, root, *, on_progress: Progress | None = None,
     if _offline():
         raise DownloadError(_offline_message(name, root, "HF_HUB_OFFLINE is set"))
     commit, files = _list_files(name, root, endpoint)
-    check_interrupt = check_interrupt or (lambda: None)
     staging = root / STAGING / name
     try:
         staging.parent.mkdir(parents=True, exist_ok=True)
@@ -111,31 +110,42 @@ def download(name: str, root, *, on_progress: Progress | None = None,
                             f"{manual_command(name, root)}") from None
     lock = staging.parent / f"{name}.lock"
     with _locked(lock, name):
-        _prepare(staging, commit)
-        progress = _Progress(on_progress, sum(f.size for f in files))
-        pending = []
-        for f in files:
-            if (staging / f.path).is_file():          # verified by an earlier run, same commit
-                progress.add(f.size)
-            else:
-                pending.append(f)
-                progress.add(_part_size(staging, f))
-        _check_space(staging, progress.total - progress.done, name, root)
-        log.info("Downloading %s/%s (%s in %d files) into %s", OWNER, name, _size(progress.total),
-                 len(files), final)
-        progress.report()
-        job = _Job(name, root, staging, commit, endpoint, progress, check_interrupt, *_http())
-        for f in pending:
-            _fetch(job, f)
-        (staging / COMMIT_FILE).unlink()
-        try:
-            os.replace(staging, final)
-        except OSError as e:
-            raise DownloadError(f"Downloaded {name} into {staging} but could not move it to {final} "
-                                f"({e}); move it there by hand.") from None
+        if (final / "config.json").is_file():      # another process finished it while we listed
+            log.info("%s was downloaded into %s by another process meanwhile", name, final)
+        else:
+            _download_staged(name, root, staging, commit, files, endpoint, on_progress,
+                             check_interrupt or (lambda: None))
     _tidy(lock)
-    log.info("Downloaded %s/%s into %s; every file's hash checked", OWNER, name, final)
     return final
+
+
+def _download_staged(name: str, root: Path, staging: Path, commit: str, files: list[RemoteFile],
+                     endpoint: str, on_progress: Progress | None, check_interrupt: Callable[[], None]) -> None:
+    """Under the folder lock: fetches what `staging` lacks, then renames it to `<root>/<name>`."""
+    final = root / name
+    _prepare(staging, commit)
+    progress = _Progress(on_progress, sum(f.size for f in files))
+    pending = []
+    for f in files:
+        if (staging / f.path).is_file():          # verified by an earlier run, same commit
+            progress.add(f.size)
+        else:
+            pending.append(f)
+            progress.add(_part_size(staging, f))
+    _check_space(staging, progress.total - progress.done, name, root)
+    log.info("Downloading %s/%s (%s in %d files) into %s", OWNER, name, _size(progress.total),
+             len(files), final)
+    progress.report()
+    job = _Job(name, root, staging, commit, endpoint, progress, check_interrupt, *_http())
+    for f in pending:
+        _fetch(job, f)
+    (staging / COMMIT_FILE).unlink()
+    try:
+        os.replace(staging, final)
+    except OSError as e:
+        raise DownloadError(f"Downloaded {name} into {staging} but could not move it to {final} "
+                            f"({e}); move it there by hand.") from None
+    log.info("Downloaded %s/%s into %s; every file's hash checked", OWNER, name, final)
 
 
 def hub_endpoint(endpoint: str | None = None) -> str:

@@ -106,6 +106,27 @@ def test_a_folder_without_config_is_not_overwritten(hub, tmp_path):
     assert hub.log == []
 
 
+def test_a_download_another_process_finished_meanwhile_is_not_fetched_again(hub, tmp_path, monkeypatch):
+    """Two downloads of one checkpoint start together: the second lists the files while the
+    first one finishes and lets go of the lock. Under the lock the second sees the finished
+    folder and returns it, instead of fetching everything again into a new staging folder
+    (which could then not be renamed onto the finished one)."""
+    real_list = dl._list_files
+
+    def list_while_another_finishes(name, root, endpoint):
+        listing = real_list(name, root, endpoint)
+        monkeypatch.setattr(dl, "_list_files", real_list)
+        dl.download(name, root)                                  # the other process, start to end
+        hub.log.clear()
+        return listing
+
+    monkeypatch.setattr(dl, "_list_files", list_while_another_finishes)
+    assert dl.download(CUSTOM, tmp_path) == tmp_path / CUSTOM
+    assert files_of(tmp_path / CUSTOM) == files_of(SOURCE)
+    assert [r for r in hub.log if "/resolve/" in r[1] or r[1].startswith("/cdn/")] == []
+    assert sorted(os.listdir(tmp_path)) == [CUSTOM]              # no staging folder, no lock left
+
+
 def test_unknown_names_are_refused(tmp_path):
     with pytest.raises(InputError, match="Unknown checkpoint 'Qwen3-TTS-9B'.*Qwen3-TTS-12Hz-1.7B-Base"):
         dl.download("Qwen3-TTS-9B", tmp_path)
