@@ -250,15 +250,19 @@ class GraphedStep:
     """Replays FrameStep.step (static shapes) as one CUDA graph. The first `warmup` frames of
     the first prompt run eagerly on a side stream (allocator and kernel warm-up, as capture
     requires), the next one is captured, and from then on every frame of this and every later
-    prompt of the bucket is one graph launch. If capture fails (an op that cannot be captured,
-    out of memory), the step stays eager: one log line says why, the codes are the same."""
+    prompt of the bucket is one graph launch. If capture fails, the step runs eager (the same
+    codes) with one log line saying why: for good if the step cannot be captured, until the next
+    generation's first frame if it ran out of memory (memory may be free by then)."""
 
     def __init__(self, state: FrameStep, warmup: int = 2):
         self.state, self.warmup, self.graph = state, warmup, None
-        self.failed: str | None = None
+        self.failed: str | None = None     # why capture failed (the step runs eager meanwhile)
+        self.retry = False                 # capture again at the next generation (it ran out of memory)
         self.stream = self._side_stream()
 
     def __call__(self, t: int | None = None) -> None:
+        if t == 0 and self.retry:          # a new generation: try the capture again
+            self.failed, self.retry = None, False
         if self.graph is not None:
             self.graph.replay()
         elif self.failed is not None:
@@ -280,8 +284,10 @@ class GraphedStep:
         if isinstance(error, torch.OutOfMemoryError):
             reason = "out of GPU memory during capture"
         self.failed = f"{type(error).__name__}: {reason}"
-        log.warning("CUDA graph capture failed (%s); this batch shape runs the eager step instead "
-                    "(slower, same codes). Turn cuda_graphs off to skip the attempt.", self.failed)
+        self.retry = isinstance(error, torch.OutOfMemoryError)
+        when = "until the next generation tries again" if self.retry else "instead"
+        log.warning("CUDA graph capture failed (%s); this batch shape runs the eager step %s "
+                    "(slower, same codes). Turn cuda_graphs off to skip the attempt.", self.failed, when)
         self.graph = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -308,32 +308,65 @@ def test_graph_captured_once_per_bucket_and_replayed_for_later_prompts(fake_grap
     assert all(torch.equal(a, b) for a, b in zip(graphed.codes, eager.codes))
 
 
-@pytest.mark.parametrize("error,said", [
-    (RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore"),
-     "RuntimeError: CUDA error: operation not permitted when stream is capturing"),
-    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-     "OutOfMemoryError: out of GPU memory during capture"),
-])
-def test_capture_failure_falls_back_to_the_eager_step_with_one_log_line(fake_graphs, monkeypatch, caplog, error, said):
+def generate_golden_cv_batch(tts, times: int) -> None:
+    _, reqs = requests_of("cv_batch")
+    for _ in range(times):
+        out = tts.generate(reqs, max_frames=official_max_frames("cv_batch"), sampling=greedy(tts),
+                           sub_sampling=GREEDY_SUB)
+        for i, codes in enumerate(out.codes):
+            assert torch.equal(codes, GOLDEN[f"cv_batch.codes.{i}"])
+
+
+def capture_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "capture" in r.getMessage()]
+
+
+def test_a_capture_that_cannot_be_done_falls_back_to_the_eager_step_for_good_with_one_log_line(
+        fake_graphs, monkeypatch, caplog):
     tts = fake_graphs
     attempts = []
 
     def fail(self):
         attempts.append(1)
-        raise error
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore")
 
     monkeypatch.setattr(generate.GraphedStep, "_capture", fail)
-    _, reqs = requests_of("cv_batch")
     with caplog.at_level(logging.WARNING, logger="qwen_tts_core"):
-        for _ in range(2):
-            out = tts.generate(reqs, max_frames=official_max_frames("cv_batch"), sampling=greedy(tts),
-                               sub_sampling=GREEDY_SUB)
-            for i, codes in enumerate(out.codes):
-                assert torch.equal(codes, GOLDEN[f"cv_batch.codes.{i}"])
+        generate_golden_cv_batch(tts, 3)
     assert len(attempts) == 1                                   # not tried again for that bucket
-    lines = [r.getMessage() for r in caplog.records if "capture" in r.getMessage()]
-    assert lines == [f"CUDA graph capture failed ({said}); this batch shape runs the eager step instead "
-                     "(slower, same codes). Turn cuda_graphs off to skip the attempt."]
+    assert capture_lines(caplog) == [
+        "CUDA graph capture failed (RuntimeError: CUDA error: operation not permitted when stream is "
+        "capturing); this batch shape runs the eager step instead (slower, same codes). Turn cuda_graphs "
+        "off to skip the attempt."]
+
+
+def test_a_capture_out_of_memory_is_tried_again_by_the_next_generation(fake_graphs, monkeypatch, caplog):
+    """Out of memory during capture is not a property of the step: memory may be free by the
+    next generation, which captures again (once, at its first frame); meanwhile the step runs
+    eager with the same codes. Once captured, the graph is replayed as usual."""
+    tts = fake_graphs
+    attempts, real_capture = [], generate.GraphedStep._capture
+    out_of_memory = {"on": True}
+
+    def capture(self):
+        attempts.append(1)
+        if out_of_memory["on"]:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_capture(self)
+
+    monkeypatch.setattr(generate.GraphedStep, "_capture", capture)
+    with caplog.at_level(logging.WARNING, logger="qwen_tts_core"):
+        generate_golden_cv_batch(tts, 2)
+    assert len(attempts) == 2 and FakeGraph.captures == 0       # one try per generation
+    assert capture_lines(caplog) == [
+        "CUDA graph capture failed (OutOfMemoryError: out of GPU memory during capture); this batch shape "
+        "runs the eager step until the next generation tries again (slower, same codes). Turn cuda_graphs "
+        "off to skip the attempt."] * 2
+    out_of_memory["on"] = False                                 # memory was freed meanwhile
+    generate_golden_cv_batch(tts, 2)
+    assert len(attempts) == 3 and FakeGraph.captures == 1       # captured once, then replayed
+    (kept,) = tts.steps.steps.values()
+    assert kept.graph is not None and kept.failed is None
 
 
 def test_interrupt_stops_a_graphed_generation_and_the_next_one_works(fake_graphs):
