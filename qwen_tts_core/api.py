@@ -108,10 +108,6 @@ def auto_dtype(device: torch.device) -> tuple[torch.dtype, str]:
     return torch.float32, f"fp32: half precision is not faster on {device.type}"
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    return choose_dtype(dtype, device)[0]
-
-
 def choose_dtype(dtype: str | torch.dtype, device: torch.device) -> tuple[torch.dtype, str]:
     """(dtype, why) for a dtype name (auto, bf16, fp16, fp32) or torch dtype on `device`. An
     explicit half precision the device cannot compute in is refused with what to pick instead."""

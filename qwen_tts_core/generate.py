@@ -388,11 +388,6 @@ class FrameLoop:
         self.length = torch.full((b,), -1, dtype=torch.long, device=batch.embeds.device)
         self.ended: list[int] = [-1] * b
 
-    @property
-    def graphed(self) -> bool:
-        """Whether frames run as a CUDA graph (False before capture, after a failed one, or eager)."""
-        return isinstance(self.run_step, GraphedStep) and self.run_step.failed is None
-
     def release(self) -> None:
         """Hands the step back (a kept step can then serve the next generation)."""
         if self.state.user is not None and self.state.user() is self:
