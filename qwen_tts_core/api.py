@@ -18,7 +18,7 @@ from . import speech_codes
 from .checkpoint import load_into, load_text_tokenizer, weight_files
 from .config import GenerationDefaults, ModelConfig, read_json
 from .duration import FRAME_RATE, max_frames_for  # noqa: F401  (FRAME_RATE is part of the API)
-from .errors import DeviceError, InputError, ModelFolderError, OutOfMemory, UnsupportedModeError
+from .errors import DeviceError, InputError, ModelFolderError, OutOfMemory, UnsupportedModeError, first_line
 from .generate import (FrameLoop, Frames, FrameStep, GraphedStep, StepBuckets, cache_bucket,
                        collate, collect, item_generators, step_bytes, weights_key)
 from .longform.languages import unsupported_script_note
@@ -70,8 +70,7 @@ def probe_device(device: torch.device) -> torch.device:
     try:
         torch.ones(1, device=device).add_(1)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DeviceError(f"Device {device} cannot be used right now ({first}). It may be busy with "
+        raise DeviceError(f"Device {device} cannot be used right now ({first_line(e)}). It may be busy with "
                           "another program or its driver may have failed: close that program, or "
                           "choose another device (cpu works everywhere).") from None
     return device
@@ -140,8 +139,7 @@ def check_dtype_runs(dtype: torch.dtype, device: torch.device) -> None:
         (x[0, 0] @ x[0, 0].T).softmax(-1)
         torch.nn.functional.embedding(torch.zeros(1, dtype=torch.long, device=device), x[0, 0])
     except (RuntimeError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DeviceError(f"{device} cannot compute in {name} ({first}). Choose dtype auto "
+        raise DeviceError(f"{device} cannot compute in {name} ({first_line(e)}). Choose dtype auto "
                           "(it picks what this device supports) or fp32.") from None
 
 

@@ -40,7 +40,7 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from .errors import DownloadError, InputError, QwenTTSError
+from .errors import DownloadError, InputError, QwenTTSError, first_line
 
 log = logging.getLogger("qwen_tts_core")
 
@@ -463,7 +463,7 @@ def _fetch(job: _Job, f: RemoteFile) -> None:
                 if _disk_full(e):
                     out.truncate(have)                     # no chunk kept in part: resume at `have`
                     raise
-                failures = _retry(job, failures, str(e) or type(e).__name__, f, have)
+                failures = _retry(job, failures, first_line(e), f, have)
     bad = digest.mismatch()
     if bad:
         part.unlink()

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from .config import TalkerConfig
-from .errors import DeviceError
+from .errors import DeviceError, first_line
 from .prompt import TalkerPrompt
 from .sampling import Sampling, choose, penalize_repeats
 from .talker import Talker
@@ -280,11 +280,10 @@ class GraphedStep:
             self.graph.replay()  # capture records the step without running it
 
     def _give_up(self, error: Exception) -> None:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if isinstance(error, torch.OutOfMemoryError):
-            reason = "out of GPU memory during capture"
+        oom = isinstance(error, torch.OutOfMemoryError)
+        reason = "out of GPU memory during capture" if oom else first_line(error)
         self.failed = f"{type(error).__name__}: {reason}"
-        self.retry = isinstance(error, torch.OutOfMemoryError)
+        self.retry = oom
         when = "until the next generation tries again" if self.retry else "instead"
         log.warning("CUDA graph capture failed (%s); this batch shape runs the eager step %s "
                     "(slower, same codes). Turn cuda_graphs off to skip the attempt.", self.failed, when)

@@ -149,6 +149,14 @@ def test_a_busy_device_says_so(monkeypatch):
                             "have failed: close that program, or choose another device (cpu works everywhere).")
 
 
+def test_first_line_of_an_error():
+    from qwen_tts_core.errors import first_line
+
+    assert first_line(RuntimeError("\n  CUDA error: busy  \nCompile with TORCH_USE_CUDA_DSA")) == "CUDA error: busy"
+    assert first_line(torch.OutOfMemoryError()) == "OutOfMemoryError"
+    assert first_line(OSError(28, "No space left on device")) == "[Errno 28] No space left on device"
+
+
 # ----------------------------------------------------------------------------- seeds per item
 def test_an_item_gets_the_same_codes_alone_as_in_a_batch():
     """Item i samples from seed + i: the same text, seed and settings give the same codes
