@@ -428,6 +428,31 @@ def test_decode_chunk_bounds_the_batch_memory(codec):
         assert chunk == 300 or batch * chunk * per_frame <= tokenizer.DECODE_BUDGET
 
 
+
+def test_decode_chunk_on_cuda_follows_the_free_memory(codec, monkeypatch):
+    """On CUDA the budget is half of the memory free there (the driver's free memory plus what
+    torch's allocator holds unused); if CUDA cannot say, the constant. CUDA's answers are
+    stood in for here (no GPU)."""
+    from qwen_tts_core.codec import tokenizer
+
+    tok = tiny_model("Tiny-CustomVoice").codec
+    per_frame, cuda = tok.decoder.activation_bytes(1, tok.dtype), torch.device("cuda")
+    # a batch of 4: 56 frames' worth free in the driver, 24 held unused by torch -> 40 frames a call
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * 56 * per_frame, 10**12))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 4 * 30 * per_frame)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 4 * 6 * per_frame)
+    assert tokenizer.decode_budget(cuda) == 4 * 40 * per_frame
+    assert tok.decode_chunk_frames(4, cuda) == 40
+    assert tok.decode_bytes(4, 100, cuda) == 4 * tok.decoder.activation_bytes(40, tok.dtype)
+    assert tok.decode_chunk_frames(4) == 300                    # the decoder itself is on the CPU
+
+    def no_cuda(device=None):
+        raise AssertionError("Torch not compiled with CUDA enabled")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", no_cuda)
+    assert tokenizer.decode_budget(cuda) == tokenizer.DECODE_BUDGET
+
+
 # ----------------------------------------------------------------------------- half precision
 @pytest.mark.parametrize("case", ["cv_batch", "vd_auto_streaming_text", "base_xvec"])
 def test_half_precision_first_step_logits_and_no_overflow(case):
