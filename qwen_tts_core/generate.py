@@ -80,6 +80,16 @@ def item_generators(seed: int | None, batch: int, device) -> list[torch.Generato
     return [torch.Generator(device=device).manual_seed((int(seed) + i) % 2 ** 64) for i in range(batch)]
 
 
+def draw_noise(noise: torch.Tensor, generators: list[torch.Generator | None]) -> None:
+    """Fills `noise` [B, ...] with Exp(1) draws in place: row i from item i's generator (seeded),
+    or the whole batch in one draw from the global generator (no seed)."""
+    if all(g is None for g in generators):
+        noise.exponential_(1.0)
+    else:
+        for row, g in zip(noise, generators):
+            row.exponential_(1.0, generator=g)
+
+
 def step_bytes(talker: Talker, batch: int, prompt_len: int, cache_len: int, dtype: torch.dtype) -> int:
     """Device memory of a FrameStep for `batch` prompts of up to `prompt_len` positions in a
     cache of `cache_len` positions: the talker's and code predictor's KV caches and the frame
@@ -121,7 +131,7 @@ class FrameStep:
     `start` copies a prompt's prefill into the buffers, never replacing one. In float32 both give
     the same codes; in bf16/fp16 their attention sums over differently sized key ranges and
     rounds differently, so greedy codes agree for a while and may then part (README, Exactness).
-    Sampling noise is drawn per item and frame into one buffer, outside the step.
+    Sampling noise is drawn per frame into one buffer, outside the step (`draw_noise`).
     """
 
     def __init__(self, talker: Talker, batch: int, cache_len: int, sampling: Sampling,
@@ -174,16 +184,14 @@ class FrameStep:
         self.positions.copy_((self.prompt_len - batch.pads)[:, None])
         self.hidden.copy_(prefill(self.talker, batch, self.caches))
         if self.sampling.do_sample:
-            for row, g in zip(self.noise, generators):
-                row.exponential_(1.0, generator=g)
+            draw_noise(self.noise, generators)
         self.code0.copy_(self.choose_code0(self.hidden, torch.tensor(True, device=self.hidden.device)))
 
     def prepare(self, t: int, generators: list) -> None:
-        """Host-side inputs of frame t, before the step: each item's noise (15 code-predictor
-        draws, then the talker draw, from its own generator) and the frame's text-track entry."""
+        """Host-side inputs of frame t, before the step: the noise (per item: 15 code-predictor
+        draws, then the talker draw; see `draw_noise`) and the frame's text-track entry."""
         if self.sampling.do_sample or self.sub_sampling.do_sample:
-            for row, g in zip(self.noise_row, generators):
-                row.exponential_(1.0, generator=g)
+            draw_noise(self.noise_row, generators)
         trailing = self.batch.trailing
         self.text.copy_((trailing[:, t] if t < trailing.shape[1] else self.batch.pad.expand_as(self.text[:, 0]))[:, None])
 
