@@ -457,8 +457,8 @@ class QwenTTS:
 
         `on_start(max_frames)` runs once before the first frame with the frame limit in force
         (progress bars); `on_frame(index, frame [B, 16])` after each frame (progress, interrupt
-        by raising, return True to stop early); `on_decode(frames_done, frames_total)` between
-        decoder chunks (interrupt by raising). `static` runs the frame step with fixed shapes;
+        by raising, return True to stop early); `on_decode(frames_done, frames_total)` before
+        each decoder chunk, the first with 0 done (interrupt by raising). `static` runs the frame step with fixed shapes;
         `cuda_graphs` (default: the model's setting, on) replays it as a CUDA graph on CUDA
         devices. In fp32 the codes are the same either way; in bf16/fp16 they agree with the
         dynamic step's up to rounding, which can part them after some frames (README,
@@ -537,7 +537,8 @@ class QwenTTS:
         """Codes -> 24 kHz waveforms. For in-context clones the reference codes are decoded in
         front (as context for the causal decoder) and their share of the audio is cut off.
         Decoded in chunks whose size bounds the memory of the batch; `on_chunk(done, total)`
-        runs between chunks (raise to stop: the decode's memory is freed)."""
+        runs before each chunk, the first time with done=0, not after the last (raise to stop:
+        the decode's memory is freed)."""
         if self.codec is None:
             raise ModelFolderError("This model was loaded without its speech tokenizer.")
         voices = list(voices or [None] * len(codes))

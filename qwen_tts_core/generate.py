@@ -248,9 +248,12 @@ class FrameStep:
             cache.v.zero_()
 
     def buffers(self) -> dict[str, torch.Tensor]:
-        """The tensors a captured step reads or writes (for checks that none is ever replaced)."""
+        """The tensors a captured step reads or writes (for checks that none is ever replaced):
+        its tensor attributes and the keys and values of the talker's KV caches (`caches`) and of
+        the code predictor's (`sub_caches`)."""
         named = {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
-        named.update({f"cache{i}.{kv}": getattr(c, kv) for i, c in enumerate(self.caches) for kv in "kv"})
+        for prefix, caches in (("cache", self.caches), ("sub_cache", self.sub_caches)):
+            named.update({f"{prefix}{i}.{kv}": getattr(c, kv) for i, c in enumerate(caches) for kv in "kv"})
         return named
 
 

@@ -301,6 +301,18 @@ def fake_graphs(monkeypatch):
     return tts
 
 
+def test_the_graph_stand_in_sees_a_replaced_code_predictor_cache(fake_graphs):
+    """`buffers()` lists every tensor a captured step uses, the code predictor's KV caches
+    included: a replaced one (which a real graph would silently ignore) fails the replay."""
+    tts = fake_graphs
+    tts.generate_custom_voice("Hello.", "ryan", max_frames=4, seed=1)     # 2 warm-up frames, then capture
+    (kept,) = tts.steps.steps.values()
+    assert FakeGraph.captures == 1
+    kept.state.sub_caches[0].k = kept.state.sub_caches[0].k.clone()
+    with pytest.raises(AssertionError, match="sub_cache0.k"):
+        tts.generate_custom_voice("Hello.", "ryan", max_frames=4, seed=1)
+
+
 def test_graph_captured_once_per_bucket_and_replayed_for_later_prompts(fake_graphs):
     tts = fake_graphs
     for case in ("cv_batch", "cv_batch"):

@@ -208,7 +208,8 @@ class SpeechTokenizer:
         mode "exact": the causal decode of the whole sequence, run through the streaming state in
         chunks of `chunk_frames` (default: `decode_chunk_frames(batch)`, which bounds the memory
         of the batch; the result is independent of the chunk size up to float rounding).
-        `on_chunk(frames_done, frames_total)` runs between chunks and may raise to stop.
+        `on_chunk(frames_done, frames_total)` runs before each chunk (the first time with 0
+        done, not after the last) and may raise to stop.
         mode "official": qwen-tts 0.1.1's approximation, 300-frame chunks decoded independently
         with 25 frames of left context (the same as "exact" up to 300 frames).
         """
