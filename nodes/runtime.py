@@ -414,7 +414,7 @@ class FrameProgress:
         self.bar.update_absolute(index + 1, self.total)
 
     def on_decode(self, done: int, total: int) -> None:
-        """Between decoder chunks: Cancel stops a long decode too."""
+        """Before each decoder chunk: Cancel stops a long decode too."""
         stop_if_interrupted()
 
 

@@ -18,7 +18,7 @@ from . import speech_codes
 from .checkpoint import load_into, load_text_tokenizer, weight_files
 from .config import GenerationDefaults, ModelConfig, read_json
 from .duration import FRAME_RATE, max_frames_for  # noqa: F401  (FRAME_RATE is part of the API)
-from .errors import DeviceError, InputError, ModelFolderError, OutOfMemory, UnsupportedModeError
+from .errors import DeviceError, InputError, ModelFolderError, OutOfMemory, UnsupportedModeError, first_line
 from .generate import (FrameLoop, Frames, FrameStep, GraphedStep, StepBuckets, cache_bucket,
                        collate, collect, item_generators, step_bytes, weights_key)
 from .longform.languages import unsupported_script_note
@@ -70,8 +70,7 @@ def probe_device(device: torch.device) -> torch.device:
     try:
         torch.ones(1, device=device).add_(1)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DeviceError(f"Device {device} cannot be used right now ({first}). It may be busy with "
+        raise DeviceError(f"Device {device} cannot be used right now ({first_line(e)}). It may be busy with "
                           "another program or its driver may have failed: close that program, or "
                           "choose another device (cpu works everywhere).") from None
     return device
@@ -114,10 +113,6 @@ def auto_dtype(device: torch.device) -> tuple[torch.dtype, str]:
     return torch.float32, f"fp32: half precision is not faster on {device.type}"
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    return choose_dtype(dtype, device)[0]
-
-
 def choose_dtype(dtype: str | torch.dtype, device: torch.device) -> tuple[torch.dtype, str]:
     """(dtype, why) for a dtype name (auto, bf16, fp16, fp32) or torch dtype on `device`. An
     explicit half precision the device cannot compute in is refused with what to pick instead."""
@@ -150,8 +145,7 @@ def check_dtype_runs(dtype: torch.dtype, device: torch.device) -> None:
         (x[0, 0] @ x[0, 0].T).softmax(-1)
         torch.nn.functional.embedding(torch.zeros(1, dtype=torch.long, device=device), x[0, 0])
     except (RuntimeError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DeviceError(f"{device} cannot compute in {name} ({first}). Choose dtype auto "
+        raise DeviceError(f"{device} cannot compute in {name} ({first_line(e)}). Choose dtype auto "
                           "(it picks what this device supports) or fp32.") from None
 
 
@@ -452,18 +446,19 @@ class QwenTTS:
 
     def memory_estimate(self, batch: int, frames: int, prompt_positions: int = 512,
                         device: torch.device | None = None, decode: bool = True) -> int:
-        """Bytes a generation of `batch` items of up to `frames` frames needs on `device`
-        (default: where the model is) besides the weights: the talker's and code predictor's KV
-        caches, the frame state and the prefill (at the bucketed cache length when CUDA graphs
-        keep them), plus the speech decoder's working memory for the batch. With graphs the
-        caches stay allocated while decoding, so both count; otherwise the caches are freed
-        first and the larger of the two counts."""
+        """Bytes a generation of `batch` items of up to `frames` frames after prompts of up to
+        `prompt_positions` positions needs on `device` (default: where the model is) besides
+        the weights: the talker's and code predictor's KV caches (at the bucketed cache length
+        when CUDA graphs keep them) and frame state, the larger of the prefill's and a frame's
+        transient memory (`step_bytes`), plus the speech decoder's working memory for the
+        batch. With graphs the caches stay allocated while decoding, so both count; otherwise
+        the caches are freed first and the larger of the two counts."""
         device = torch.device(device) if device is not None else self.device
         graphs = bool(self.cuda_graphs) and device.type == "cuda"
         length = prompt_positions + frames
         if graphs:
             length = cache_bucket(length, self.config.talker.max_position_embeddings)
-        caches = step_bytes(self.model.talker, batch, length, self.dtype)
+        caches = step_bytes(self.model.talker, batch, prompt_positions, length, self.dtype)
         if not decode or self.codec is None or self.codec.decoder is None:
             return caches
         decoding = self.codec.decode_bytes(batch, frames, device)
@@ -482,12 +477,14 @@ class QwenTTS:
 
         `on_start(max_frames)` runs once before the first frame with the frame limit in force
         (progress bars); `on_frame(index, frame [B, 16])` after each frame (progress, interrupt
-        by raising, return True to stop early); `on_decode(frames_done, frames_total)` between
-        decoder chunks (interrupt by raising). `static` runs the frame step with fixed shapes;
+        by raising, return True to stop early); `on_decode(frames_done, frames_total)` before
+        each decoder chunk, the first with 0 done (interrupt by raising). `static` runs the frame step with fixed shapes;
         `cuda_graphs` (default: the model's setting, on) replays it as a CUDA graph on CUDA
         devices. In fp32 the codes are the same either way; in bf16/fp16 they agree with the
         dynamic step's up to rounding, which can part them after some frames (README,
-        Exactness). The KV caches of a dynamic step are freed before decoding."""
+        Exactness). The KV caches of a dynamic step are freed before decoding. A static step is
+        kept for the next generation of its shape; if that shape's kept step is still held by an
+        unfinished `stream()`, this generation runs in a fresh step instead (same codes)."""
         try:
             frames = self._codes(requests, max_frames, sampling, sub_sampling, seed, static,
                                  cuda_graphs, on_start, on_frame)
@@ -519,7 +516,11 @@ class QwenTTS:
         item has final=True. Options as for generate(). The joined chunks of an item equal
         decode() of its codes (in-context clones: the reference frames prime the decoder), except
         that for in-context clones decode() may start one sample earlier: it cuts the reference
-        share off as the official package does (see speech_codes.decode)."""
+        share off as the official package does (see speech_codes.decode).
+
+        With `static`/CUDA graphs the stream holds its shape's kept step until it is read to the
+        end, closed or dropped; a generation of the same shape meanwhile runs in a step of its
+        own (same codes; memory, and a graph capture, of its own)."""
         if self.codec is None:
             raise ModelFolderError("This model was loaded without its speech tokenizer.")
         if chunk_frames < 1:
@@ -531,17 +532,21 @@ class QwenTTS:
                 d.push(r.voice.ref_codes.t()[None].to(self.device))
                 d.flush()
         done = [False] * len(requests)
-        for step, frame in loop:
-            for i, d in enumerate(decoders):
-                if done[i]:
-                    continue
-                if 0 <= loop.ended[i] <= step:                  # ended before this frame
-                    done[i] = True
-                    yield AudioChunk(i, d.flush()[0], True)
-                    continue
-                audio = d.push(frame[i, :, None][None])
-                if audio.shape[-1]:
-                    yield AudioChunk(i, audio[0], False)
+        running = iter(loop)
+        try:
+            for step, frame in running:
+                for i, d in enumerate(decoders):
+                    if done[i]:
+                        continue
+                    if 0 <= loop.ended[i] <= step:              # ended before this frame
+                        done[i] = True
+                        yield AudioChunk(i, d.flush()[0], True)
+                        continue
+                    audio = d.push(frame[i, :, None][None])
+                    if audio.shape[-1]:
+                        yield AudioChunk(i, audio[0], False)
+        finally:
+            running.close()   # a stream closed or dropped before its end frees its step at once
         for i, d in enumerate(decoders):
             if not done[i]:
                 yield AudioChunk(i, d.flush()[0], True)
@@ -552,7 +557,8 @@ class QwenTTS:
         """Codes -> 24 kHz waveforms. For in-context clones the reference codes are decoded in
         front (as context for the causal decoder) and their share of the audio is cut off.
         Decoded in chunks whose size bounds the memory of the batch; `on_chunk(done, total)`
-        runs between chunks (raise to stop: the decode's memory is freed)."""
+        runs before each chunk, the first time with done=0, not after the last (raise to stop:
+        the decode's memory is freed)."""
         if self.codec is None:
             raise ModelFolderError("This model was loaded without its speech tokenizer.")
         voices = list(voices or [None] * len(codes))

@@ -9,16 +9,20 @@ user's token. The bytes come over plain HTTP(S) in the small loop below instead 
 `hf_hub_download`, so that the same things hold on every huggingface_hub version (0.36 under
 transformers 4.57, 1.x/2.x under 5.x), with or without hf_xet: progress in bytes, an interrupt check
 between 1 MiB chunks, a cut or stopped download continued with an HTTP Range request, and every
-file checked against the Hub's hash (sha256 for LFS files, the git blob sha1 for the others).
+file checked against the Hub's hash (sha256 for LFS files, the git blob sha1 for the others; a
+listing without a hash is refused, but for small .json/.txt files, which are checked by size).
 
 Files go into `<root>/.downloading/<name>/` (unfinished ones end in `.part`). That folder becomes
 `<root>/<name>` in one rename once every file is there and verified, so a half download is never
 taken for a model. What a stopped or failed download got is kept and continued next time, unless
-the repository has moved to another commit meanwhile (then it starts again).
+the repository has moved to another commit meanwhile (then it starts again). A full disk stops
+the download with how much more space it needs; nothing half-written is kept (a .part holds only
+whole chunks, and only `.downloading/` is ever written to before the final rename).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import http.client
 import logging
@@ -36,7 +40,7 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from .errors import DownloadError, InputError, QwenTTSError
+from .errors import DownloadError, InputError, QwenTTSError, first_line
 
 log = logging.getLogger("qwen_tts_core")
 
@@ -48,6 +52,8 @@ REPORT_EVERY = 16 << 20           # bytes between two progress reports (and at e
 RETRIES = 5                       # failed attempts in a row (no new bytes) before giving up
 RETRY_WAIT = 1.0                  # seconds between attempts
 TIMEOUT = 30.0                    # seconds of silence from the server before an attempt fails
+UNHASHED = (".json", ".txt")      # files the Hub may list without a hash, if at most UNHASHED_MAX
+UNHASHED_MAX = 64 << 10           # bytes (small config files); any other file without one is refused
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,6 @@ def download(name: str, root, *, on_progress: Progress | None = None,
     if _offline():
         raise DownloadError(_offline_message(name, root, "HF_HUB_OFFLINE is set"))
     commit, files = _list_files(name, root, endpoint)
-    check_interrupt = check_interrupt or (lambda: None)
     staging = root / STAGING / name
     try:
         staging.parent.mkdir(parents=True, exist_ok=True)
@@ -111,31 +116,57 @@ def download(name: str, root, *, on_progress: Progress | None = None,
                             f"{manual_command(name, root)}") from None
     lock = staging.parent / f"{name}.lock"
     with _locked(lock, name):
-        _prepare(staging, commit)
-        progress = _Progress(on_progress, sum(f.size for f in files))
-        pending = []
-        for f in files:
-            if (staging / f.path).is_file():          # verified by an earlier run, same commit
-                progress.add(f.size)
-            else:
-                pending.append(f)
-                progress.add(_part_size(staging, f))
-        _check_space(staging, progress.total - progress.done, name, root)
-        log.info("Downloading %s/%s (%s in %d files) into %s", OWNER, name, _size(progress.total),
-                 len(files), final)
-        progress.report()
-        job = _Job(name, root, staging, commit, endpoint, progress, check_interrupt, *_http())
-        for f in pending:
-            _fetch(job, f)
-        (staging / COMMIT_FILE).unlink()
-        try:
-            os.replace(staging, final)
-        except OSError as e:
-            raise DownloadError(f"Downloaded {name} into {staging} but could not move it to {final} "
-                                f"({e}); move it there by hand.") from None
+        if (final / "config.json").is_file():      # another process finished it while we listed
+            log.info("%s was downloaded into %s by another process meanwhile", name, final)
+        else:
+            _download_staged(name, root, staging, commit, files, endpoint, on_progress,
+                             check_interrupt or (lambda: None))
     _tidy(lock)
-    log.info("Downloaded %s/%s into %s; every file's hash checked", OWNER, name, final)
     return final
+
+
+def _download_staged(name: str, root: Path, staging: Path, commit: str, files: list[RemoteFile],
+                     endpoint: str, on_progress: Progress | None, check_interrupt: Callable[[], None]) -> None:
+    """Under the folder lock: fetches what `staging` lacks, then renames it to `<root>/<name>`.
+    A full disk stops it with how much more it needs; the files so far stay in `staging`."""
+    try:
+        _fetch_all(name, root, staging, commit, files, endpoint, on_progress, check_interrupt)
+    except OSError as e:
+        if not _disk_full(e):
+            raise
+        needed = sum(f.size - (f.size if (staging / f.path).is_file() else _part_size(staging, f)) for f in files)
+        raise DownloadError(
+            f"The disk of {root} is full ({e.strerror or e}): {name} needs {_size(needed)} more there, "
+            f"{_size(shutil.disk_usage(root).free)} are free. What was downloaded is kept in {staging}; "
+            "free some space and download again to continue where it stopped.") from None
+
+
+def _fetch_all(name: str, root: Path, staging: Path, commit: str, files: list[RemoteFile],
+               endpoint: str, on_progress: Progress | None, check_interrupt: Callable[[], None]) -> None:
+    final = root / name
+    _prepare(staging, commit)
+    progress = _Progress(on_progress, sum(f.size for f in files))
+    pending = []
+    for f in files:
+        if (staging / f.path).is_file():          # verified by an earlier run, same commit
+            progress.add(f.size)
+        else:
+            pending.append(f)
+            progress.add(_part_size(staging, f))
+    _check_space(staging, progress.total - progress.done, name, root)
+    log.info("Downloading %s/%s (%s in %d files) into %s", OWNER, name, _size(progress.total),
+             len(files), final)
+    progress.report()
+    job = _Job(name, root, staging, commit, endpoint, progress, check_interrupt, *_http())
+    for f in pending:
+        _fetch(job, f)
+    (staging / COMMIT_FILE).unlink()
+    try:
+        os.replace(staging, final)
+    except OSError as e:
+        raise DownloadError(f"Downloaded {name} into {staging} but could not move it to {final} "
+                            f"({e}); move it there by hand.") from None
+    log.info("Downloaded %s/%s into %s; every file's hash checked", OWNER, name, final)
 
 
 def hub_endpoint(endpoint: str | None = None) -> str:
@@ -194,8 +225,14 @@ def _list_files(name: str, root: Path, endpoint: str) -> tuple[str, list[RemoteF
         size = (lfs["size"] if isinstance(lfs, dict) else getattr(lfs, "size", None)) if lfs else s.size
         if size is None:
             raise DownloadError(f"{endpoint} listed {repo} without file sizes; is HF_ENDPOINT a Hub?")
-        files.append(RemoteFile(_safe_path(s.rfilename, endpoint), int(size), sha256,
-                                None if lfs else s.blob_id))
+        f = RemoteFile(_safe_path(s.rfilename, endpoint), int(size), sha256, None if lfs else s.blob_id)
+        if not (f.sha256 or f.git_sha1 or (f.path.endswith(UNHASHED) and f.size <= UNHASHED_MAX)):
+            raise DownloadError(
+                f"{endpoint} lists {f.path} of {repo} ({f.size} bytes) without a hash (neither sha256 nor "
+                "git blob id), so a damaged copy could not be told from a good one; nothing downloaded. "
+                f"If HF_ENDPOINT points to a mirror, use the Hub itself, or download by hand: "
+                f"{manual_command(name, root)}")
+        files.append(f)
     if not any(f.path == "config.json" for f in files):
         raise DownloadError(f"{endpoint}: {repo} has no config.json; nothing downloaded.")
     return commit, files
@@ -389,7 +426,7 @@ def _fetch(job: _Job, f: RemoteFile) -> None:
         progress.add(-have)
         return 0
 
-    with open(part, "ab") as out:
+    with open(part, "ab", buffering=0) as out:
         if have:
             _hash_existing(part, have, digest, job.check_interrupt)
         failures = 0
@@ -407,7 +444,7 @@ def _fetch(job: _Job, f: RemoteFile) -> None:
                             raise DownloadError(f"{job.url(f)} sent more than the {f.size} bytes the "
                                                 f"Hub lists; nothing of it was kept. Check HF_ENDPOINT "
                                                 f"or download by hand: {job.manual()}")
-                        out.write(chunk)
+                        _write(out, chunk)
                         digest.update(chunk)
                         have += len(chunk)
                         progress.add(len(chunk))
@@ -423,8 +460,10 @@ def _fetch(job: _Job, f: RemoteFile) -> None:
                     have = restart(out)
                 failures = _retry(job, failures, f"HTTP {e.code}", f, have)
             except (_Retry, OSError, http.client.HTTPException) as e:
-                out.flush()
-                failures = _retry(job, failures, str(e) or type(e).__name__, f, have)
+                if _disk_full(e):
+                    out.truncate(have)                     # no chunk kept in part: resume at `have`
+                    raise
+                failures = _retry(job, failures, first_line(e), f, have)
     bad = digest.mismatch()
     if bad:
         part.unlink()
@@ -436,6 +475,17 @@ def _fetch(job: _Job, f: RemoteFile) -> None:
             f"connection, the proxy or HF_ENDPOINT, or download by hand: {job.manual()}")
     os.replace(part, target)
     progress.report()
+
+
+def _write(out, data: bytes) -> None:
+    """Writes all of `data` to an unbuffered file (a raw write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view):]
+
+
+def _disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def _hash_existing(part: Path, size: int, digest: _Digest, check_interrupt) -> None:

@@ -3,6 +3,12 @@
 import torch
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (library errors often add pages of detail), or
+    its type's name when the message is empty: for quoting an error inside one of ours."""
+    text = str(error).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__
+
 
 class QwenTTSError(Exception):
     """Base class: the message says what is wrong and what to do about it."""

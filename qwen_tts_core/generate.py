@@ -8,13 +8,14 @@ On CUDA the frame step is replayed as a CUDA graph, captured once per shape buck
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from .config import TalkerConfig
-from .errors import DeviceError
+from .errors import DeviceError, first_line
 from .prompt import TalkerPrompt
 from .sampling import Sampling, choose, penalize_repeats
 from .talker import Talker
@@ -79,16 +80,32 @@ def item_generators(seed: int | None, batch: int, device) -> list[torch.Generato
     return [torch.Generator(device=device).manual_seed((int(seed) + i) % 2 ** 64) for i in range(batch)]
 
 
-def step_bytes(talker: Talker, batch: int, cache_len: int, dtype: torch.dtype) -> int:
-    """Device memory of a FrameStep for `batch` prompts in a cache of `cache_len` positions:
-    the talker's and code predictor's KV caches, the frame state (noise in fp32, masks,
-    hidden states) and the prefill's transient activations (up to `cache_len` positions)."""
+def draw_noise(noise: torch.Tensor, generators: list[torch.Generator | None]) -> None:
+    """Fills `noise` [B, ...] with Exp(1) draws in place: row i from item i's generator (seeded),
+    or the whole batch in one draw from the global generator (no seed)."""
+    if all(g is None for g in generators):
+        noise.exponential_(1.0)
+    else:
+        for row, g in zip(noise, generators):
+            row.exponential_(1.0, generator=g)
+
+
+def step_bytes(talker: Talker, batch: int, prompt_len: int, cache_len: int, dtype: torch.dtype) -> int:
+    """Device memory of a FrameStep for `batch` prompts of up to `prompt_len` positions in a
+    cache of `cache_len` positions: the talker's and code predictor's KV caches and the frame
+    state (noise in fp32, masks, hidden states), held throughout, plus the larger of two
+    transients that are never live at once: the prefill's activations (over the prompt, not
+    the cache) and one frame's (one position attending over the whole cache)."""
     c = talker.cfg
+    groups = c.num_code_groups
     caches = talker.model.cache_bytes(batch, cache_len, dtype) \
-        + talker.code_predictor.model.cache_bytes(batch, c.num_code_groups, dtype)
-    noise = ((c.num_code_groups - 1) * c.code_predictor.vocab_size + c.vocab_size) * 4
+        + talker.code_predictor.model.cache_bytes(batch, groups, dtype)
+    noise = ((groups - 1) * c.code_predictor.vocab_size + c.vocab_size) * 4
     state = batch * (noise + c.vocab_size + cache_len + 3 * c.hidden_size * dtype.itemsize)
-    return caches + state + talker.model.prefill_bytes(batch, cache_len, dtype)
+    prefill = talker.model.forward_bytes(batch, prompt_len, dtype)
+    frame = talker.model.forward_bytes(batch, 1, dtype, keys=cache_len) \
+        + talker.code_predictor.model.forward_bytes(batch, 2, dtype, keys=groups)
+    return caches + state + max(prefill, frame)
 
 
 def cache_bucket(length: int, limit: int) -> int:
@@ -114,7 +131,7 @@ class FrameStep:
     `start` copies a prompt's prefill into the buffers, never replacing one. In float32 both give
     the same codes; in bf16/fp16 their attention sums over differently sized key ranges and
     rounds differently, so greedy codes agree for a while and may then part (README, Exactness).
-    Sampling noise is drawn per item and frame into one buffer, outside the step.
+    Sampling noise is drawn per frame into one buffer, outside the step (`draw_noise`).
     """
 
     def __init__(self, talker: Talker, batch: int, cache_len: int, sampling: Sampling,
@@ -147,6 +164,13 @@ class FrameStep:
         self.text = torch.zeros(batch, 1, cfg.hidden_size, dtype=dtype, device=device)  # [B, 1, D]
         self.batch: Batch | None = None
         self.prompt_len = 0
+        self.user: weakref.ref | None = None   # the FrameLoop this step serves (set by it)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a frame loop holds this step: from `frame_loop()` until its iteration ends
+        (or the loop is dropped unstarted)."""
+        return self.user is not None and self.user() is not None
 
     def start(self, batch: Batch, generators: list) -> None:
         """Prefills a prompt batch into the caches and the state buffers; draws the first
@@ -160,16 +184,14 @@ class FrameStep:
         self.positions.copy_((self.prompt_len - batch.pads)[:, None])
         self.hidden.copy_(prefill(self.talker, batch, self.caches))
         if self.sampling.do_sample:
-            for row, g in zip(self.noise, generators):
-                row.exponential_(1.0, generator=g)
+            draw_noise(self.noise, generators)
         self.code0.copy_(self.choose_code0(self.hidden, torch.tensor(True, device=self.hidden.device)))
 
     def prepare(self, t: int, generators: list) -> None:
-        """Host-side inputs of frame t, before the step: each item's noise (15 code-predictor
-        draws, then the talker draw, from its own generator) and the frame's text-track entry."""
+        """Host-side inputs of frame t, before the step: the noise (per item: 15 code-predictor
+        draws, then the talker draw; see `draw_noise`) and the frame's text-track entry."""
         if self.sampling.do_sample or self.sub_sampling.do_sample:
-            for row, g in zip(self.noise_row, generators):
-                row.exponential_(1.0, generator=g)
+            draw_noise(self.noise_row, generators)
         trailing = self.batch.trailing
         self.text.copy_((trailing[:, t] if t < trailing.shape[1] else self.batch.pad.expand_as(self.text[:, 0]))[:, None])
 
@@ -216,10 +238,22 @@ class FrameStep:
         self.write_at += 1
         self.frame_index += 1
 
+    def clear_caches(self) -> None:
+        """Zeroes the KV caches in place (a captured graph keeps reading the same addresses).
+        After a failed generation they may hold inf/NaN, which poisons attention even at masked
+        positions (their weight is 0, and 0 * inf is NaN): a kept step is cleared before its
+        next prompt."""
+        for cache in self.caches + self.sub_caches:
+            cache.k.zero_()
+            cache.v.zero_()
+
     def buffers(self) -> dict[str, torch.Tensor]:
-        """The tensors a captured step reads or writes (for checks that none is ever replaced)."""
+        """The tensors a captured step reads or writes (for checks that none is ever replaced):
+        its tensor attributes and the keys and values of the talker's KV caches (`caches`) and of
+        the code predictor's (`sub_caches`)."""
         named = {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
-        named.update({f"cache{i}.{kv}": getattr(c, kv) for i, c in enumerate(self.caches) for kv in "kv"})
+        for prefix, caches in (("cache", self.caches), ("sub_cache", self.sub_caches)):
+            named.update({f"{prefix}{i}.{kv}": getattr(c, kv) for i, c in enumerate(caches) for kv in "kv"})
         return named
 
 
@@ -227,15 +261,19 @@ class GraphedStep:
     """Replays FrameStep.step (static shapes) as one CUDA graph. The first `warmup` frames of
     the first prompt run eagerly on a side stream (allocator and kernel warm-up, as capture
     requires), the next one is captured, and from then on every frame of this and every later
-    prompt of the bucket is one graph launch. If capture fails (an op that cannot be captured,
-    out of memory), the step stays eager: one log line says why, the codes are the same."""
+    prompt of the bucket is one graph launch. If capture fails, the step runs eager (the same
+    codes) with one log line saying why: for good if the step cannot be captured, until the next
+    generation's first frame if it ran out of memory (memory may be free by then)."""
 
     def __init__(self, state: FrameStep, warmup: int = 2):
         self.state, self.warmup, self.graph = state, warmup, None
-        self.failed: str | None = None
+        self.failed: str | None = None     # why capture failed (the step runs eager meanwhile)
+        self.retry = False                 # capture again at the next generation (it ran out of memory)
         self.stream = self._side_stream()
 
     def __call__(self, t: int | None = None) -> None:
+        if t == 0 and self.retry:          # a new generation: try the capture again
+            self.failed, self.retry = None, False
         if self.graph is not None:
             self.graph.replay()
         elif self.failed is not None:
@@ -253,12 +291,13 @@ class GraphedStep:
             self.graph.replay()  # capture records the step without running it
 
     def _give_up(self, error: Exception) -> None:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if isinstance(error, torch.OutOfMemoryError):
-            reason = "out of GPU memory during capture"
+        oom = isinstance(error, torch.OutOfMemoryError)
+        reason = "out of GPU memory during capture" if oom else first_line(error)
         self.failed = f"{type(error).__name__}: {reason}"
-        log.warning("CUDA graph capture failed (%s); this batch shape runs the eager step instead "
-                    "(slower, same codes). Turn cuda_graphs off to skip the attempt.", self.failed)
+        self.retry = oom
+        when = "until the next generation tries again" if self.retry else "instead"
+        log.warning("CUDA graph capture failed (%s); this batch shape runs the eager step %s "
+                    "(slower, same codes). Turn cuda_graphs off to skip the attempt.", self.failed, when)
         self.graph = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -282,14 +321,20 @@ class GraphedStep:
         return graph
 
 
+def state_of(step: FrameStep | GraphedStep) -> FrameStep:
+    return step.state if isinstance(step, GraphedStep) else step
+
+
 class StepBuckets:
     """Static frame steps kept between generations, one per shape bucket (batch size, cache
     bucket, dtype, sampling settings), each with its CUDA graph once captured: a graph is
     captured once per bucket and replayed for every later prompt. At most `limit` buckets are
     kept (least recently used goes first); all are dropped when the talker's weights move
-    (ComfyUI offloading: a graph holds the weights' addresses) or on `clear()`. A kept step
-    serves one generation at a time (as ComfyUI runs them): finish iterating one `stream()`
-    before starting another generation of the same shape on the same model."""
+    (ComfyUI offloading: a graph holds the weights' addresses) or on `clear()`.
+
+    A kept step serves one frame loop at a time. While it is busy (a `stream()` not read to
+    the end yet), `get` hands out a fresh step of the same shape that is not kept: that
+    generation gets the same codes, in memory (and, with graphs, a capture) of its own."""
 
     def __init__(self, limit: int = 2):
         self.limit = limit
@@ -301,6 +346,11 @@ class StepBuckets:
             self.clear()
             self.weights = weights
         step = self.steps.pop(key, None)
+        if step is not None and state_of(step).busy:
+            self.steps[key] = step
+            log.info("A generation of this shape is still running (a stream not read to the end); "
+                     "this one runs in a step of its own")
+            return make()
         if step is None:
             while len(self.steps) >= self.limit:
                 self.steps.pop(next(iter(self.steps)))
@@ -331,41 +381,60 @@ class FrameLoop:
     frames before item i's end-of-speech once it is chosen (-1 until then), and `ended` is its
     host copy taken before each frame (the per-frame sync); iteration ends when every item has
     ended or after `max_frames`. `step` runs one frame: a FrameStep (dynamic or static) or a
-    GraphedStep around a static one; `generators` are the items' random generators."""
+    GraphedStep around a static one; `generators` are the items' random generators.
+
+    A loop runs once. It holds its step from here until its iteration ends, fails or is closed
+    (or the loop is dropped unstarted): a kept step is never re-started under a running loop."""
 
     def __init__(self, step: FrameStep | GraphedStep, batch: Batch, max_frames: int,
                  generators: list):
         self.run_step = step if isinstance(step, GraphedStep) else step.step
-        self.state = step.state if isinstance(step, GraphedStep) else step
+        self.state = state_of(step)
+        if self.state.busy:
+            raise RuntimeError("This frame step is in use by another generation that has not ended.")
+        self.state.user = weakref.ref(self)
         self.batch, self.generators, self.max_frames = batch, generators, max_frames
         b = batch.embeds.shape[0]
         self.length = torch.full((b,), -1, dtype=torch.long, device=batch.embeds.device)
         self.ended: list[int] = [-1] * b
 
-    @property
-    def graphed(self) -> bool:
-        """Whether frames run as a CUDA graph (False before capture, after a failed one, or eager)."""
-        return isinstance(self.run_step, GraphedStep) and self.run_step.failed is None
+    def release(self) -> None:
+        """Hands the step back (a kept step can then serve the next generation)."""
+        if self.state.user is not None and self.state.user() is self:
+            self.state.user = None
 
     def __iter__(self):
         state = self.state
+        if state.user is None or state.user() is not self:
+            raise RuntimeError("A FrameLoop runs once; make a new one (QwenTTS.frame_loop) to generate again.")
         with torch.inference_mode():
-            state.start(self.batch, self.generators)
-            b = self.length.shape[0]
-            for step in range(self.max_frames):
-                self.length = torch.where((state.code0 == state.eos) & (self.length < 0), step, self.length)
-                if state.guard:   # the one sync per frame: end of speech (and overflow in fp16)
-                    host = torch.cat([self.length, state.finite.long()]).tolist()
-                    if not all(host[b:]):
-                        raise NonFinite([i for i, ok in enumerate(host[b:]) if not ok], state.hidden.dtype)
-                    self.ended = host[:b]
-                else:
-                    self.ended = self.length.tolist()
-                if all(n >= 0 for n in self.ended):
-                    return
-                state.prepare(step, self.generators)
-                self.run_step(step)
-                yield step, state.frame.clone()
+            try:
+                yield from self._frames(state)
+            except GeneratorExit:     # the consumer stopped early: the caches are sound
+                raise
+            except BaseException:     # overflow, out of memory, ...: the caches may not be
+                state.clear_caches()
+                raise
+            finally:
+                self.release()
+
+    def _frames(self, state: FrameStep):
+        state.start(self.batch, self.generators)
+        b = self.length.shape[0]
+        for step in range(self.max_frames):
+            self.length = torch.where((state.code0 == state.eos) & (self.length < 0), step, self.length)
+            if state.guard:   # the one sync per frame: end of speech (and overflow in fp16)
+                host = torch.cat([self.length, state.finite.long()]).tolist()
+                if not all(host[b:]):
+                    raise NonFinite([i for i, ok in enumerate(host[b:]) if not ok], state.hidden.dtype)
+                self.ended = host[:b]
+            else:
+                self.ended = self.length.tolist()
+            if all(n >= 0 for n in self.ended):
+                return
+            state.prepare(step, self.generators)
+            self.run_step(step)
+            yield step, state.frame.clone()
 
 
 def collect(loop: FrameLoop, on_frame: Callable[[int, torch.Tensor], bool | None] | None = None) -> Frames:
@@ -375,10 +444,14 @@ def collect(loop: FrameLoop, on_frame: Callable[[int, torch.Tensor], bool | None
     may raise to abort (interrupt), or return True to end generation early, keeping the frames
     so far (those items count as not stopped by end-of-speech)."""
     frames: list[torch.Tensor] = []
-    for step, frame in loop:
-        frames.append(frame)
-        if on_frame is not None and on_frame(step, frame):
-            break
+    running = iter(loop)
+    try:
+        for step, frame in running:
+            frames.append(frame)
+            if on_frame is not None and on_frame(step, frame):
+                break
+    finally:
+        running.close()   # stopped early or by an exception from on_frame: the step is free again
     b = loop.length.shape[0]
     stopped = (loop.length >= 0).tolist()
     length = torch.where(loop.length < 0, len(frames), loop.length).tolist()

@@ -130,7 +130,8 @@ def decode(tokenizer, codes: SpeechCodes | Sequence[torch.Tensor],
            on_chunk: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
     """Codes -> per item [samples] float32 at 24 kHz. Context codes (in-context clones) are
     decoded in front and their share of the audio cut off (`QwenTTS.decode` comes here).
-    `on_chunk(frames_done, frames_total)` runs between decoder chunks (raise to stop)."""
+    `on_chunk(frames_done, frames_total)` runs before each decoder chunk, the first time with
+    0 done (raise to stop)."""
     if not isinstance(codes, SpeechCodes):
         codes = SpeechCodes(list(codes))
     items = [check_codes(c) for c in codes.items]

@@ -44,13 +44,15 @@ class TransformerStack(nn.Module):
         c = self.cfg
         return 2 * len(self.layers) * batch * c.num_key_value_heads * max_len * c.head_dim * dtype.itemsize
 
-    def prefill_bytes(self, batch: int, length: int, dtype: torch.dtype) -> int:
-        """Transient memory of one forward pass over `length` positions: a layer's activations
-        (hidden, q/k/v, MLP) and its attention scores in fp32, as the math attention path
-        materializes them (fused attention kernels need less)."""
+    def forward_bytes(self, batch: int, length: int, dtype: torch.dtype, keys: int | None = None) -> int:
+        """Transient memory of one forward pass of `length` positions attending over `keys`
+        cached positions (default: themselves, as a prefill does): a layer's activations
+        (hidden, q/k/v, MLP) and its attention scores [B, H, length, keys] in fp32, as the math
+        attention path materializes them (fused attention kernels need less)."""
         c = self.cfg
+        keys = length if keys is None else keys
         width = 4 * c.hidden_size + 2 * c.num_attention_heads * c.head_dim + 3 * c.intermediate_size
-        return batch * length * width * dtype.itemsize + batch * c.num_attention_heads * length * length * 4
+        return batch * length * width * dtype.itemsize + batch * c.num_attention_heads * length * keys * 4
 
     def forward(self, x, positions, mask, caches, start: int, cache_end: int | None = None):
         """x [B, T, D]; positions [B or 1, T]; mask bool [B or 1, 1, T, S] -> normed hidden [B, T, D]"""

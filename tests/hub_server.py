@@ -15,7 +15,8 @@ The CDN is this same server under another host name (localhost instead of 127.0.
 CDN is another host: a client must not send the Hub token there. Faults: `cut[path] = n` ends the
 next response for that file after n bytes by closing the connection (`down_after_cut`: and then
 drops every connection, as a server that went down; `down` brings it back); `corrupt` holds paths
-served with one byte changed (the listing keeps the true hashes); `log` records every request.
+served with one byte changed (the listing keeps the true hashes); `no_hash` holds paths listed
+without any hash (as a poor mirror might); `log` records every request.
 """
 from __future__ import annotations
 
@@ -99,6 +100,7 @@ class FakeHub:
         self.cut: dict[str, int] = {}
         self.corrupt: set[str] = set()
         self.extra_siblings: list[dict] = []          # listed but not served (path tricks)
+        self.no_hash: set[str] = set()                # listed with their size only (no blobId, no lfs)
         self.down = False                 # True: every connection is closed without an answer
         self.down_after_cut = False       # go down when a cut answer breaks off
         self.on_request = None            # called with (method, path) before each answer
@@ -199,7 +201,8 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self._repo(repo_id, rev)
         if repo is None:
             return
-        siblings = [f.sibling() if blobs else {"rfilename": f.path} for f in repo.files.values()]
+        siblings = [({"rfilename": f.path, "size": len(f.data)} if f.path in self.hub.no_hash else f.sibling())
+                    if blobs else {"rfilename": f.path} for f in repo.files.values()]
         self._json({"_id": "0" * 24, "id": repo_id, "modelId": repo_id, "sha": repo.commit,
                     "private": False, "disabled": False, "gated": False, "downloads": 0, "likes": 0,
                     "tags": [], "siblings": siblings + self.hub.extra_siblings})

@@ -150,6 +150,14 @@ def test_a_busy_device_says_so(monkeypatch):
                             "have failed: close that program, or choose another device (cpu works everywhere).")
 
 
+def test_first_line_of_an_error():
+    from qwen_tts_core.errors import first_line
+
+    assert first_line(RuntimeError("\n  CUDA error: busy  \nCompile with TORCH_USE_CUDA_DSA")) == "CUDA error: busy"
+    assert first_line(torch.OutOfMemoryError()) == "OutOfMemoryError"
+    assert first_line(OSError(28, "No space left on device")) == "[Errno 28] No space left on device"
+
+
 # ----------------------------------------------------------------------------- seeds per item
 def test_an_item_gets_the_same_codes_alone_as_in_a_batch():
     """Item i samples from seed + i: the same text, seed and settings give the same codes
@@ -215,6 +223,55 @@ def test_static_and_dynamic_steps_give_the_same_sampled_codes_in_fp32():
         assert all(torch.equal(a, b) for a, b in zip(runs[0].codes, other.codes))
 
 
+@pytest.mark.parametrize("graphs", [False, True])
+def test_a_generation_while_a_loop_of_its_shape_runs_gets_a_step_of_its_own(graphs, request):
+    """A second generation of the same shape bucket, started while the first is between two
+    frames (a stream being read), must not re-start the first one's kept step: it runs in a
+    fresh step, and both get their golden codes. The kept step is free again afterwards."""
+    tts = request.getfixturevalue("fake_graphs") if graphs else api.QwenTTS.from_pretrained(
+        MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu", speech_tokenizer=False)
+    _, reqs = requests_of("cv_batch")
+    n, others = official_max_frames("cv_batch"), []
+    loop = tts.frame_loop(reqs, n, greedy(tts), GREEDY_SUB, static=True)
+
+    def interleave(index, frame):
+        if index == 4:
+            inner = tts.frame_loop(reqs[::-1], n, greedy(tts), GREEDY_SUB, static=True)
+            others.append(inner.state)
+            others.append(generate.collect(inner))
+
+    first = generate.collect(loop, interleave)
+    second_state, second = others
+    assert second_state is not loop.state and list(tts.steps.steps.values())[-1] is not second_state
+    for i, codes in enumerate(first.codes):
+        assert torch.equal(codes, GOLDEN[f"cv_batch.codes.{i}"]), f"first, item {i}"
+    for codes, i in zip(second.codes, [2, 1, 0]):
+        assert torch.equal(codes, GOLDEN[f"cv_batch.codes.{i}"]), f"second, item {i}"
+    assert tts.frame_loop(reqs, n, greedy(tts), GREEDY_SUB, static=True).state is loop.state
+    with pytest.raises(RuntimeError, match="runs once"):
+        list(loop)
+
+
+def test_an_abandoned_stream_frees_its_kept_step_and_an_unfinished_one_blocks_nothing(codec):
+    """A stream read only in part holds its kept step: meanwhile a generation of the same shape
+    runs in a step of its own (same codes, not refused); once the stream is dropped, the kept
+    step serves the next generation again."""
+    tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu")
+    _, reqs = requests_of("cv_batch")
+    options = dict(max_frames=official_max_frames("cv_batch"), sampling=greedy(tts), sub_sampling=GREEDY_SUB,
+                   static=True)
+    tts.generate(reqs, **options)
+    (kept,) = tts.steps.steps.values()
+    stream = tts.stream(reqs, chunk_frames=2, **options)
+    next(stream)                                           # two frames in, then left unfinished
+    assert tts.frame_loop(reqs, **options).state is not kept
+    out = tts.generate(reqs, **options)
+    assert all(torch.equal(c, GOLDEN[f"cv_batch.codes.{i}"]) for i, c in enumerate(out.codes))
+    del stream                                             # abandoned: its step is free again
+    assert tts.frame_loop(reqs, **options).state is kept
+    assert list(tts.steps.steps.values()) == [kept]
+
+
 # ----------------------------------------------------------------------------- CUDA graph bookkeeping
 class FakeGraph:
     """Stands in for a captured CUDA graph on CPU: replay runs the static step again, after
@@ -245,6 +302,18 @@ def fake_graphs(monkeypatch):
     return tts
 
 
+def test_the_graph_stand_in_sees_a_replaced_code_predictor_cache(fake_graphs):
+    """`buffers()` lists every tensor a captured step uses, the code predictor's KV caches
+    included: a replaced one (which a real graph would silently ignore) fails the replay."""
+    tts = fake_graphs
+    tts.generate_custom_voice("Hello.", "ryan", max_frames=4, seed=1)     # 2 warm-up frames, then capture
+    (kept,) = tts.steps.steps.values()
+    assert FakeGraph.captures == 1
+    kept.state.sub_caches[0].k = kept.state.sub_caches[0].k.clone()
+    with pytest.raises(AssertionError, match="sub_cache0.k"):
+        tts.generate_custom_voice("Hello.", "ryan", max_frames=4, seed=1)
+
+
 def test_graph_captured_once_per_bucket_and_replayed_for_later_prompts(fake_graphs):
     tts = fake_graphs
     for case in ("cv_batch", "cv_batch"):
@@ -260,32 +329,65 @@ def test_graph_captured_once_per_bucket_and_replayed_for_later_prompts(fake_grap
     assert all(torch.equal(a, b) for a, b in zip(graphed.codes, eager.codes))
 
 
-@pytest.mark.parametrize("error,said", [
-    (RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore"),
-     "RuntimeError: CUDA error: operation not permitted when stream is capturing"),
-    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-     "OutOfMemoryError: out of GPU memory during capture"),
-])
-def test_capture_failure_falls_back_to_the_eager_step_with_one_log_line(fake_graphs, monkeypatch, caplog, error, said):
+def generate_golden_cv_batch(tts, times: int) -> None:
+    _, reqs = requests_of("cv_batch")
+    for _ in range(times):
+        out = tts.generate(reqs, max_frames=official_max_frames("cv_batch"), sampling=greedy(tts),
+                           sub_sampling=GREEDY_SUB)
+        for i, codes in enumerate(out.codes):
+            assert torch.equal(codes, GOLDEN[f"cv_batch.codes.{i}"])
+
+
+def capture_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "capture" in r.getMessage()]
+
+
+def test_a_capture_that_cannot_be_done_falls_back_to_the_eager_step_for_good_with_one_log_line(
+        fake_graphs, monkeypatch, caplog):
     tts = fake_graphs
     attempts = []
 
     def fail(self):
         attempts.append(1)
-        raise error
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore")
 
     monkeypatch.setattr(generate.GraphedStep, "_capture", fail)
-    _, reqs = requests_of("cv_batch")
     with caplog.at_level(logging.WARNING, logger="qwen_tts_core"):
-        for _ in range(2):
-            out = tts.generate(reqs, max_frames=official_max_frames("cv_batch"), sampling=greedy(tts),
-                               sub_sampling=GREEDY_SUB)
-            for i, codes in enumerate(out.codes):
-                assert torch.equal(codes, GOLDEN[f"cv_batch.codes.{i}"])
+        generate_golden_cv_batch(tts, 3)
     assert len(attempts) == 1                                   # not tried again for that bucket
-    lines = [r.getMessage() for r in caplog.records if "capture" in r.getMessage()]
-    assert lines == [f"CUDA graph capture failed ({said}); this batch shape runs the eager step instead "
-                     "(slower, same codes). Turn cuda_graphs off to skip the attempt."]
+    assert capture_lines(caplog) == [
+        "CUDA graph capture failed (RuntimeError: CUDA error: operation not permitted when stream is "
+        "capturing); this batch shape runs the eager step instead (slower, same codes). Turn cuda_graphs "
+        "off to skip the attempt."]
+
+
+def test_a_capture_out_of_memory_is_tried_again_by_the_next_generation(fake_graphs, monkeypatch, caplog):
+    """Out of memory during capture is not a property of the step: memory may be free by the
+    next generation, which captures again (once, at its first frame); meanwhile the step runs
+    eager with the same codes. Once captured, the graph is replayed as usual."""
+    tts = fake_graphs
+    attempts, real_capture = [], generate.GraphedStep._capture
+    out_of_memory = {"on": True}
+
+    def capture(self):
+        attempts.append(1)
+        if out_of_memory["on"]:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_capture(self)
+
+    monkeypatch.setattr(generate.GraphedStep, "_capture", capture)
+    with caplog.at_level(logging.WARNING, logger="qwen_tts_core"):
+        generate_golden_cv_batch(tts, 2)
+    assert len(attempts) == 2 and FakeGraph.captures == 0       # one try per generation
+    assert capture_lines(caplog) == [
+        "CUDA graph capture failed (OutOfMemoryError: out of GPU memory during capture); this batch shape "
+        "runs the eager step until the next generation tries again (slower, same codes). Turn cuda_graphs "
+        "off to skip the attempt."] * 2
+    out_of_memory["on"] = False                                 # memory was freed meanwhile
+    generate_golden_cv_batch(tts, 2)
+    assert len(attempts) == 3 and FakeGraph.captures == 1       # captured once, then replayed
+    (kept,) = tts.steps.steps.values()
+    assert kept.graph is not None and kept.failed is None
 
 
 def test_interrupt_stops_a_graphed_generation_and_the_next_one_works(fake_graphs):
@@ -339,6 +441,31 @@ def test_decode_chunk_bounds_the_batch_memory(codec):
         assert chunk == 300 or batch * chunk * per_frame <= tokenizer.DECODE_BUDGET
 
 
+
+def test_decode_chunk_on_cuda_follows_the_free_memory(codec, monkeypatch):
+    """On CUDA the budget is half of the memory free there (the driver's free memory plus what
+    torch's allocator holds unused); if CUDA cannot say, the constant. CUDA's answers are
+    stood in for here (no GPU)."""
+    from qwen_tts_core.codec import tokenizer
+
+    tok = tiny_model("Tiny-CustomVoice").codec
+    per_frame, cuda = tok.decoder.activation_bytes(1, tok.dtype), torch.device("cuda")
+    # a batch of 4: 56 frames' worth free in the driver, 24 held unused by torch -> 40 frames a call
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * 56 * per_frame, 10**12))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 4 * 30 * per_frame)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 4 * 6 * per_frame)
+    assert tokenizer.decode_budget(cuda) == 4 * 40 * per_frame
+    assert tok.decode_chunk_frames(4, cuda) == 40
+    assert tok.decode_bytes(4, 100, cuda) == 4 * tok.decoder.activation_bytes(40, tok.dtype)
+    assert tok.decode_chunk_frames(4) == 300                    # the decoder itself is on the CPU
+
+    def no_cuda(device=None):
+        raise AssertionError("Torch not compiled with CUDA enabled")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", no_cuda)
+    assert tokenizer.decode_budget(cuda) == tokenizer.DECODE_BUDGET
+
+
 # ----------------------------------------------------------------------------- half precision
 @pytest.mark.parametrize("case", ["cv_batch", "vd_auto_streaming_text", "base_xvec"])
 def test_half_precision_first_step_logits_and_no_overflow(case):
@@ -374,6 +501,33 @@ def test_overflow_stops_generation_with_a_message():
     assert str(e.value) == ("The model computed non-finite values (inf/NaN) in float16 for batch item(s) 1, 2: "
                             "float16 overflows with these weights. Load the model with dtype fp32 (or bf16 on "
                             "a GPU that has it) and run again.")
+
+
+def test_the_step_kept_after_an_overflow_serves_the_next_generation():
+    """An fp16 overflow stops a static generation with inf/NaN in its kept step's KV caches,
+    and masked positions still poison attention (0 * inf = NaN): the caches are cleared, so the
+    next generation of that shape runs in the same kept step and gives the codes that a freshly
+    loaded model gives."""
+    def load():
+        return api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp16", device="cpu",
+                                           speech_tokenizer=False)
+
+    tts = load()
+    blow_up = {"on": False}
+    tts.model.talker.model.layers[0].mlp.register_forward_hook(lambda m, i, o: o * 1e6 if blow_up["on"] else o)
+
+    def overflow_after_frame_3(index, frame):
+        blow_up["on"] = index == 3
+
+    with pytest.raises(generate.NonFinite):
+        tts.generate_custom_voice("A first, somewhat longer sentence that the model says here.", "ryan",
+                                  max_frames=20, seed=1, static=True, on_frame=overflow_after_frame_3)
+    kept = list(tts.steps.steps.values())
+    assert len(kept) == 1
+    out = tts.generate_custom_voice("Short.", "ryan", max_frames=20, seed=1, static=True)
+    assert list(tts.steps.steps.values()) == kept                # the same bucket, the same step
+    fresh = load().generate_custom_voice("Short.", "ryan", max_frames=20, seed=1, static=True)
+    assert len(out.codes[0]) > 0 and torch.equal(out.codes[0], fresh.codes[0])
 
 
 def test_out_of_memory_while_generating_or_decoding(codec, monkeypatch):

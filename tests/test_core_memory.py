@@ -73,3 +73,48 @@ def test_memory_estimate_covers_a_batch_and_is_not_absurd():
           f"estimate {r['estimate'] / 2**20:.0f} MiB, measured peak RSS {r['measured'] / 2**20:.0f} MiB, "
           f"ratio {ratio:.2f}")
     assert r["measured"] <= r["estimate"] <= 2.5 * r["measured"]
+
+
+def released_1_7b_on_meta():
+    """A QwenTTS of the released 1.7B talker and code predictor shapes (config.json of
+    Qwen/Qwen3-TTS-12Hz-1.7B-*) in bf16 on the meta device: arithmetic only, nothing allocated."""
+    import torch
+    from conftest import MODELS
+    from qwen_tts_core.api import QwenTTS
+    from qwen_tts_core.checkpoint import load_text_tokenizer
+    from qwen_tts_core.config import GenerationDefaults, ModelConfig, read_json
+    from qwen_tts_core.talker import Qwen3TTS
+
+    folder = MODELS / "Tiny-CustomVoice"
+    raw = read_json(folder / "config.json")
+    raw["talker_config"].update(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                                num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                                text_hidden_size=2048, max_position_embeddings=32768)
+    raw["talker_config"]["code_predictor_config"].update(
+        hidden_size=1024, intermediate_size=3072, num_hidden_layers=5, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=128)
+    config = ModelConfig.from_dict(raw)
+    with torch.device("meta"):
+        model = Qwen3TTS(config.talker, None).to(torch.bfloat16)
+    return QwenTTS(folder, config, model, load_text_tokenizer(folder), GenerationDefaults())
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_memory_estimate_at_the_released_1_7b_shape(batch):
+    """2048 frames after a 512-position prompt, bf16: the KV caches (28 layers x 8 kv heads x 128,
+    keys and values) dominate; the rest (frame state, the prefill over the 512 prompt positions)
+    is small. The prefill's attention scores used to be counted at the whole cache length
+    (batch x heads x cache^2): 20 GiB of phantom at batch 16, which made ComfyUI unload other
+    models for nothing."""
+    import torch
+
+    tts = released_1_7b_on_meta()
+    for device, cache_len in (("cuda", 4096), ("cpu", 2560)):    # graphs keep a 4096 bucket
+        estimate = tts.memory_estimate(batch, 2048, prompt_positions=512, device=torch.device(device),
+                                       decode=False)
+        kv = 2 * 28 * batch * 8 * cache_len * 128 * 2
+        prefill_scores = batch * 16 * 512 * 512 * 4
+        rest = estimate - kv
+        print(f"1.7B bf16, batch {batch}, {device}: estimate {estimate / 2**30:.2f} GiB, of which KV caches "
+              f"{kv / 2**30:.2f} GiB, the rest {rest / 2**20:.0f} MiB")
+        assert prefill_scores < rest <= batch * 64 * 2**20         # at most 64 MiB an item besides the caches

@@ -46,6 +46,30 @@ def test_seeded_sampling_is_reproducible_and_seed_dependent():
     assert not torch.equal(a, c)
 
 
+@pytest.mark.parametrize("seed", [None, 7])
+def test_noise_is_drawn_per_item_when_seeded_and_once_for_the_batch_otherwise(seed):
+    """A seeded batch draws each item's noise from its own generator (one draw per item and
+    frame: an item's codes do not depend on the batch); an unseeded one draws the whole batch's
+    noise at once (one draw per frame, plus the first frame's talker draw)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountDraws(TorchDispatchMode):
+        draws = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.exponential_.default:
+                CountDraws.draws += 1
+            return func(*args, **(kwargs or {}))
+
+    tts = tiny_model("Tiny-CustomVoice", speech_tokenizer=False)
+    frames = []
+    with CountDraws():
+        tts.generate_custom_voice(["One line.", "Another line.", "A third."], "ryan", max_frames=6, seed=seed,
+                                  on_frame=lambda i, frame: frames.append(i))
+    per_draw = 3 if seed is not None else 1
+    assert frames and CountDraws.draws == per_draw * (1 + len(frames))
+
+
 def test_sampled_codes_are_audio_codes_only():
     """Control ids (2048..3071 except EOS) are never produced as audio codes."""
     tts = tiny_model("Tiny-VoiceDesign", speech_tokenizer=False)

@@ -106,6 +106,27 @@ def test_a_folder_without_config_is_not_overwritten(hub, tmp_path):
     assert hub.log == []
 
 
+def test_a_download_another_process_finished_meanwhile_is_not_fetched_again(hub, tmp_path, monkeypatch):
+    """Two downloads of one checkpoint start together: the second lists the files while the
+    first one finishes and lets go of the lock. Under the lock the second sees the finished
+    folder and returns it, instead of fetching everything again into a new staging folder
+    (which could then not be renamed onto the finished one)."""
+    real_list = dl._list_files
+
+    def list_while_another_finishes(name, root, endpoint):
+        listing = real_list(name, root, endpoint)
+        monkeypatch.setattr(dl, "_list_files", real_list)
+        dl.download(name, root)                                  # the other process, start to end
+        hub.log.clear()
+        return listing
+
+    monkeypatch.setattr(dl, "_list_files", list_while_another_finishes)
+    assert dl.download(CUSTOM, tmp_path) == tmp_path / CUSTOM
+    assert files_of(tmp_path / CUSTOM) == files_of(SOURCE)
+    assert [r for r in hub.log if "/resolve/" in r[1] or r[1].startswith("/cdn/")] == []
+    assert sorted(os.listdir(tmp_path)) == [CUSTOM]              # no staging folder, no lock left
+
+
 def test_unknown_names_are_refused(tmp_path):
     with pytest.raises(InputError, match="Unknown checkpoint 'Qwen3-TTS-9B'.*Qwen3-TTS-12Hz-1.7B-Base"):
         dl.download("Qwen3-TTS-9B", tmp_path)
@@ -201,6 +222,55 @@ def test_not_enough_disk_space(hub, tmp_path, monkeypatch):
     with pytest.raises(DownloadError, match=r"needs 12\.4 MB more on the disk of .* 0\.0 MB free"):
         dl.download(CUSTOM, tmp_path)
     assert not (tmp_path / CUSTOM).exists()
+
+
+@pytest.mark.parametrize("path", [WEIGHTS, VOCAB])
+def test_a_file_listed_without_a_hash_is_refused(hub, tmp_path, path):
+    """A file whose damage could not be seen (no sha256, no git blob id: a poor mirror) is
+    refused before anything is fetched; a 2.8 MB vocab.json counts, only small config files don't."""
+    hub.no_hash.add(path)
+    with pytest.raises(DownloadError, match=rf"lists {path} of Qwen/{CUSTOM} \(\d+ bytes\) without a hash.*"
+                                            rf"nothing downloaded.*hf download Qwen/{CUSTOM}"):
+        dl.download(CUSTOM, tmp_path)
+    assert list(tmp_path.iterdir()) == [] and hub.requests(contains="/resolve/") == []
+
+
+def test_a_small_config_file_listed_without_a_hash_is_taken(hub, tmp_path):
+    hub.no_hash.update({"config.json", "speech_tokenizer/preprocessor_config.json"})
+    assert files_of(dl.download(CUSTOM, tmp_path)) == files_of(SOURCE)
+
+
+def test_a_full_disk_says_how_much_is_needed_and_keeps_only_whole_chunks(hub, tmp_path, monkeypatch):
+    """The disk fills up in the middle of model.safetensors, in the middle of a chunk: the error
+    says how much more space the checkpoint needs and where; nothing lies outside .downloading/,
+    the .part ends at the last whole chunk (the half-written one is cut off), and once there is
+    space again the next download continues from there and gets every byte right."""
+    import errno
+
+    real_write, written = dl._write, {}
+
+    def fill_up(out, data):
+        if sum(written.values()) + len(data) > 3_000_000:
+            real_write(out, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(out, data)
+        written[out.name] = written.get(out.name, 0) + len(data)
+
+    monkeypatch.setattr(dl, "_write", fill_up)
+    with pytest.raises(DownloadError) as e:
+        dl.download(CUSTOM, tmp_path)
+    needed = fixture_size() - sum(written.values())
+    assert str(e.value).startswith(f"The disk of {tmp_path} is full (No space left on device): {CUSTOM} needs "
+                                   f"{dl._size(needed)} more there")
+    assert f"kept in {staged(tmp_path)}; free some space and download again" in str(e.value)
+    assert os.listdir(tmp_path) == [dl.STAGING]
+    part = staged(tmp_path) / (WEIGHTS + ".part")
+    assert part.stat().st_size == written[str(part)] > 0
+    assert part.read_bytes() == (SOURCE / WEIGHTS).read_bytes()[: written[str(part)]]
+    monkeypatch.setattr(dl, "_write", real_write)
+    hub.log.clear()
+    assert files_of(dl.download(CUSTOM, tmp_path)) == files_of(SOURCE)
+    assert resumed(hub) == [f"bytes={written[str(part)]}-"]
 
 
 # ----------------------------------------------------------------------------- offline

@@ -17,7 +17,7 @@ def decode_chunks(decoder, codes: torch.Tensor, state: dict, chunk_frames: int,
     """codes [B, 16, n] through the decoder's causal `state` (updated), `chunk_frames` frames per
     call -> float32 CPU audio [B, n * samples_per_frame]. Used by SpeechTokenizer.decode (mode
     "exact") and by StreamingDecoder. `on_chunk(frames_done, frames_total)` runs before each
-    call; it may raise to stop (interrupt), and everything the decode holds is then freed."""
+    call (the first with 0 done); it may raise to stop (interrupt), and everything the decode holds is then freed."""
     spf, n = samples_per_frame, codes.shape[-1]
     out = torch.empty(codes.shape[0], n * spf, dtype=torch.float32)
     with torch.inference_mode():

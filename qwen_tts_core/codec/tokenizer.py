@@ -27,6 +27,21 @@ OFFICIAL_CHUNK, OFFICIAL_CONTEXT = 300, 25  # qwen-tts 0.1.1 chunked_decode
 DECODE_BUDGET = 1 << 30   # bytes of decoder activations per call (chunk size = budget / batch)
 
 
+def decode_budget(device: torch.device) -> int:
+    """Bytes of decoder activations one decode call may take on `device`: on CUDA half of what
+    is free there now (the driver's free memory plus what torch's allocator holds unused; the
+    other half is headroom for what the estimate leaves out), elsewhere, or when CUDA cannot
+    say, `DECODE_BUDGET`. (The CUDA figure is unmeasured: no GPU where this was written.)"""
+    if device.type != "cuda":
+        return DECODE_BUDGET
+    try:
+        free, _ = torch.cuda.mem_get_info(device)
+        unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    except (RuntimeError, AssertionError):   # no driver / CUDA not initialised: the constant
+        return DECODE_BUDGET
+    return (free + unused) // 2
+
+
 @dataclass
 class CodecConfig:
     encoder_config: dict
@@ -166,17 +181,18 @@ class SpeechTokenizer:
     # ----------------------------------------------------------------------------------------
     # decode
     # ----------------------------------------------------------------------------------------
-    def decode_chunk_frames(self, batch: int) -> int:
-        """Frames per decoder call for a batch: as many as keep the activations within
-        `DECODE_BUDGET` (at least 1, at most the official 300)."""
+    def decode_chunk_frames(self, batch: int, device: torch.device | None = None) -> int:
+        """Frames per decoder call for a batch on `device` (default: the decoder's): as many as
+        keep the activations within `decode_budget` (at least 1, at most the official 300)."""
         per_frame = self._decoder().activation_bytes(1, self.dtype)
-        return max(1, min(OFFICIAL_CHUNK, DECODE_BUDGET // max(1, batch * per_frame)))
+        budget = decode_budget(torch.device(device or self.device))
+        return max(1, min(OFFICIAL_CHUNK, budget // max(1, batch * per_frame)))
 
     def decode_bytes(self, batch: int, frames: int, device: torch.device | None = None) -> int:
         """Working memory of `decode` for `batch` items of up to `frames` frames on `device`
         (default: the decoder's): one chunk's activations, plus the whole audio when that device
         is the CPU (the result is gathered there in float32)."""
-        chunk = min(frames, self.decode_chunk_frames(batch))
+        chunk = min(frames, self.decode_chunk_frames(batch, device))
         total = batch * self._decoder().activation_bytes(chunk, self.dtype)
         if (device or self.device).type == "cpu":
             total += batch * frames * self.samples_per_frame * 4
@@ -192,7 +208,8 @@ class SpeechTokenizer:
         mode "exact": the causal decode of the whole sequence, run through the streaming state in
         chunks of `chunk_frames` (default: `decode_chunk_frames(batch)`, which bounds the memory
         of the batch; the result is independent of the chunk size up to float rounding).
-        `on_chunk(frames_done, frames_total)` runs between chunks and may raise to stop.
+        `on_chunk(frames_done, frames_total)` runs before each chunk (the first time with 0
+        done, not after the last) and may raise to stop.
         mode "official": qwen-tts 0.1.1's approximation, 300-frame chunks decoded independently
         with 25 frames of left context (the same as "exact" up to 300 frames).
         """
