@@ -412,7 +412,7 @@ def test_decode_checks_between_chunks_and_stops_when_asked(codec, monkeypatch):
     tts = tiny_model("Tiny-CustomVoice")
     codes = [torch.randint(0, 2048, (70, 16)), torch.randint(0, 2048, (40, 16))]
     whole = tts.decode(codes)
-    monkeypatch.setattr(type(tts.codec), "decode_chunk_frames", lambda self, batch: 16)
+    monkeypatch.setattr(type(tts.codec), "decode_chunk_frames", lambda self, batch, device=None: 16)
     calls = []
     chunked = tts.decode(codes, on_chunk=lambda done, total: calls.append((done, total)))
     assert calls == [(0, 70), (16, 70), (32, 70), (48, 70), (64, 70)]

@@ -158,7 +158,7 @@ def test_cancel_during_decoding_stops_between_chunks(N, rt, monkeypatch, codec):
 
     model = run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="fp32", device="cpu")[0]
     codec_cls = type(model.tts.codec)
-    monkeypatch.setattr(codec_cls, "decode_chunk_frames", lambda self, batch: 1)
+    monkeypatch.setattr(codec_cls, "decode_chunk_frames", lambda self, batch, device=None: 1)
     inputs = dict(model=model, text="Cancel me while decoding.", language="English", speaker="Ryan",
                   instruction="", **{**SAMPLING, "max_seconds": 0.5})
     whole, _, whole_codes = run(N, "QwenTTSCustomVoice", **inputs)    # the same prompt, not cancelled
@@ -187,7 +187,7 @@ def test_cancel_in_decode_codes_stops_between_chunks(N, monkeypatch, codec):
     from qwen_tts_core.speech_codes import SpeechCodes
 
     (tok,) = run(N, "QwenTTSSpeechTokenizerLoader", tokenizer_name=CUSTOM, dtype="fp32", device="cpu")
-    monkeypatch.setattr(type(tok.tokenizer), "decode_chunk_frames", lambda self, batch: 2)
+    monkeypatch.setattr(type(tok.tokenizer), "decode_chunk_frames", lambda self, batch, device=None: 2)
     codes = SpeechCodes([torch.randint(0, 2048, (6, 16), generator=torch.Generator().manual_seed(0))])
     whole, _ = run(N, "QwenTTSDecodeCodes", speech_tokenizer=tok, codes=codes)   # 3 chunks, not cancelled
     decoder = tok.tokenizer.decoder
