@@ -145,3 +145,40 @@ def check(est: MemoryEstimate, plan: Plan, device: torch.device) -> None:
     tips.append(f"shorter clips (the longest is {plan.frames / 12.5:.0f} s)")
     raise InputError(f"Not enough memory: this training run needs {est.describe()} but only "
                      f"{free / GIB:.1f} GiB is free on {device}. Try: {'; '.join(tips)}.")
+
+
+# ------------------------------------------------------------------------------------------ table
+# talker shapes of the released Base checkpoints (config.json of Qwen/Qwen3-TTS-12Hz-*-Base)
+RELEASED = {"0.6B": dict(hidden_size=1024, intermediate_size=3072),
+            "1.7B": dict(hidden_size=2048, intermediate_size=6144)}
+TABLE_PLANS = [
+    ("full, AdamW", Plan("full")),
+    ("full, AdamW, checkpointing", Plan("full", checkpointing=True)),
+    ("full, 8-bit AdamW, checkpointing", Plan("full", checkpointing=True, optimizer="adamw8bit")),
+    ("LoRA r16", Plan("lora")),
+    ("LoRA r16, checkpointing", Plan("lora", checkpointing=True)),
+    ("LoRA r16, batch 4, checkpointing", Plan("lora", batch_size=4, checkpointing=True)),
+]
+TABLE_GPUS = (8, 12, 16, 24)
+
+
+def released_config(size: str) -> TalkerConfig:
+    s = RELEASED[size]
+    cp = TransformerConfig(1024, 3072, 5, 16, 8, 128, vocab_size=2048)
+    return TalkerConfig(s["hidden_size"], s["intermediate_size"], 28, 16, 8, 128, vocab_size=3072,
+                        text_hidden_size=2048, code_predictor=cp)
+
+
+def table() -> str:
+    """Markdown: estimated GPU memory per setting for the released sizes (bf16 autocast, one
+    10 s clip of 48 text tokens per item)."""
+    head = "| model | setting | estimate (GiB) | " + " | ".join(f"{g} GB" for g in TABLE_GPUS) + " |"
+    rows = [head, "|" + "---|" * (3 + len(TABLE_GPUS))]
+    for size in RELEASED:
+        c = released_config(size)
+        for label, plan in TABLE_PLANS:
+            plan = Plan(**{**plan.__dict__, "bf16": True})
+            need = estimate(c, plan).total + CUDA_CONTEXT
+            fits = ["fits" if need <= g * 1e9 * 0.95 else "-" for g in TABLE_GPUS]
+            rows.append(f"| {size} | {label} | {need / GIB:.1f} | " + " | ".join(fits) + " |")
+    return "\n".join(rows)

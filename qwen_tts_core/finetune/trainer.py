@@ -206,6 +206,27 @@ def batches(n: int, cfg: TrainConfig, epoch: int) -> list[list[int]]:
 
 
 # ------------------------------------------------------------------------------------------ train
+def preflight(base: Path, out: Path, cfg: TrainConfig, if_exists: str = "stop") -> tuple[ModelConfig, dict]:
+    """The checks that need no data and no weights (run before encoding a dataset):
+    settings, names, a Base model, and what to do with an existing output folder."""
+    cfg.check()
+    check_name(Path(out).name, "output folder name")
+    if if_exists not in IF_EXISTS:
+        raise InputError(f"if_exists must be one of {', '.join(IF_EXISTS)} (got {if_exists!r}).")
+    config, raw = base_config(base)
+    check_speaker(config, cfg.speaker.strip().lower(), cfg.speaker_id)
+    recover(out)
+    if out.exists():
+        if out.resolve() == Path(base).resolve():
+            raise InputError("The output folder is the base model's own folder; choose another name.")
+        if if_exists == "stop":
+            raise InputError(f"The output folder {out} already exists. Choose another name, resume its training, "
+                             "or overwrite it (its last epoch is replaced only when the new run finishes one).")
+        if if_exists == "resume":
+            read_state(out)
+    return config, raw
+
+
 def train(base: str | Path, items: list[Item], reference: tuple[torch.Tensor, int], out: str | Path,
           cfg: TrainConfig, device: str | torch.device = "auto", if_exists: str = "stop",
           dataset_fingerprint: str = "", on_progress: Callable[[Progress], None] | None = None,
@@ -216,25 +237,11 @@ def train(base: str | Path, items: list[Item], reference: tuple[torch.Tensor, in
     `should_stop()` is asked after every micro-batch: True (or raising) stops training; the last
     finished epoch stays saved."""
     base, out = Path(base), Path(out)
-    cfg.check()
-    check_name(out.name, "output folder name")
-    if if_exists not in IF_EXISTS:
-        raise InputError(f"if_exists must be one of {', '.join(IF_EXISTS)} (got {if_exists!r}).")
+    config, raw_config = preflight(base, out, cfg, if_exists)
     if not items:
         raise InputError("Nothing to train on: the dataset has no clips.")
-    config, raw_config = base_config(base)
     speaker = cfg.speaker.strip().lower()      # speaker names are looked up in lower case
-    check_speaker(config, speaker, cfg.speaker_id)
-    recover(out)
-    resume = None
-    if out.exists():
-        if if_exists == "stop":
-            raise InputError(f"The output folder {out} already exists. Choose another name, resume its training, "
-                             "or overwrite it (its last epoch is replaced only when the new run finishes one).")
-        if out.resolve() == base.resolve():
-            raise InputError("The output folder is the base model's folder; choose another name.")
-        if if_exists == "resume":
-            resume = read_state(out)
+    resume = read_state(out) if out.exists() and if_exists == "resume" else None
 
     dev = resolve_device(device)
     bf16 = cfg.precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported()
