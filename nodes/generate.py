@@ -63,6 +63,9 @@ class QwenTTSCustomVoice(io.ComfyNode):
                                         "bedtime story.' Leave empty for none (followed by the 1.7B "
                                         "model only)."),
                 *generation_inputs(),
+                io.String.Input("speaker_name", optional=True, force_input=True,
+                                tooltip="A speaker name from a wire (e.g. Train Voice's speaker output); "
+                                        "when connected it replaces the speaker chosen above."),
             ],
             outputs=_outputs(),
         )
@@ -73,8 +76,10 @@ class QwenTTSCustomVoice(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, text, language, speaker, instruction, one_text_per_line, seed, temperature,
-                top_k, top_p, repetition_penalty, max_seconds) -> io.NodeOutput:
+                top_k, top_p, repetition_penalty, max_seconds, speaker_name=None) -> io.NodeOutput:
         texts = split_texts(text, one_text_per_line)
+        if speaker_name is not None:
+            speaker = speaker_name
         if not isinstance(speaker, str) or not speaker.strip():
             raise InputError("Choose a speaker.")
         return _generate(model, "generate_custom_voice", texts, seed, temperature, top_k, top_p,

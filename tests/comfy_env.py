@@ -40,6 +40,10 @@ MODEL_LINKS = {
 }
 # files the example workflows read from ComfyUI's input/ folder
 INPUT_FILES = {"qwen_tts_reference.wav": FIXTURE_AUDIO / "ref_en.wav"}
+# the voice dataset of the training example: one clip and its transcript (what espeak-ng said)
+DATASET_FOLDER = "qwen_tts_voice_dataset"
+DATASET_FILES = {"clip_001.wav": FIXTURE_AUDIO / "ref_en.wav",
+                 "clip_001.txt": "The quick brown fox jumps over the lazy dog near the river bank."}
 VIDEO_INPUT = "qwen_tts_video.mp4"
 
 
@@ -60,6 +64,14 @@ def make_input_dir(target: Path, with_video: bool = False) -> Path:
     for name, src in INPUT_FILES.items():
         if not (target / name).exists():
             (target / name).symlink_to(src)
+    dataset = target / DATASET_FOLDER
+    dataset.mkdir(exist_ok=True)
+    for name, src in DATASET_FILES.items():
+        if not (dataset / name).exists():
+            if isinstance(src, Path):
+                (dataset / name).symlink_to(src)
+            else:
+                (dataset / name).write_text(src + "\n", encoding="utf-8")
     if not (target / VIDEO_INPUT).exists():
         if with_video:
             write_test_video(target / VIDEO_INPUT)

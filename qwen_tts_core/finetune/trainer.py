@@ -139,10 +139,19 @@ def check_speaker(config: ModelConfig, speaker: str, speaker_id: int) -> None:
                          f"are 0..2047, control ids {sorted(i for i in used if i >= 2048)}); use e.g. {SPEAKER_ID}.")
 
 
-def plan_for(cfg: TrainConfig, items: list[Item], tokenizer, bf16: bool) -> memory.Plan:
+def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def memory_needed(base: Path, items: list[Item], cfg: TrainConfig,
+                  device: torch.device) -> tuple[memory.Plan, memory.MemoryEstimate]:
+    """The memory estimate of a run (reads only config.json and the text tokenizer)."""
+    tokenizer = load_text_tokenizer(Path(base))
     tokens = max(len(tokenizer(it.text)["input_ids"]) for it in items)
-    return memory.Plan(cfg.method, cfg.batch_size, max(int(it.codes.shape[0]) for it in items), tokens,
-                       cfg.gradient_checkpointing, cfg.optimizer, bf16, cfg.lora_rank, cfg.train_text_embedding)
+    plan = memory.Plan(cfg.method, cfg.batch_size, max(int(it.codes.shape[0]) for it in items), tokens,
+                       cfg.gradient_checkpointing, cfg.optimizer, use_bf16(cfg, device), cfg.lora_rank,
+                       cfg.train_text_embedding)
+    return plan, memory.estimate(base_config(Path(base))[0].talker, plan)
 
 
 def _saved_dtype(base: Path, choice: str) -> torch.dtype:
@@ -244,13 +253,12 @@ def train(base: str | Path, items: list[Item], reference: tuple[torch.Tensor, in
     resume = read_state(out) if out.exists() and if_exists == "resume" else None
 
     dev = resolve_device(device)
-    bf16 = cfg.precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    bf16 = use_bf16(cfg, dev)
     base_print = fingerprint(base / "config.json", *sorted(base.glob("*.safetensors")))
     if resume is not None:
         _check_resume(resume[0], cfg, base_print, dataset_fingerprint, out)
 
-    plan = plan_for(cfg, items, load_text_tokenizer(base), bf16)
-    est = memory.estimate(config.talker, plan)
+    plan, est = memory_needed(base, items, cfg, dev)
     memory.check(est, plan, dev)                        # before loading anything
     # LoRA on CUDA keeps the frozen base in bf16; everything else trains fp32 weights
     dtype = "bf16" if cfg.method == "lora" and bf16 else "fp32"
