@@ -17,7 +17,7 @@ from qwen_tts_core.finetune.objective import Item, batch_loss, code_predictor_lo
 from qwen_tts_core.layers import causal_mask
 from qwen_tts_core.prompt import Request, VoicePrompt
 
-pytestmark = pytest.mark.core
+pytestmark = [pytest.mark.core, pytest.mark.usefixtures("one_thread")]
 TOL = 1e-5
 
 

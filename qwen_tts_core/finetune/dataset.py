@@ -74,7 +74,8 @@ class VoiceDataset:
         return sum(c.seconds for c in self.clips)
 
     def report(self, limit: int = 20) -> str:
-        lines = [f"{len(self.clips)} clips, {self.seconds / 60:.1f} min of speech ({self.layout} layout "
+        length = f"{self.seconds:.1f} s" if self.seconds < 60 else f"{self.seconds / 60:.1f} min"
+        lines = [f"{len(self.clips)} clips, {length} of speech ({self.layout} layout "
                  f"in {self.root}); speaker reference: {self.ref_audio.name if self.ref_audio else 'none'}"]
         if self.rejected:
             lines.append(f"{len(self.rejected)} rejected:")

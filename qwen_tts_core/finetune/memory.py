@@ -46,16 +46,18 @@ class MemoryEstimate:
     weights: int
     gradients: int
     optimizer: int
-    activations: int
+    activations: int             # kept by autograd for backward
+    temporaries: int = 0         # the logits and their gradients at the peak
 
     @property
     def total(self) -> int:
-        return int((self.weights + self.gradients + self.optimizer + self.activations) * HEADROOM)
+        return int((self.weights + self.gradients + self.optimizer + self.activations + self.temporaries)
+                   * HEADROOM)
 
     def describe(self) -> str:
         return (f"about {self.total / GIB:.1f} GiB (weights {self.weights / GIB:.1f}, gradients "
                 f"{self.gradients / GIB:.1f}, optimizer {self.optimizer / GIB:.1f}, activations "
-                f"{self.activations / GIB:.1f} GiB, +{HEADROOM - 1:.0%} headroom)")
+                f"{(self.activations + self.temporaries) / GIB:.1f} GiB, +{HEADROOM - 1:.0%} headroom)")
 
 
 def parameter_counts(c: TalkerConfig) -> dict[str, int]:
@@ -96,13 +98,13 @@ def estimate(c: TalkerConfig, plan: Plan) -> MemoryEstimate:
     b, frames = plan.batch_size, plan.frames
     tokens = b * (plan.text_tokens + 10 + frames)
     cp = c.code_predictor
+    logits = b * frames * (cp.num_code_groups - 1) * cp.vocab_size + b * (frames + 1) * c.vocab_size
     activations = (_stack(c, tokens, value_bytes, plan.checkpointing)
                    + _stack(cp, b * frames * cp.num_code_groups, value_bytes, plan.checkpointing)
                    + tokens * (4 * c.text_hidden_size + 20 * c.hidden_size) * 4     # embeddings
-                   + b * frames * (cp.num_code_groups - 1) * cp.vocab_size * 12      # logits, softmax
-                   + tokens * c.vocab_size * 12)
+                   + logits * 4)                                                    # log-softmax
     optimizer = trained * (2 if plan.optimizer == "adamw8bit" else 8)
-    return MemoryEstimate(int(weights), int(trained * 4), int(optimizer), int(activations))
+    return MemoryEstimate(int(weights), int(trained * 4), int(optimizer), int(activations), int(logits * 8))
 
 
 def available(device: torch.device) -> int | None:

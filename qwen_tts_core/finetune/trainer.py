@@ -130,7 +130,7 @@ def base_config(base: Path) -> tuple[ModelConfig, dict]:
 
 def check_speaker(config: ModelConfig, speaker: str, speaker_id: int) -> None:
     t = config.talker
-    if speaker.lower() in {s.lower() for s in t.spk_id}:
+    if speaker.strip().lower() in {s.lower() for s in t.spk_id}:
         raise InputError(f"The base model already has a speaker named {speaker!r}; choose another name.")
     used = {t.codec_eos_token_id, t.codec_pad_id, t.codec_bos_id, t.codec_think_id, t.codec_nothink_id,
             t.codec_think_bos_id, t.codec_think_eos_id, *t.codec_language_id.values(), *t.spk_id.values()}
@@ -223,7 +223,7 @@ def preflight(base: Path, out: Path, cfg: TrainConfig, if_exists: str = "stop") 
     if if_exists not in IF_EXISTS:
         raise InputError(f"if_exists must be one of {', '.join(IF_EXISTS)} (got {if_exists!r}).")
     config, raw = base_config(base)
-    check_speaker(config, cfg.speaker.strip().lower(), cfg.speaker_id)
+    check_speaker(config, cfg.speaker.strip(), cfg.speaker_id)
     recover(out)
     if out.exists():
         if out.resolve() == Path(base).resolve():
