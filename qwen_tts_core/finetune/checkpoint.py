@@ -35,11 +35,12 @@ from ..errors import InputError, ModelFolderError, QwenTTSError
 STATE_DIR = "training"
 STATE_FORMAT, STATE_VERSION = "qwen-tts-finetune-state", 1
 MAX_NAME = 64
-_NAME = re.compile(r"^[^\W][\w\-]*$")
+_NAME = re.compile(r"^[^\W_][\w\-.]*$")
 
 
 def check_name(name: str, what: str = "speaker name") -> str:
-    """A speaker or folder name: letters, digits, '_' and '-' (no spaces, dots or path characters)."""
+    """A speaker or folder name: letters, digits, '_', '-' and '.' (no spaces or path characters,
+    no leading dot or '..')."""
     if not isinstance(name, str) or not name.strip():
         raise InputError(f"The {what} is empty; type a name such as 'my_voice'.")
     name = name.strip()
@@ -47,8 +48,8 @@ def check_name(name: str, what: str = "speaker name") -> str:
         raise InputError(f"Invalid {what} {name!r}: it cannot contain '/', '\\', ':' or '..' or start with "
                          "a dot. Use letters, digits, '_' and '-'.")
     if len(name) > MAX_NAME or not _NAME.match(name):
-        raise InputError(f"Invalid {what} {name!r}: use at most {MAX_NAME} letters, digits, '_' and '-', "
-                         "starting with a letter or digit (no spaces).")
+        raise InputError(f"Invalid {what} {name!r}: use at most {MAX_NAME} letters, digits, '_', '-' and "
+                         "'.', starting with a letter or digit (no spaces).")
     return name
 
 
