@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import AUDIO, GOLDEN, tiny_model
-from qwen_tts_core.finetune.objective import Item, batch_loss, code_predictor_logits, item_inputs
+from qwen_tts_core.finetune.objective import Item, Loss, batch_loss, code_predictor_logits, item_inputs
 from qwen_tts_core.layers import causal_mask
 from qwen_tts_core.prompt import Request, VoicePrompt
 
@@ -90,10 +90,11 @@ def test_loss_equals_teacher_forced_generation(batch, golden):
     assert abs(float(one.talker) - t / nt) < TOL and abs(float(one.code_predictor) - c / nc) < TOL
 
 
-def recipe_replica(tts, items, xvec, weight):
-    """The official recipe's alignment on our modules: the talker's position j is scored
-    against the label at j + 2; the code predictor gets the hidden state at the frame's own
-    position and head k is scored against codebook k + 2 (head 15 never)."""
+def recipe_replica(tts, items, xvec, weight=0.3):
+    """The official recipe's alignment on our modules (same signature and result as
+    objective.batch_loss): the talker's position j is scored against the label at j + 2; the
+    code predictor gets the hidden state at the frame's own position and head k is scored
+    against codebook k + 2 (head 15 never)."""
     talker = tts.model.talker
     talker_nll, talker_n, cp_nll, cp_n = 0.0, 0, 0.0, 0
     for item in items:
@@ -102,22 +103,23 @@ def recipe_replica(tts, items, xvec, weight):
         n = item.codes.shape[0]
         labels = torch.cat([item.codes[:, 0], torch.tensor([talker.cfg.codec_eos_token_id])])
         logits = talker.codec_head(h[p - 2:p + n - 1])                    # position j predicts j + 2
-        talker_nll += float(F.cross_entropy(logits, labels, reduction="sum"))
+        talker_nll = talker_nll + F.cross_entropy(logits, labels, reduction="sum")
         talker_n += n + 1
         cp = code_predictor_logits(talker, h[p:p + n], item.codes)        # the frame's own position
-        cp_nll += float(F.cross_entropy(cp[:, :14].flatten(0, 1), item.codes[:, 2:].flatten(), reduction="sum"))
+        cp_nll = cp_nll + F.cross_entropy(cp[:, :14].flatten(0, 1), item.codes[:, 2:].flatten(), reduction="sum")
         cp_n += n * 14
-    return talker_nll / talker_n + weight * cp_nll / cp_n, talker_nll / talker_n, cp_nll / cp_n
+    return Loss(talker_nll / talker_n + weight * cp_nll / cp_n, talker_nll / talker_n, cp_nll / cp_n)
 
 
 def test_official_recipe_value_is_its_misalignment(batch, golden):
     tts, items, xvec = batch
     with torch.no_grad():
-        total, talker_ce, cp_ce = recipe_replica(tts, items, xvec, golden["code_predictor_weight"])
+        replica = recipe_replica(tts, items, xvec, golden["code_predictor_weight"])
         ours = batch_loss(tts, items, xvec, golden["code_predictor_weight"])
     recipe = golden["official_recipe_with_text_projection"]
-    assert abs(talker_ce - recipe["talker"]) < TOL and abs(cp_ce - recipe["code_predictor"]) < TOL
-    assert abs(total - recipe["loss"]) < TOL
+    assert abs(float(replica.talker) - recipe["talker"]) < TOL
+    assert abs(float(replica.code_predictor) - recipe["code_predictor"]) < TOL
+    assert abs(float(replica.total) - recipe["loss"]) < TOL
     assert abs(float(ours.total) - recipe["loss"]) > 0.1        # and it is not what we train
     # the recipe as it is cannot even run on this checkpoint (text embeddings not projected)
     assert "must match the size of tensor b (32)" in golden["official_recipe_as_is"]["error"]

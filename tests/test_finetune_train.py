@@ -98,6 +98,23 @@ def test_output_folder_is_an_official_custom_voice_checkpoint(data, tmp_path_fac
     assert tts.model_type == "custom_voice" and tts.speakers == ["me"] and tts.model.speaker_encoder is None
 
 
+def test_the_official_recipes_alignment_does_not_give_its_codes_back(data, tmp_path, monkeypatch):
+    """Same pipeline, same data, same steps, only the objective swapped for the official
+    recipe's alignment: its loss gets as small, yet generation does not say the training codes."""
+    from qwen_tts_core.finetune import trainer
+    from test_finetune_objective import recipe_replica
+
+    dataset, items = data
+    monkeypatch.setattr(trainer, "batch_loss", recipe_replica)
+    result = train(BASE, items * OVERFIT_STEPS, reference_clip(dataset), tmp_path / "me",
+                   TrainConfig("me", **OVERFIT), device="cpu")
+    want = data[1][0].codes
+    codes, _ = greedy_codes_ours(tmp_path / "me")
+    n = min(len(codes), len(want))
+    assert result.losses[-1] < 0.05
+    assert int((codes[:n] == want[:n]).all(1).sum()) < len(want) // 2        # most frames wrong
+
+
 @pytest.mark.core
 def test_official_package_speaks_the_training_codes(data, tmp_path_factory):
     """The overfit proof with the official qwen-tts loading our output (transformers 4.57 pass)."""
