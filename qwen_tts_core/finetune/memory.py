@@ -39,6 +39,7 @@ class Plan:
     bf16: bool = False                   # bf16 autocast (CUDA)
     lora_rank: int = 16
     train_text_embedding: bool = False
+    on_cpu: bool = False                 # loading reads the bf16 file into RAM beside the weights
 
 
 @dataclass
@@ -48,11 +49,12 @@ class MemoryEstimate:
     optimizer: int
     activations: int             # kept by autograd for backward
     temporaries: int = 0         # the logits and their gradients at the peak
+    loading: int = 0             # while loading on the CPU: the weights plus the mapped bf16 file
 
     @property
     def total(self) -> int:
-        return int((self.weights + self.gradients + self.optimizer + self.activations + self.temporaries)
-                   * HEADROOM)
+        training = self.weights + self.gradients + self.optimizer + self.activations + self.temporaries
+        return int(max(training, self.loading) * HEADROOM)
 
     def describe(self) -> str:
         return (f"about {self.total / GIB:.1f} GiB (weights {self.weights / GIB:.1f}, gradients "
@@ -104,7 +106,9 @@ def estimate(c: TalkerConfig, plan: Plan) -> MemoryEstimate:
                    + tokens * (4 * c.text_hidden_size + 20 * c.hidden_size) * 4     # embeddings
                    + logits * 4)                                                    # log-softmax
     optimizer = trained * (2 if plan.optimizer == "adamw8bit" else 8)
-    return MemoryEstimate(int(weights), int(trained * 4), int(optimizer), int(activations), int(logits * 8))
+    loading = weights + n["total"] * 2 if plan.on_cpu else 0
+    return MemoryEstimate(int(weights), int(trained * 4), int(optimizer), int(activations), int(logits * 8),
+                          int(loading))
 
 
 def available(device: torch.device) -> int | None:

@@ -150,7 +150,7 @@ def memory_needed(base: Path, items: list[Item], cfg: TrainConfig,
     tokens = max(len(tokenizer(it.text)["input_ids"]) for it in items)
     plan = memory.Plan(cfg.method, cfg.batch_size, max(int(it.codes.shape[0]) for it in items), tokens,
                        cfg.gradient_checkpointing, cfg.optimizer, use_bf16(cfg, device), cfg.lora_rank,
-                       cfg.train_text_embedding)
+                       cfg.train_text_embedding, device.type == "cpu")
     return plan, memory.estimate(base_config(Path(base))[0].talker, plan)
 
 
@@ -236,6 +236,60 @@ def preflight(base: Path, out: Path, cfg: TrainConfig, if_exists: str = "stop") 
     return config, raw
 
 
+class Run:
+    """One training run on its own copy of the base weights: what is trained, the optimizer,
+    the x-vector and the progress (`state`), restored from `resume` when given."""
+
+    def __init__(self, base: Path, cfg: TrainConfig, device: torch.device, reference, state: TrainingState,
+                 resume: tuple | None = None):
+        self.cfg, self.device, self.state = cfg, device, state
+        self.bf16 = use_bf16(cfg, device)
+        # LoRA on CUDA keeps the frozen base in bf16; everything else trains fp32 weights
+        dtype = "bf16" if cfg.method == "lora" and self.bf16 else "fp32"
+        self.tts = QwenTTS.from_pretrained(base, dtype=dtype, device=device, speech_tokenizer=False)
+        self.xvector = (self.tts.speaker_embedding(*reference).clone() if resume is None
+                        else resume[1]["xvector"]).to(device)
+        self.tts.model.speaker_encoder = None                # not trained, not saved
+        talker = self.talker = self.tts.model.talker
+        if cfg.method == "lora":
+            with torch.random.fork_rng(devices=[]):         # adapters start the same for the same seed
+                torch.manual_seed(cfg.seed)
+                lora.apply(talker, cfg.lora_rank, cfg.lora_alpha)
+            talker.to(device)
+        talker.model.checkpointing = talker.code_predictor.model.checkpointing = cfg.gradient_checkpointing
+        self.params = trainable_parameters(talker, cfg)
+        self.optimizer = _optimizer(list(self.params.values()), cfg)
+        if resume is not None:
+            old, tensors, optimizer_state = resume
+            _load_trainable(self.params, tensors)
+            self.optimizer.load_state_dict(optimizer_state)
+            state.epochs_done, state.step, state.losses = old.epochs_done, old.step, list(old.losses)
+        talker.train()
+
+    def step(self, micro_batches: list[list[Item]], should_stop, stopped_message) -> float:
+        """One optimizer step over the micro-batches (gradients averaged); -> their mean loss."""
+        loss_sum = 0.0
+        for batch in micro_batches:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                loss = batch_loss(self.tts, batch, self.xvector, self.cfg.code_predictor_weight)
+            (loss.total / len(micro_batches)).backward()
+            loss_sum += float(loss.total.detach())
+            if should_stop is not None and should_stop():
+                raise Interrupted(stopped_message())
+        torch.nn.utils.clip_grad_norm_(self.params.values(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.losses.append(loss_sum / len(micro_batches))
+        return self.state.losses[-1]
+
+    def save(self, out: Path, base: Path, config: dict, dtype: torch.dtype) -> dict:
+        weights = export_weights(self.talker, dtype, self.cfg.speaker_id, self.xvector)
+        trainable = {n: p.detach().float().cpu() for n, p in self.params.items()}
+        trainable["xvector"] = self.xvector.float().cpu()
+        return write_checkpoint(out, base, weights, config, self.state, trainable, self.optimizer.state_dict())
+
+
 def train(base: str | Path, items: list[Item], reference: tuple[torch.Tensor, int], out: str | Path,
           cfg: TrainConfig, device: str | torch.device = "auto", if_exists: str = "stop",
           dataset_fingerprint: str = "", on_progress: Callable[[Progress], None] | None = None,
@@ -246,79 +300,40 @@ def train(base: str | Path, items: list[Item], reference: tuple[torch.Tensor, in
     `should_stop()` is asked after every micro-batch: True (or raising) stops training; the last
     finished epoch stays saved."""
     base, out = Path(base), Path(out)
-    config, raw_config = preflight(base, out, cfg, if_exists)
+    _, raw_config = preflight(base, out, cfg, if_exists)
     if not items:
         raise InputError("Nothing to train on: the dataset has no clips.")
-    speaker = cfg.speaker.strip().lower()      # speaker names are looked up in lower case
-    resume = read_state(out) if out.exists() and if_exists == "resume" else None
-
     dev = resolve_device(device)
-    bf16 = use_bf16(cfg, dev)
     base_print = fingerprint(base / "config.json", *sorted(base.glob("*.safetensors")))
+    resume = read_state(out) if out.exists() and if_exists == "resume" else None
     if resume is not None:
         _check_resume(resume[0], cfg, base_print, dataset_fingerprint, out)
-
     plan, est = memory_needed(base, items, cfg, dev)
     memory.check(est, plan, dev)                        # before loading anything
-    # LoRA on CUDA keeps the frozen base in bf16; everything else trains fp32 weights
-    dtype = "bf16" if cfg.method == "lora" and bf16 else "fp32"
-    tts = QwenTTS.from_pretrained(base, dtype=dtype, device=dev, speech_tokenizer=False)
-    for it in items:                                    # every language/transcript fits the model
-        tts.check(Request(it.text, it.language))
-    xvector = tts.speaker_embedding(*reference).clone() if resume is None else resume[1]["xvector"]
-    tts.model.speaker_encoder = None                    # not trained, not saved
-    talker = tts.model.talker
-    if cfg.method == "lora":
-        with torch.random.fork_rng(devices=[]):       # adapters start the same for the same seed
-            torch.manual_seed(cfg.seed)
-            lora.apply(talker, cfg.lora_rank, cfg.lora_alpha)
-        talker.to(dev)
-    talker.model.checkpointing = talker.code_predictor.model.checkpointing = cfg.gradient_checkpointing
-    params = trainable_parameters(talker, cfg)
-    optimizer = _optimizer(list(params.values()), cfg)
+    speaker = cfg.speaker.strip().lower()               # names are looked up in lower case
     state = TrainingState(0, 0, [], asdict(cfg), base_print, dataset_fingerprint,
                           {"base": str(base), "speaker_id": cfg.speaker_id})
-    if resume is not None:
-        old, tensors, opt_state = resume
-        _load_trainable(params, tensors)
-        optimizer.load_state_dict(opt_state)
-        state.epochs_done, state.step, state.losses = old.epochs_done, old.step, list(old.losses)
+    run = Run(base, cfg, dev, reference, state, resume)
+    for it in items:                                    # every language/transcript fits the model
+        run.tts.check(Request(it.text, it.language))
     save_dtype = _saved_dtype(base, cfg.save_dtype)
-    new_config = custom_voice_config(raw_config, speaker, cfg.speaker_id)
+    config = custom_voice_config(raw_config, speaker, cfg.speaker_id)
 
-    per_epoch = math.ceil(math.ceil(len(items) / cfg.batch_size) / cfg.grad_accum)
-    total = per_epoch * cfg.epochs
+    total = math.ceil(math.ceil(len(items) / cfg.batch_size) / cfg.grad_accum) * cfg.epochs
     result = TrainResult(out, speaker, state.epochs_done, state.step, state.losses, estimate=est)
     log.info("Fine-tuning %s -> %s (%s, %d clips, %d epochs): memory %s", base.name, out, cfg.method,
              len(items), cfg.epochs, est.describe())
-    talker.train()
     started, steps_here = time.perf_counter(), 0
     for epoch in range(state.epochs_done, cfg.epochs):
-        groups = batches(len(items), cfg, epoch)
+        groups = [[items[i] for i in batch] for batch in batches(len(items), cfg, epoch)]
         for first in range(0, len(groups), cfg.grad_accum):
-            group = groups[first:first + cfg.grad_accum]
-            step_loss = 0.0
-            for micro in group:
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                    loss = batch_loss(tts, [items[i] for i in micro], xvector.to(dev), cfg.code_predictor_weight)
-                (loss.total / len(group)).backward()
-                step_loss += float(loss.total.detach()) / len(group)
-                if should_stop is not None and should_stop():
-                    raise Interrupted(_stopped(out, state))
-            torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.losses.append(step_loss)
+            loss = run.step(groups[first:first + cfg.grad_accum], should_stop, lambda: _stopped(out, state))
             steps_here += 1
             if on_progress is not None:
-                rate = (time.perf_counter() - started) / steps_here
-                on_progress(Progress(epoch + 1, cfg.epochs, state.step, total, step_loss, rate * (total - state.step)))
+                left = (time.perf_counter() - started) / steps_here * (total - state.step)
+                on_progress(Progress(epoch + 1, cfg.epochs, state.step, total, loss, left))
         state.epochs_done = epoch + 1
-        weights = export_weights(talker, save_dtype, cfg.speaker_id, xvector)
-        trainable = {n: p.detach().float().cpu() for n, p in params.items()} | {"xvector": xvector.float().cpu()}
-        result.files = write_checkpoint(out, base, weights, new_config, state, trainable, optimizer.state_dict())
-        del weights
+        result.files = run.save(out, base, config, save_dtype)
         log.info("Saved epoch %d/%d to %s (loss %.4f)", epoch + 1, cfg.epochs, out, state.losses[-1])
     result.epochs_done, result.steps = state.epochs_done, state.step
     return result
