@@ -9,7 +9,10 @@ cannot fit is refused with a clear message instead of dying mid-epoch.
     activations  what backward keeps: per token and layer ~6 D + 5 Dq + 4 Dkv + 4 I values
                  (measured on our layers with saved-tensor hooks), for the talker over
                  prompt + frames and for the code predictor over 16 positions per frame; with
-                 gradient checkpointing only each layer's input plus one layer's worth
+                 gradient checkpointing only each layer's input plus one layer's worth; plus the
+                 logits and their gradients
+    loading      on the CPU, the moment of loading (the fp32 weights and the mapped bf16 file)
+                 when that is the larger
 
 Figures are estimates (see the README table); the GPU ones are unmeasured.
 """

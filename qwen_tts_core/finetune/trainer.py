@@ -6,12 +6,12 @@
     result = train(base.folder, items, reference_clip(data), "models/qwen-tts/my_voice",
                    TrainConfig(speaker="my_voice", epochs=3), dataset_fingerprint=data.fingerprint())
 
-Training always works on its own fp32 copy of the base weights (a loaded model elsewhere is
-never modified). Full fine-tuning trains every talker and code-predictor weight but the text
-embedding table (311M of the 0.6B model's 906M parameters; `train_text_embedding` trains it
-too); LoRA (`peft`) trains low-rank adapters on every attention and MLP projection and merges
-them into the weights when saving, so the output is a plain checkpoint. On CUDA the forward
-pass runs under bf16 autocast (fp32 master weights). After every epoch the folder is written
+Training always works on its own copy of the base weights (a model loaded elsewhere is never
+modified). Full fine-tuning trains every talker and code-predictor weight but the text embedding
+table (311M of the 0.6B model's 906M parameters; `train_text_embedding` trains it too); LoRA
+(`peft`, see lora.py) trains low-rank adapters and merges them into the weights when saving, so
+the output is a plain checkpoint. Trained weights are fp32; on CUDA the forward pass runs under
+bf16 autocast (and LoRA keeps the frozen base in bf16). After every epoch the folder is written
 atomically with the training state; `resume` continues from the last finished epoch with the
 same batches in the same order, so the loss curve is that of an uninterrupted run.
 """
@@ -30,10 +30,10 @@ from ..api import QwenTTS, resolve_device
 from ..checkpoint import load_text_tokenizer, weight_files
 from ..config import ModelConfig, read_json
 from ..errors import InputError, Interrupted, UnsupportedModeError
+from ..prompt import Request
 from . import lora, memory
 from .checkpoint import (TrainingState, check_name, custom_voice_config, fingerprint, read_state, recover,
                          write_checkpoint)
-from ..prompt import Request
 from .objective import CODE_PREDICTOR_WEIGHT, Item, batch_loss
 
 log = logging.getLogger("qwen_tts_core")
