@@ -177,7 +177,7 @@ class QwenTTSTrainVoice(io.ComfyNode):
         items = encode(dataset, codec, codec_fingerprint(base), on_clip=lambda i, n: (
             progress.should_stop(), progress.update(i, n, f"speech codes {i}/{n}")))
         device = model.patcher.load_device
-        plan, estimate = memory_needed(base, items, cfg, device)
+        _, estimate = memory_needed(base, items, cfg, device)
         runtime.free_memory(estimate.total, device)
 
         def on_progress(p):
