@@ -38,11 +38,12 @@ def test_ctrl_c_keeps_the_last_epoch_and_resume_finishes(data, tmp_path, monkeyp
         return objective.batch_loss(*a, **k)
 
     monkeypatch.setattr(trainer, "batch_loss", batch_loss)
+    handler = signal.getsignal(signal.SIGINT)
     assert main(args) == 130
     err = capsys.readouterr().err
     assert "Stopping after this step" in err and f"Epoch 1 is saved in {out}; resume to continue" in err
     assert json.loads((out / "training" / "state.json").read_text())["epochs_done"] == 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler     # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler                        # handler restored
 
     assert main(args) == 2                                     # exists: an explicit choice is needed
     assert "already exists" in capsys.readouterr().err
