@@ -31,7 +31,14 @@ def N():
 
 @pytest.fixture(scope="module")
 def rt():
-    return comfy_env.pack().nodes.runtime
+    """The runtime; the model folders these tests train are removed afterwards (other test modules
+    list the models folder)."""
+    runtime = comfy_env.pack().nodes.runtime
+    root = runtime.model_roots()[0]
+    before = set(root.iterdir())
+    yield runtime
+    for folder in set(root.iterdir()) - before:
+        shutil.rmtree(folder)
 
 
 def run(N, node, **inputs):
@@ -55,7 +62,8 @@ def dataset_folder():
         (folder / f"clip_{i:02}.txt").write_text(TEXT)
     write_wav(folder / "tiny.wav", wav[0, : rate // 2], rate)
     (folder / "tiny.txt").write_text("Hi.")
-    return folder
+    yield folder
+    shutil.rmtree(folder)
 
 
 def test_voice_dataset_reports_clips_minutes_and_rejects(N, dataset_folder):
