@@ -151,9 +151,13 @@ def output_of(result) -> tuple:
 
 
 def run_node(cls, **inputs) -> tuple:
-    """Runs one node like ComfyUI: validation of widget values first, then execute()."""
+    """Runs one node like ComfyUI: validation of widget values first, then execute() under
+    torch.inference_mode (as ComfyUI's executor runs every node)."""
+    import torch
+
     validate(cls, inputs)
-    return output_of(cls.execute(**inputs))
+    with torch.inference_mode():
+        return output_of(cls.execute(**inputs))
 
 
 class ValidationError(ValueError):

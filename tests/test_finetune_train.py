@@ -176,6 +176,17 @@ def test_resume_after_interrupt_continues_the_same_curve(method, data, tmp_path)
     assert more.epochs_done == 4 and more.losses[:6] == whole.losses and len(more.losses) == 8
 
 
+def test_training_works_when_called_under_inference_mode(data, tmp_path):
+    """ComfyUI runs every node under torch.inference_mode, with inputs made there."""
+    dataset, items = data
+    with torch.inference_mode():
+        inference_items = [Item(it.text, it.codes.clone(), it.language) for it in items * 2]
+        wav, rate = reference_clip(dataset)
+        result = train(BASE, inference_items, (wav.clone(), rate), tmp_path / "me",
+                       TrainConfig("me", epochs=1, learning_rate=1e-2), device="cpu")
+    assert result.steps == 2 and result.losses[1] < result.losses[0]
+
+
 def test_resume_refuses_other_settings_data_or_foreign_folders(data, tmp_path):
     dataset, items = data
     small_run(data, tmp_path / "run", "full")

@@ -298,8 +298,18 @@ def train(base: str | Path, items: list[Item], reference: tuple[torch.Tensor, in
     epoch. `reference` = (waveform, sample rate) of the clip whose x-vector is the speaker.
     `if_exists`: what to do when `out` exists: stop (error), resume, or overwrite.
     `should_stop()` is asked after every micro-batch: True (or raising) stops training; the last
-    finished epoch stays saved."""
-    base, out = Path(base), Path(out)
+    finished epoch stays saved.
+    Callable under torch.inference_mode (ComfyUI runs nodes in it): training leaves it, and
+    works on copies of the items' codes made outside it (codes encoded in inference mode cannot
+    be saved for backward)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        items = [Item(it.text, it.codes.clone(), it.language) for it in items]
+        return _train(Path(base), items, reference, Path(out), cfg, device, if_exists, dataset_fingerprint,
+                      on_progress, should_stop)
+
+
+def _train(base: Path, items: list[Item], reference: tuple[torch.Tensor, int], out: Path, cfg: TrainConfig,
+           device, if_exists: str, dataset_fingerprint: str, on_progress, should_stop) -> TrainResult:
     _, raw_config = preflight(base, out, cfg, if_exists)
     if not items:
         raise InputError("Nothing to train on: the dataset has no clips.")
