@@ -84,7 +84,26 @@ def test_voice_dataset_reports_clips_minutes_and_rejects(N, dataset_folder):
         run(N, "QwenTTSVoiceDataset", folder="voice_nodes", language="Auto", reference_clip="clip_00.txt")
 
 
-def test_train_voice_then_speak_the_training_codes(N, rt, dataset_folder):
+@pytest.fixture
+def progress(rt, monkeypatch):
+    """What the node shows: (value, total) of its progress bar and the text lines under it."""
+    import comfy.utils
+
+    bar, texts = [], []
+
+    class Bar:
+        def __init__(self, total):
+            pass
+
+        def update_absolute(self, value, total=None, preview=None):
+            bar.append((value, total))
+
+    monkeypatch.setattr(comfy.utils, "ProgressBar", Bar)
+    monkeypatch.setattr(rt, "show_text", texts.append)
+    return bar, texts
+
+
+def test_train_voice_then_speak_the_training_codes(N, rt, dataset_folder, progress):
     data, _ = run(N, "QwenTTSVoiceDataset", folder="voice_nodes", language="Auto", reference_clip="")
     (base, *_) = run(N, "QwenTTSModelLoader", model_name=BASE, dtype="fp32", device="cpu")
     assert "Narrator" not in N["QwenTTSModelLoader"].define_schema().inputs[0].options
@@ -94,6 +113,15 @@ def test_train_voice_then_speak_the_training_codes(N, rt, dataset_folder):
     assert report.startswith(f"{folder}: speaker 'narrator', 3 epochs, 60 steps, loss ")
     first, last = (float(x) for x in report.rsplit("loss ", 1)[1].split(" -> "))
     assert last < 0.02 < first
+    # the progress bar: speech codes clip by clip, then every training step with the loss under it
+    bar, texts = progress
+    assert bar == [(i, CLIPS) for i in range(1, CLIPS + 1)] + [(s, 60) for s in range(1, 61)]
+    assert texts[:CLIPS] == [f"speech codes {i}/{CLIPS}" for i in range(1, CLIPS + 1)]
+    steps = texts[CLIPS:]
+    assert [t.split(", loss")[0] for t in steps] == [f"epoch {1 + (s - 1) // CLIPS}/3, step {s}/60"
+                                                      for s in range(1, 61)]
+    assert steps[0].startswith(f"epoch 1/3, step 1/60, loss {first:.4f}, ~")
+    assert steps[-1] == f"epoch 3/3, step 60/60, loss {last:.4f}, ~0.0 min left"
     # the loader lists the new folder at once (ComfyUI re-reads the schema when the page refreshes)
     assert "Narrator" in N["QwenTTSModelLoader"].define_schema().inputs[0].options
     # greedy Custom Voice with the wired speaker name says exactly the training codes

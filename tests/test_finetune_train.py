@@ -187,6 +187,56 @@ def test_training_works_when_called_under_inference_mode(data, tmp_path):
     assert result.steps == 2 and result.losses[1] < result.losses[0]
 
 
+# ------------------------------------------------------------------------------------------ accumulation, checkpointing
+def test_gradient_accumulation_steps_once_on_the_mean_gradient_of_its_micro_batches(data, tmp_path, monkeypatch):
+    """batch 1, grad_accum 2: one optimizer step whose gradient is the mean of the two clips'
+    gradients, computed here independently on a fresh copy of the base (clipping off)."""
+    from qwen_tts_core.finetune.objective import batch_loss
+    from qwen_tts_core.finetune.trainer import trainable_parameters
+
+    dataset, items = data
+    two = three_items(items)[:2]
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        seen.append([p.grad.clone() for p in self.param_groups[0]["params"]])
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    cfg = TrainConfig("me", epochs=1, learning_rate=1e-3, batch_size=1, grad_accum=2, max_grad_norm=1e9)
+    result = train(BASE, two, reference_clip(dataset), tmp_path / "me", cfg, device="cpu")
+    assert result.steps == 1 and len(seen) == 1
+
+    tts = QwenTTS.from_pretrained(BASE, dtype="fp32", device="cpu", speech_tokenizer=False)
+    xvector = tts.speaker_embedding(*reference_clip(dataset)).clone()
+    params = trainable_parameters(tts.model.talker, cfg)
+    losses = [batch_loss(tts, [it], xvector).total for it in two]
+    (sum(losses) / 2).backward()
+    assert result.losses[0] == pytest.approx(sum(float(x.detach()) for x in losses) / 2, abs=1e-5)
+    assert len(seen[0]) == len(params)
+    for (name, p), got in zip(params.items(), seen[0]):
+        assert torch.allclose(got, p.grad, rtol=1e-4, atol=1e-7), name
+
+
+def test_gradient_checkpointing_recomputes_every_layer_and_trains_the_same(data, tmp_path, monkeypatch):
+    from qwen_tts_core.layers import DecoderLayer
+
+    dataset, items = data
+    calls = []
+    real_forward = DecoderLayer.forward
+    monkeypatch.setattr(DecoderLayer, "forward", lambda self, *a, **k: calls.append(1) or real_forward(self, *a, **k))
+    runs = {}
+    for checkpointing in (False, True):
+        calls.clear()
+        runs[checkpointing] = train(BASE, three_items(items), reference_clip(dataset), tmp_path / str(checkpointing),
+                                    TrainConfig("me", epochs=1, learning_rate=3e-3,
+                                                gradient_checkpointing=checkpointing), device="cpu")
+        runs[checkpointing].layer_calls = len(calls)
+    assert runs[True].layer_calls == 2 * runs[False].layer_calls > 0     # each layer run again in backward
+    assert runs[True].losses == pytest.approx(runs[False].losses, abs=1e-6) and len(runs[True].losses) == 3
+
+
 def test_resume_refuses_other_settings_data_or_foreign_folders(data, tmp_path):
     dataset, items = data
     small_run(data, tmp_path / "run", "full")
