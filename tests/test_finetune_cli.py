@@ -2,6 +2,7 @@
 epoch, resume, refusals, and the memory table."""
 import json
 import os
+import re
 import signal
 
 import pytest
@@ -51,7 +52,7 @@ def test_ctrl_c_keeps_the_last_epoch_and_resume_finishes(data, tmp_path, monkeyp
     printed = capsys.readouterr()
     assert printed.out.startswith(f"2 clips, 3.0 s of speech (folder layout in {data})")
     assert f"wrote {out}: speaker 'voice', 3 epochs, 6 steps" in printed.out
-    assert "epoch 3/3 [########################] step 6/6 loss" in printed.err
+    assert re.search(r"epoch 3/3 \[#{24}\] step 6/6 loss \d+\.\d{4} ~00:00 left", printed.err)
     assert len(calls) == 3 + 4                                 # epochs 2 and 3 again, nothing more
     tts = QwenTTS.from_pretrained(out, dtype="fp32", device="cpu", speech_tokenizer=False)
     assert tts.model_type == "custom_voice" and tts.speakers == ["voice"]
@@ -66,6 +67,14 @@ def test_refusals_exit_with_a_message(data, tmp_path, capsys):
     assert main(["--data", str(data)]) == 2
     assert "--base, --name required" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_progress_line_shows_steps_loss_and_time_left():
+    from qwen_tts_core.finetune.__main__ import progress_line
+
+    line = progress_line(trainer.Progress(epoch=2, epochs=3, step=3, steps=12, loss=0.12345, seconds_left=125.9),
+                         width=8)
+    assert line == "epoch 2/3 [##......] step 3/12 loss 0.1235 ~02:05 left"
 
 
 def test_memory_table(capsys):
