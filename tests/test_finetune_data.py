@@ -45,6 +45,7 @@ def test_folder_of_pairs_keeps_good_clips_and_says_why_the_others_are_skipped(tm
     clip(tmp_path, "silent", torch.zeros(48000))
     clip(tmp_path, "clipped", (speech(2.0) * 20).clamp(-1, 1))
     clip(tmp_path, "empty_text", speech(2.0), text="  \n")
+    clip(tmp_path, "no_words", speech(2.0), text="... !? \u2014")
     clip(tmp_path, "wordy", speech(1.2), text="word " * 150)
     (tmp_path / "broken.wav").write_bytes(b"RIFF not really a wave file")
     (tmp_path / "broken.txt").write_text(TEXT)
@@ -57,19 +58,20 @@ def test_folder_of_pairs_keeps_good_clips_and_says_why_the_others_are_skipped(tm
     assert abs(stereo_clip.seconds - stereo.shape[1] / rate) < 1e-3
     reasons = {r.name: r.reason for r in data.rejected}
     assert set(reasons) == {"no_text.wav", "orphan.txt", "short.wav", "long.wav", "silent.wav", "clipped.wav",
-                            "empty_text.wav", "wordy.wav", "broken.wav"}
+                            "empty_text.wav", "no_words.wav", "wordy.wav", "broken.wav"}
     assert "no transcript" in reasons["no_text.wav"] and "no_text.txt" in reasons["no_text.wav"]
     assert "transcript without audio" in reasons["orphan.txt"]
     assert "shorter than 1 s (0.60 s)" in reasons["short.wav"]
     assert "longer than 30 s (31.0 s)" in reasons["long.wav"]
     assert reasons["silent.wav"].startswith("silent")
     assert reasons["clipped.wav"].startswith("clipped (")
-    assert reasons["empty_text.wav"] == "the transcript is empty"
+    assert reasons["empty_text.wav"].startswith("the transcript is empty")
+    assert reasons["no_words.wav"].startswith("the transcript has nothing to say: no letters or digits")
     assert "would take ~" in reasons["wordy.wav"] and "lasts 1.2 s" in reasons["wordy.wav"]
     assert "broken.wav" in reasons["broken.wav"]
     assert data.ref_audio == tmp_path / "good.wav"                      # the longest usable clip
     report = data.report()
-    assert report.startswith("3 clips, 5.4 s of speech") and "9 rejected:" in report
+    assert report.startswith("3 clips, 5.4 s of speech") and "10 rejected:" in report
     assert "  short.wav: shorter than 1 s" in report
 
 

@@ -32,6 +32,7 @@ from .. import audio as audio_io
 from .. import speech_codes
 from ..duration import expected_seconds
 from ..errors import InputError
+from ..longform.text import check_text
 from .checkpoint import fingerprint
 from .objective import Item
 
@@ -133,8 +134,10 @@ def check_clip(wav: torch.Tensor, rate: int, text: str, language: str) -> tuple[
         return x, f"longer than {MAX_SECONDS:.0f} s ({seconds:.1f} s): split it at sentence ends"
     if float(x.pow(2).mean().sqrt()) < SILENT_RMS:
         return x, "silent (below -60 dBFS)"
-    if not text:
-        return x, "the transcript is empty"
+    try:
+        check_text(text, "the transcript")          # the rule every spoken text follows
+    except InputError as e:
+        return x, str(e)
     say = expected_seconds(text, language)
     if say > MAX_TEXT_RATIO * seconds:
         return x, (f"the transcript would take ~{say:.0f} s to say but the clip lasts {seconds:.1f} s: "
