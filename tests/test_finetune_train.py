@@ -294,6 +294,41 @@ def test_ctrl_c_or_full_disk_while_saving_keeps_the_last_epoch(data, tmp_path, m
     assert list(tmp_path.iterdir()) == []
 
 
+def test_out_of_memory_mid_run_keeps_the_last_epoch_frees_the_model_and_says_what_to_change(data, tmp_path,
+                                                                                              monkeypatch):
+    """The estimate can be wrong (other programs, fragmentation): an out-of-memory error in a
+    step becomes a message that says what was kept and what to change, with the model freed."""
+    import gc
+    import weakref
+
+    from qwen_tts_core.errors import OutOfMemory
+    from qwen_tts_core.finetune import objective, trainer
+
+    dataset, items = data
+    out = tmp_path / "me"
+    models = []
+
+    def batch_loss(tts, *a, **k):
+        models.append(weakref.ref(tts))
+        if len(models) == 3:                                   # epoch 2, its first step
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return objective.batch_loss(tts, *a, **k)
+
+    monkeypatch.setattr(trainer, "batch_loss", batch_loss)
+    with pytest.raises(OutOfMemory) as e:
+        train(BASE, items * 2, reference_clip(dataset), out, TrainConfig("me", epochs=3, learning_rate=3e-3),
+              device="cpu")
+    msg = str(e.value)
+    assert msg.startswith("Out of memory on cpu in step 3; the estimate before training was about")
+    assert f"Epoch 1 is saved in {out}; resume to continue" in msg
+    assert "Try: gradient checkpointing; LoRA instead of full fine-tuning" in msg
+    assert isinstance(e.value, torch.OutOfMemoryError)         # ComfyUI still unloads its models on it
+    gc.collect()
+    assert models[-1]() is None                                # the training copy of the model is gone
+    assert json.loads((out / "training" / "state.json").read_text())["epochs_done"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["me"]
+
+
 def test_a_swap_cut_between_its_renames_is_recovered(tmp_path):
     out = tmp_path / "me"
     (tmp_path / ".me.old").mkdir()

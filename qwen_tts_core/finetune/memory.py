@@ -142,6 +142,12 @@ def check(est: MemoryEstimate, plan: Plan, device: torch.device) -> None:
     need = est.total + (CUDA_CONTEXT if device.type == "cuda" else 0)
     if need <= free:
         return
+    raise InputError(f"Not enough memory: this training run needs {est.describe()} but only "
+                     f"{free / GIB:.1f} GiB is free on {device}. Try: {smaller(plan)}.")
+
+
+def smaller(plan: Plan) -> str:
+    """What would make a run need less memory, most effective first."""
     tips = []
     if plan.batch_size > 1:
         tips.append("batch size 1 (use gradient accumulation to keep the effective batch)")
@@ -152,8 +158,7 @@ def check(est: MemoryEstimate, plan: Plan, device: torch.device) -> None:
     if plan.optimizer != "adamw8bit" and plan.method != "lora":
         tips.append("8-bit AdamW (pip install bitsandbytes)")
     tips.append(f"shorter clips (the longest is {plan.frames / 12.5:.0f} s)")
-    raise InputError(f"Not enough memory: this training run needs {est.describe()} but only "
-                     f"{free / GIB:.1f} GiB is free on {device}. Try: {'; '.join(tips)}.")
+    return "; ".join(tips)
 
 
 # ------------------------------------------------------------------------------------------ table

@@ -29,7 +29,7 @@ import torch
 from ..api import QwenTTS, resolve_device
 from ..checkpoint import load_text_tokenizer, weight_files
 from ..config import ModelConfig, read_json
-from ..errors import InputError, Interrupted, UnsupportedModeError
+from ..errors import InputError, Interrupted, OutOfMemory, UnsupportedModeError
 from ..prompt import Request
 from . import lora, memory
 from .checkpoint import (TrainingState, check_name, custom_voice_config, fingerprint, read_state, recover,
@@ -336,12 +336,24 @@ def _train(base: Path, items: list[Item], reference: tuple[torch.Tensor, int], o
     started, steps_here = time.perf_counter(), 0
     for epoch in range(state.epochs_done, cfg.epochs):
         groups = [[items[i] for i in batch] for batch in batches(len(items), cfg, epoch)]
+        out_of_memory = False
         for first in range(0, len(groups), cfg.grad_accum):
-            loss = run.step(groups[first:first + cfg.grad_accum], should_stop, lambda: _stopped(out, state))
+            try:
+                loss = run.step(groups[first:first + cfg.grad_accum], should_stop, lambda: _stopped(out, state))
+            except torch.OutOfMemoryError:
+                out_of_memory = True        # raised below, once this frame no longer holds the step's tensors
+                break
             steps_here += 1
             if on_progress is not None:
                 left = (time.perf_counter() - started) / steps_here * (total - state.step)
                 on_progress(Progress(epoch + 1, cfg.epochs, state.step, total, loss, left))
+        if out_of_memory:
+            run = groups = None
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            raise OutOfMemory(f"Out of memory on {dev} in step {state.step + 1}; the estimate before training was "
+                              f"{est.describe()}. The training's memory was freed. {_stopped(out, state)} "
+                              f"Try: {memory.smaller(plan)}; or free memory (close other programs, unload models).")
         state.epochs_done = epoch + 1
         result.files = run.save(out, base, config, save_dtype)
         log.info("Saved epoch %d/%d to %s (loss %.4f)", epoch + 1, cfg.epochs, out, state.losses[-1])
