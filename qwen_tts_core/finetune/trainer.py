@@ -30,7 +30,7 @@ from ..api import QwenTTS, resolve_device
 from ..checkpoint import load_text_tokenizer, weight_files
 from ..config import ModelConfig, read_json
 from ..errors import InputError, Interrupted, OutOfMemory, UnsupportedModeError
-from ..prompt import Request
+from ..prompt import ChatTokenizer, Request
 from . import lora, memory
 from .checkpoint import (TrainingState, check_name, custom_voice_config, fingerprint, read_state, recover,
                          write_checkpoint)
@@ -146,8 +146,8 @@ def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
 def memory_needed(base: Path, items: list[Item], cfg: TrainConfig,
                   device: torch.device) -> tuple[memory.Plan, memory.MemoryEstimate]:
     """The memory estimate of a run (reads only config.json and the text tokenizer)."""
-    tokenizer = load_text_tokenizer(Path(base))
-    tokens = max(len(tokenizer(it.text)["input_ids"]) for it in items)
+    chat = ChatTokenizer(load_text_tokenizer(Path(base)))          # the prompts' own tokenizer
+    tokens = max(len(chat.text(it.text)) for it in items)
     plan = memory.Plan(cfg.method, cfg.batch_size, max(int(it.codes.shape[0]) for it in items), tokens,
                        cfg.gradient_checkpointing, cfg.optimizer, use_bf16(cfg, device), cfg.lora_rank,
                        cfg.train_text_embedding, device.type == "cpu")
