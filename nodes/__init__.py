@@ -4,6 +4,7 @@ from .codec import QwenTTSDecodeCodes, QwenTTSEncodeAudio
 from .generate import QwenTTSCustomVoice, QwenTTSVoiceClone, QwenTTSVoiceDesign
 from .loader import QwenTTSModelLoader, QwenTTSSpeechTokenizerLoader
 from .longform import NODES as LONGFORM_NODES
+from .train import NODES as TRAIN_NODES
 from .voices import QwenTTSLoadVoice, QwenTTSSaveVoice, QwenTTSVoiceFromAudio
 
 runtime.register_folders()
@@ -15,4 +16,5 @@ NODES = [
     QwenTTSVoiceFromAudio, QwenTTSVoiceClone, QwenTTSSaveVoice, QwenTTSLoadVoice,
     QwenTTSEncodeAudio, QwenTTSDecodeCodes,
     *LONGFORM_NODES,
+    *TRAIN_NODES,
 ]

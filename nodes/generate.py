@@ -65,6 +65,9 @@ class QwenTTSCustomVoice(io.ComfyNode):
                                         "bedtime story.' Leave empty for none (followed by the 1.7B "
                                         "model only)."),
                 *generation_inputs(),
+                io.String.Input("speaker_name", optional=True, force_input=True,
+                                tooltip="A speaker name from a wire (e.g. Train Voice's speaker output); "
+                                        "when connected it replaces the speaker chosen above."),
             ],
             outputs=_outputs(),
         )
@@ -75,8 +78,10 @@ class QwenTTSCustomVoice(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, text, language, speaker, instruction, one_text_per_line, seed, temperature,
-                top_k, top_p, repetition_penalty, max_seconds) -> io.NodeOutput:
+                top_k, top_p, repetition_penalty, max_seconds, speaker_name=None) -> io.NodeOutput:
         texts = split_texts(text, one_text_per_line)
+        if speaker_name is not None:                    # a wired name (e.g. Train Voice's) wins
+            speaker = speaker_name
         return _generate(model, "generate_custom_voice", texts, language, seed, temperature, top_k, top_p,
                          repetition_penalty, max_seconds, speaker=speaker,
                          instruct=(instruction or "").strip() or None)

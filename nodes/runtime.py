@@ -59,7 +59,7 @@ def list_model_folders(kind: str = "any") -> list[str]:
         if not root.is_dir():
             continue
         for sub in sorted(root.iterdir()):
-            if sub.name.startswith("."):                 # e.g. .downloading/: unfinished downloads
+            if sub.name.startswith("."):     # unfinished downloads (.downloading/), an epoch being trained
                 continue
             for folder in [sub] + (sorted(sub.iterdir()) if sub.is_dir() and not (sub / "config.json").exists() else []):
                 if folder.is_dir() and not folder.name.startswith(".") and (folder / "config.json").is_file():
@@ -474,3 +474,40 @@ def seconds_to_frames(seconds: float) -> int | None:
     if seconds is None or seconds <= 0:
         return None
     return max(1, math.ceil(float(seconds) * FRAME_RATE))
+
+
+# --------------------------------------------------------------------------- training
+class StepProgress:
+    """A ComfyUI progress bar over the steps of a long job (speech codes, then training steps),
+    with a line of text under the node (e.g. the loss) where this ComfyUI can show one.
+    `should_stop` is the interrupt check the core asks after every step."""
+
+    def __init__(self):
+        self.bar = comfy.utils.ProgressBar(1)
+
+    def update(self, done: int, total: int, text: str | None = None) -> None:
+        self.bar.update_absolute(done, max(int(total), 1))
+        if text:
+            show_text(text)
+
+    def should_stop(self) -> bool:
+        stop_if_interrupted()
+        return False
+
+
+def show_text(text: str) -> None:
+    """Text under the running node (ComfyUI's progress text; older versions have none)."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    server = PromptServer.instance
+    node = getattr(server, "last_node_id", None)
+    if server is not None and node is not None and hasattr(server, "send_progress_text"):
+        server.send_progress_text(text, node)
+
+
+def free_memory(bytes_needed: int, device: torch.device) -> None:
+    """Asks ComfyUI to offload other models until `bytes_needed` are free on `device`."""
+    if device.type != "cpu":
+        mm.free_memory(bytes_needed, device)

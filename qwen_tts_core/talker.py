@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import TalkerConfig, TransformerConfig
 from .layers import DecoderLayer, KVCache, RMSNorm, Rotary, causal_mask
@@ -33,6 +34,7 @@ class TransformerStack(nn.Module):
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.rotary = Rotary(c.head_dim, c.rope_theta, positions or c.max_position_embeddings)
         self.cfg = c
+        self.checkpointing = False  # training: recompute each layer in backward instead of keeping its activations
 
     def new_caches(self, batch: int, max_len: int, dtype, device) -> list[KVCache]:
         c = self.cfg
@@ -54,11 +56,15 @@ class TransformerStack(nn.Module):
         width = 4 * c.hidden_size + 2 * c.num_attention_heads * c.head_dim + 3 * c.intermediate_size
         return batch * length * width * dtype.itemsize + batch * c.num_attention_heads * length * keys * 4
 
-    def forward(self, x, positions, mask, caches, start: int, cache_end: int | None = None):
-        """x [B, T, D]; positions [B or 1, T]; mask bool [B or 1, 1, T, S] -> normed hidden [B, T, D]"""
+    def forward(self, x, positions, mask, caches=None, start: int = 0, cache_end: int | None = None):
+        """x [B, T, D]; positions [B or 1, T]; mask bool [B or 1, 1, T, S] -> normed hidden [B, T, D].
+        Without caches (training) the keys are the T positions of x."""
         cos, sin = self.rotary(positions)
-        for layer, cache in zip(self.layers, caches):
-            x = layer(x, cos, sin, mask, cache, start, cache_end)
+        for layer, cache in zip(self.layers, caches or [None] * len(self.layers)):
+            if self.checkpointing and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cos, sin, mask, cache, start, cache_end, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache, start, cache_end)
         return self.norm(x)
 
 

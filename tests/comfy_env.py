@@ -41,6 +41,10 @@ MODEL_LINKS = {
 }
 # files the example workflows read from ComfyUI's input/ folder
 INPUT_FILES = {"qwen_tts_reference.wav": FIXTURE_AUDIO / "ref_en.wav"}
+# the voice dataset of the training example: one clip and its transcript (what espeak-ng said)
+DATASET_FOLDER = "qwen_tts_voice_dataset"
+DATASET_FILES = {"clip_001.wav": FIXTURE_AUDIO / "ref_en.wav",
+                 "clip_001.txt": "The quick brown fox jumps over the lazy dog near the river bank."}
 VIDEO_INPUT = "qwen_tts_video.mp4"
 
 
@@ -61,6 +65,14 @@ def make_input_dir(target: Path, with_video: bool = False) -> Path:
     for name, src in INPUT_FILES.items():
         if not (target / name).exists():    # a copy: ComfyUI 0.33 refuses links that lead out of input/
             shutil.copyfile(src, target / name)
+    dataset = target / DATASET_FOLDER
+    dataset.mkdir(exist_ok=True)
+    for name, src in DATASET_FILES.items():
+        if not (dataset / name).exists():
+            if isinstance(src, Path):
+                shutil.copyfile(src, dataset / name)
+            else:
+                (dataset / name).write_text(src + "\n", encoding="utf-8")
     if not (target / VIDEO_INPUT).exists():
         if with_video:
             write_test_video(target / VIDEO_INPUT)
@@ -140,9 +152,13 @@ def output_of(result) -> tuple:
 
 
 def run_node(cls, **inputs) -> tuple:
-    """Runs one node like ComfyUI: validation of widget values first, then execute()."""
+    """Runs one node like ComfyUI: validation of widget values first, then execute() under
+    torch.inference_mode (as ComfyUI's executor runs every node)."""
+    import torch
+
     validate(cls, inputs)
-    return output_of(cls.execute(**inputs))
+    with torch.inference_mode():
+        return output_of(cls.execute(**inputs))
 
 
 class ValidationError(ValueError):

@@ -37,6 +37,16 @@ def tiny_model(name: str, speech_tokenizer: bool = True):
     return _MODELS[key]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules that train tiny models: one thread is fastest for their small ops (two threads
+    spin-wait on each other when the 2 cores are busy: up to 30x slower steps)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def generation_golden():
     return load_golden("generation")

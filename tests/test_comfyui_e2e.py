@@ -36,7 +36,8 @@ HARNESS = Path(os.environ.get("COMFY_E2E_DIR", ROOT.parent / "shared" / "tools" 
 NODE_IDS = ["QwenTTSModelLoader", "QwenTTSSpeechTokenizerLoader", "QwenTTSCustomVoice", "QwenTTSVoiceDesign",
             "QwenTTSVoiceFromAudio", "QwenTTSVoiceClone", "QwenTTSSaveVoice", "QwenTTSLoadVoice",
             "QwenTTSEncodeAudio", "QwenTTSDecodeCodes", "QwenTTSSpeakerBuiltIn", "QwenTTSSpeakerDesigned",
-            "QwenTTSSpeakerCloned", "QwenTTSNarrate", "QwenTTSSubtitleVoiceOver", "QwenTTSScript"]
+            "QwenTTSSpeakerCloned", "QwenTTSNarrate", "QwenTTSSubtitleVoiceOver", "QwenTTSScript",
+            "QwenTTSVoiceDataset", "QwenTTSTrainVoice"]
 CUSTOM, BASE = "Qwen3-TTS-12Hz-1.7B-CustomVoice", "Qwen3-TTS-12Hz-1.7B-Base"
 
 

@@ -13,7 +13,7 @@ import comfy_env
 
 WORKFLOWS = sorted(comfy_env.WORKFLOWS.glob("*.json"))
 EXPECTED = {"custom_voice", "voice_design", "voice_clone", "design_then_clone", "tokenizer_round_trip",
-            "video_voice_over", "long_text_narration", "subtitle_voice_over", "dialogue_script"}
+            "video_voice_over", "long_text_narration", "subtitle_voice_over", "dialogue_script", "train_voice"}
 LONG_AUDIO_NODES = {"QwenTTSNarrate", "QwenTTSSubtitleVoiceOver", "QwenTTSScript"}
 AUDIO_NODES = {"QwenTTSCustomVoice", "QwenTTSVoiceDesign", "QwenTTSVoiceClone", "QwenTTSDecodeCodes"}
 

@@ -36,3 +36,9 @@ if [ ! -f "$T457/.complete" ]; then
         exit 1
     fi
 fi
+# peft (LoRA fine-tuning) comes from requirements.txt into the venv, never into the overlay (a
+# --target install would bring a second torch along); the 4.57 pass imports it from the venv.
+if ! PYTHONPATH="$T457" "$PY" -c "import peft" 2>/dev/null || ! "$PY" -c "import peft" 2>/dev/null; then
+    echo "tools/env.sh: peft does not import (LoRA tests need it); check pip's output above" >&2
+    exit 1
+fi

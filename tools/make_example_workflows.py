@@ -308,9 +308,34 @@ def dialogue_script():
     g.save("dialogue_script")
 
 
+def train_voice():
+    g = Graph()
+    m = loader(g, BASE)
+    data = g.add("QwenTTSVoiceDataset", (0, 180), {"folder": comfy_env.DATASET_FOLDER, "language": "English"},
+                 size=(320, 170))
+    train = g.add("QwenTTSTrainVoice", (370, 0), {"speaker_name": "my_voice", "method": "lora", "epochs": 3,
+                                                  "if_exists": "resume"}, size=(360, 480))
+    speak = g.add("QwenTTSCustomVoice", (780, 0), {
+        "text": "This voice was trained from a folder of my own recordings.", "language": "English",
+        "instruction": ""}, size=(380, 540))
+    save = g.add("SaveAudio", (1210, 0), {"filename_prefix": "audio/qwen_tts_trained_voice"}, size=(320, 200))
+    g.link(m, 0, train, "model")
+    g.link(data, 0, train, "dataset")
+    g.link(train, 0, speak, "model")
+    g.link(train, 1, speak, "speaker_name")
+    g.link(speak, 0, save, "audio")
+    g.note((0, 400), f"**Train a voice**: put your recordings in ComfyUI's input folder (here "
+                     f"`{comfy_env.DATASET_FOLDER}/`): `name.wav` + `name.txt` with what is said, 1-30 s each, "
+                     "5-30 minutes in all. Train Voice turns a Base model into a CustomVoice model with your "
+                     "voice as a new speaker, saved as `models/qwen-tts/my_voice` after every epoch (Cancel keeps "
+                     "the last one; `if_exists: resume` continues it). Later, load it with the Model Loader.",
+           size=(320, 300))
+    g.save("train_voice")
+
+
 if __name__ == "__main__":
     comfy_env.pack()
     for make in (custom_voice, voice_design, voice_clone, design_then_clone, tokenizer_round_trip, video_voice_over,
-                 long_text_narration, subtitle_voice_over, dialogue_script):
+                 long_text_narration, subtitle_voice_over, dialogue_script, train_voice):
         make()
     print("wrote", sorted(p.name for p in OUT.glob("*.json")))

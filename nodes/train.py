@@ -1,0 +1,198 @@
+"""Training a new speaker: a dataset of recordings + transcripts, and a Base model trained into a
+CustomVoice model under models/qwen-tts/ (qwen_tts_core.finetune does the work)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import folder_paths
+from comfy_api.latest import io
+from qwen_tts_core.errors import InputError
+from qwen_tts_core.finetune import (TrainConfig, VoiceDataset, codec_fingerprint, encode, preflight,
+                                    reference_clip, scan, train)
+from qwen_tts_core.finetune.checkpoint import check_name
+from qwen_tts_core.finetune.dataset import AUDIO_EXTENSIONS
+from qwen_tts_core.finetune.trainer import IF_EXISTS, METHODS, OPTIMIZERS, memory_needed
+
+from . import runtime
+from .types import CATEGORY, LANGUAGES, Model, model_input
+
+log = logging.getLogger("qwen_tts_nodes")
+
+Dataset = io.Custom("QWEN_TTS_DATASET")      # qwen_tts_core.finetune.VoiceDataset
+
+
+def dataset_path(folder: str) -> Path:
+    """A folder (or .jsonl) under ComfyUI's input/ folder, or an absolute path."""
+    if not isinstance(folder, str) or not folder.strip():
+        raise InputError("Type the dataset folder: a folder name under ComfyUI's input/ folder, or an "
+                         "absolute path.")
+    path = Path(folder.strip()).expanduser()
+    if path.is_absolute():
+        return path
+    if ".." in path.parts:
+        raise InputError(f"Invalid dataset folder {folder!r}: '..' is not allowed; use a folder under "
+                         "input/ or an absolute path.")
+    return Path(folder_paths.get_input_directory()) / path
+
+
+class QwenTTSVoiceDataset(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="QwenTTSVoiceDataset",
+            display_name="Qwen3-TTS Voice Dataset",
+            category=CATEGORY,
+            description="Recordings of one speaker with their transcripts, checked clip by clip, for "
+                        "Train Voice. Clips that cannot be used are skipped and listed with the reason.",
+            is_output_node=True,
+            inputs=[
+                io.String.Input("folder", default="my_voice_dataset",
+                                tooltip="A folder under ComfyUI's input/ folder (or an absolute path) with "
+                                        "name.wav + name.txt pairs (the .txt holds what is said), an "
+                                        "LJSpeech-style metadata.csv, or a .jsonl file in the official "
+                                        "recipe's format. 1-30 s per clip; 5-30 minutes in all works well."),
+                io.Combo.Input("language", options=LANGUAGES, default="Auto",
+                               tooltip="Language of the recordings (a .jsonl may set it per clip)."),
+                io.String.Input("reference_clip", default="",
+                                tooltip="The clip whose voice embedding becomes the speaker (a path inside "
+                                        "the dataset folder, or absolute). Empty: the longest clip."),
+            ],
+            outputs=[Dataset.Output("dataset", display_name="dataset", tooltip="The checked clips, for Train Voice."),
+                     io.String.Output("report", display_name="report",
+                                      tooltip="Clip count, total minutes, and every rejected clip with the reason.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, folder, language, reference_clip):
+        # run again when a file in the folder is added, removed or changed
+        try:
+            root = dataset_path(folder)
+            files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()
+                                                         and ".qwen-tts-codes" not in p.parts)
+            h = hashlib.sha256()
+            for p in files:
+                st = p.stat()
+                h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+            return h.hexdigest()
+        except (OSError, InputError):
+            return float("nan")
+
+    @classmethod
+    def execute(cls, folder, language, reference_clip) -> io.NodeOutput:
+        root = dataset_path(folder)
+        ref = None
+        if reference_clip and reference_clip.strip():
+            ref = Path(reference_clip.strip()).expanduser()
+            if not ref.is_absolute():
+                if ".." in ref.parts:
+                    raise InputError(f"Invalid reference clip {reference_clip!r}: '..' is not allowed.")
+                ref = (root if root.is_dir() else root.parent) / ref
+            if ref.suffix.lower() not in AUDIO_EXTENSIONS:
+                raise InputError(f"The reference clip {reference_clip!r} is not an audio file "
+                                 f"({', '.join(AUDIO_EXTENSIONS)}).")
+        data = scan(root, language.lower(), ref)
+        report = data.report()
+        log.info("Qwen3-TTS voice dataset: %s", report)
+        return io.NodeOutput(data, report, ui={"text": [report]})
+
+
+class QwenTTSTrainVoice(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="QwenTTSTrainVoice",
+            display_name="Qwen3-TTS Train Voice",
+            category=CATEGORY,
+            description="Trains a Base model on a voice dataset into a CustomVoice model with one new "
+                        "speaker, saved in models/qwen-tts/<output name>/ after every epoch (Cancel keeps "
+                        "the last finished epoch). Outputs the trained model for Custom Voice.",
+            is_output_node=True,
+            inputs=[
+                model_input("A Base model (Qwen3-TTS-12Hz-1.7B-Base or -0.6B-Base); it is not changed: "
+                            "training works on its own copy of the weights."),
+                Dataset.Input("dataset", tooltip="From Voice Dataset."),
+                io.String.Input("speaker_name", default="my_voice",
+                                tooltip="Name of the new speaker (letters, digits, '_' and '-'), as Custom "
+                                        "Voice will know it (in lower case)."),
+                io.String.Input("output_name", default="",
+                                tooltip="Folder under models/qwen-tts/ for the trained model. Empty: the "
+                                        "speaker name."),
+                io.Combo.Input("method", options=list(METHODS), default="lora",
+                               tooltip="lora: small adapters on every layer, merged into the weights when "
+                                       "saving (needs peft; fits 8 GB GPUs). full: trains every weight "
+                                       "(16 GB+ for 0.6B, 32 GB+ for 1.7B; see the README table)."),
+                io.Int.Input("epochs", default=3, min=1, max=1000,
+                             tooltip="Passes over the dataset; the model is saved after each."),
+                io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-6,
+                               tooltip="0 = default (1e-4 for LoRA, 2e-5 for full fine-tuning)."),
+                io.Int.Input("batch_size", default=1, min=1, max=64,
+                             tooltip="Clips per step. More needs more memory."),
+                io.Int.Input("gradient_accumulation", default=1, min=1, max=256,
+                             tooltip="Steps whose gradients are summed before the weights change: a "
+                                     "larger effective batch without more memory."),
+                io.Boolean.Input("gradient_checkpointing", default=False,
+                                 tooltip="Less memory for activations, ~30% slower steps."),
+                io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="adamw",
+                               tooltip="adamw8bit keeps the optimizer state in 8 bits (needs "
+                                       "bitsandbytes): much less memory for full fine-tuning."),
+                io.Int.Input("lora_rank", default=16, min=1, max=256, tooltip="Size of the LoRA adapters."),
+                io.Combo.Input("if_exists", options=list(IF_EXISTS), default="stop",
+                               tooltip="When the output folder exists: stop (an error, nothing changed), "
+                                       "resume its training (e.g. after Cancel, or with more epochs), or "
+                                       "overwrite it (replaced when the first new epoch is saved)."),
+                io.Int.Input("training_seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="Seed of the clip order (and LoRA's start): the same seed and "
+                                     "settings train the same model."),
+            ],
+            outputs=[Model.Output("trained_model", display_name="model",
+                                  tooltip="The trained CustomVoice model, loaded; connect it to Custom Voice."),
+                     io.String.Output("speaker", display_name="speaker",
+                                      tooltip="The new speaker's name; connect it to Custom Voice's speaker_name."),
+                     io.String.Output("report", display_name="report",
+                                      tooltip="Where the model was saved, epochs, steps and the loss.")],
+        )
+
+    @classmethod
+    def execute(cls, model, dataset, speaker_name, output_name, method, epochs, learning_rate, batch_size,
+                gradient_accumulation, gradient_checkpointing, optimizer, lora_rank, if_exists,
+                training_seed) -> io.NodeOutput:
+        if not isinstance(dataset, VoiceDataset):
+            raise InputError("Connect a Voice Dataset node to 'dataset'.")
+        if model is None or not hasattr(model, "tts"):
+            raise InputError("Connect a Qwen3-TTS Model Loader with a Base model to 'model'.")
+        name = check_name(speaker_name)
+        folder_name = check_name(output_name.strip() if output_name and output_name.strip() else name,
+                                 "output folder name")
+        out = runtime.model_roots()[0] / folder_name
+        base = Path(model.tts.folder)
+        cfg = TrainConfig(name, int(epochs), method, float(learning_rate) or None, int(batch_size),
+                          int(gradient_accumulation), gradient_checkpointing=bool(gradient_checkpointing),
+                          optimizer=optimizer, lora_rank=int(lora_rank), lora_alpha=2.0 * int(lora_rank),
+                          seed=int(training_seed))
+        preflight(base, out, cfg, if_exists)
+        progress = runtime.StepProgress()
+        codec = model.tokenizer().ready()
+        items = encode(dataset, codec, codec_fingerprint(base), on_clip=lambda i, n: (
+            progress.should_stop(), progress.update(i, n, f"speech codes {i}/{n}")))
+        device = model.patcher.load_device
+        _, estimate = memory_needed(base, items, cfg, device)
+        runtime.free_memory(estimate.total, device)
+
+        def on_progress(p):
+            left = "" if p.seconds_left is None else f", ~{p.seconds_left / 60:.1f} min left"
+            progress.update(p.step, p.steps, f"epoch {p.epoch}/{p.epochs}, step {p.step}/{p.steps}, "
+                                             f"loss {p.loss:.4f}{left}")
+
+        result = runtime.run_interruptible(lambda: train(
+            base, items, reference_clip(dataset), out, cfg, device, if_exists, dataset.fingerprint(),
+            on_progress=on_progress, should_stop=progress.should_stop))
+        report = (f"{out}: speaker '{result.speaker}', {result.epochs_done} epochs, {result.steps} steps, "
+                  f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}" if result.losses else f"{out}: nothing trained")
+        log.info("Qwen3-TTS Train Voice: %s", report)
+        trained = runtime.load_model(folder_name, "auto", "auto" if device.type != "cpu" else "cpu")
+        return io.NodeOutput(trained, result.speaker, report, ui={"text": [report]})
+
+
+NODES = [QwenTTSVoiceDataset, QwenTTSTrainVoice]

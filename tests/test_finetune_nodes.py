@@ -1,0 +1,183 @@
+"""Voice Dataset and Train Voice on the ComfyUI-compatible runtime: the report's values, training
+through the nodes until the new speaker says the training codes (via Custom Voice), the new
+folder in the loader's list without a restart, Cancel within one step keeping the last epoch."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+import comfy_env
+from conftest import AUDIO
+from qwen_tts_core import speech_codes
+from qwen_tts_core.audio import read_wav, write_wav
+from qwen_tts_core.errors import InputError
+
+BASE = "Qwen3-TTS-12Hz-1.7B-Base"
+TEXT = "The quick brown fox jumps over the lazy dog."
+CLIPS = 20
+pytestmark = pytest.mark.usefixtures("one_thread")
+TRAIN = dict(speaker_name="Narrator", output_name="", method="lora", epochs=3, learning_rate=1e-2, batch_size=1,
+             gradient_accumulation=1, gradient_checkpointing=False, optimizer="adamw", lora_rank=16,
+             if_exists="stop", training_seed=0)
+
+
+@pytest.fixture(scope="module")
+def N():
+    comfy_env.pack()
+    return comfy_env.node_classes()
+
+
+@pytest.fixture(scope="module")
+def rt():
+    """The runtime; the model folders these tests train are removed afterwards (other test modules
+    list the models folder)."""
+    runtime = comfy_env.pack().nodes.runtime
+    root = runtime.model_roots()[0]
+    before = set(root.iterdir())
+    yield runtime
+    for folder in set(root.iterdir()) - before:
+        shutil.rmtree(folder)
+
+
+def run(N, node, **inputs):
+    return comfy_env.run_node(N[node], **inputs)
+
+
+@pytest.fixture(scope="module")
+def dataset_folder():
+    """input/voice_nodes/: 20 copies of one 1.6 s utterance (encoded once: same bytes, one cache
+    entry) and one clip too short to use."""
+    import folder_paths
+
+    folder = comfy_env.Path(folder_paths.get_input_directory()) / "voice_nodes"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    wav, rate = read_wav(AUDIO / "ref_en.wav")
+    write_wav(folder / "clip_00.wav", wav[0, : int(1.6 * rate)], rate)
+    for i in range(CLIPS):
+        if i:
+            os.link(folder / "clip_00.wav", folder / f"clip_{i:02}.wav")
+        (folder / f"clip_{i:02}.txt").write_text(TEXT)
+    write_wav(folder / "tiny.wav", wav[0, : rate // 2], rate)
+    (folder / "tiny.txt").write_text("Hi.")
+    yield folder
+    shutil.rmtree(folder)
+
+
+def test_voice_dataset_reports_clips_minutes_and_rejects(N, dataset_folder):
+    data, report = run(N, "QwenTTSVoiceDataset", folder="voice_nodes", language="English", reference_clip="")
+    assert len(data.clips) == CLIPS and {c.language for c in data.clips} == {"english"}
+    assert report.splitlines() == [
+        f"20 clips, 32.0 s of speech (folder layout in {dataset_folder}); speaker reference: clip_00.wav",
+        "1 rejected:", "  tiny.wav: shorter than 1 s (0.50 s)"]
+    same, _ = run(N, "QwenTTSVoiceDataset", folder=str(dataset_folder), language="English",
+                  reference_clip="clip_07.wav")                                  # absolute path, chosen reference
+    assert [c.name for c in same.clips] == [c.name for c in data.clips]
+    assert same.ref_audio == dataset_folder / "clip_07.wav"
+    for bad, message in (("../outside", "'..' is not allowed"), ("", "Type the dataset folder"),
+                         ("no_such_folder", "Dataset not found")):
+        with pytest.raises(InputError, match=message):
+            run(N, "QwenTTSVoiceDataset", folder=bad, language="Auto", reference_clip="")
+    with pytest.raises(InputError, match="is not an audio file"):
+        run(N, "QwenTTSVoiceDataset", folder="voice_nodes", language="Auto", reference_clip="clip_00.txt")
+
+
+@pytest.fixture
+def progress(rt, monkeypatch):
+    """What the node shows: (value, total) of its progress bar and the text lines under it."""
+    import comfy.utils
+
+    bar, texts = [], []
+
+    class Bar:
+        def __init__(self, total):
+            pass
+
+        def update_absolute(self, value, total=None, preview=None):
+            bar.append((value, total))
+
+    monkeypatch.setattr(comfy.utils, "ProgressBar", Bar)
+    monkeypatch.setattr(rt, "show_text", texts.append)
+    return bar, texts
+
+
+def test_train_voice_then_speak_the_training_codes(N, rt, dataset_folder, progress):
+    data, _ = run(N, "QwenTTSVoiceDataset", folder="voice_nodes", language="Auto", reference_clip="")
+    (base, *_) = run(N, "QwenTTSModelLoader", model_name=BASE, dtype="fp32", device="cpu")
+    assert "Narrator" not in N["QwenTTSModelLoader"].define_schema().inputs[0].options
+    model, speaker, report = run(N, "QwenTTSTrainVoice", model=base, dataset=data, **TRAIN)
+    assert speaker == "narrator" and model.tts.speakers == ["narrator"] and model.model_type == "custom_voice"
+    folder = rt.model_roots()[0] / "Narrator"
+    assert report.startswith(f"{folder}: speaker 'narrator', 3 epochs, 60 steps, loss ")
+    first, last = (float(x) for x in report.rsplit("loss ", 1)[1].split(" -> "))
+    assert last < 0.02 < first
+    # the progress bar: speech codes clip by clip, then every training step with the loss under it
+    bar, texts = progress
+    assert bar == [(i, CLIPS) for i in range(1, CLIPS + 1)] + [(s, 60) for s in range(1, 61)]
+    assert texts[:CLIPS] == [f"speech codes {i}/{CLIPS}" for i in range(1, CLIPS + 1)]
+    steps = texts[CLIPS:]
+    assert [t.split(", loss")[0] for t in steps] == [f"epoch {1 + (s - 1) // CLIPS}/3, step {s}/60"
+                                                      for s in range(1, 61)]
+    assert steps[0].startswith(f"epoch 1/3, step 1/60, loss {first:.4f}, ~")
+    assert steps[-1] == f"epoch 3/3, step 60/60, loss {last:.4f}, ~0.0 min left"
+    # the loader lists the new folder at once (ComfyUI re-reads the schema when the page refreshes)
+    assert "Narrator" in N["QwenTTSModelLoader"].define_schema().inputs[0].options
+    # greedy Custom Voice with the wired speaker name says exactly the training codes
+    want = speech_codes.encode(base.tts.codec, *read_wav(dataset_folder / "clip_00.wav"))
+    out = run(N, "QwenTTSCustomVoice", model=model, text=TEXT, language="Auto", speaker="Vivian", instruction="",
+              one_text_per_line=False, seed=0, temperature=0.0, top_k=50, top_p=1.0, repetition_penalty=1.05,
+              max_seconds=4.0, speaker_name=speaker)
+    assert torch.equal(out[2].items[0], want)
+    # the base model the node was given is unchanged (training used its own copy)
+    assert base.model_type == "base" and base.tts.model.speaker_encoder is not None
+    # a second run into the same folder needs an explicit choice
+    with pytest.raises(InputError, match="already exists"):
+        run(N, "QwenTTSTrainVoice", model=base, dataset=data, **TRAIN)
+    again, _, report = run(N, "QwenTTSTrainVoice", model=base, dataset=data, **{**TRAIN, "if_exists": "resume"})
+    assert report.endswith(f"-> {last:.4f}") and again.tts.speakers == ["narrator"]   # nothing left to train
+
+
+def test_cancel_stops_within_one_step_and_keeps_the_last_epoch(N, rt, dataset_folder, monkeypatch):
+    import comfy.model_management as mm
+    from qwen_tts_core.finetune import objective, trainer
+
+    data, _ = run(N, "QwenTTSVoiceDataset", folder="voice_nodes", language="Auto", reference_clip="")
+    (base, *_) = run(N, "QwenTTSModelLoader", model_name=BASE, dtype="fp32", device="cpu")
+    steps = []
+
+    def batch_loss(*a, **k):
+        steps.append(1)
+        if len(steps) == 25:                                   # the user presses Cancel during step 25
+            mm.interrupt_current_processing(True)
+        return objective.batch_loss(*a, **k)
+
+    monkeypatch.setattr(trainer, "batch_loss", batch_loss)
+    settings = {**TRAIN, "speaker_name": "Cancelled", "method": "full", "epochs": 2}
+    with pytest.raises(mm.InterruptProcessingException):
+        run(N, "QwenTTSTrainVoice", model=base, dataset=data, **settings)
+    assert len(steps) == 25 and not mm.processing_interrupted()
+    folder = rt.model_roots()[0] / "Cancelled"
+    state = json.loads((folder / "training" / "state.json").read_text())
+    assert state["epochs_done"] == 1 and len(state["losses"]) == CLIPS           # epoch 1 kept, complete
+    assert sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(".")) == []
+    _, _, report = run(N, "QwenTTSTrainVoice", model=base, dataset=data, **{**settings, "if_exists": "resume"})
+    assert len(steps) == 25 + CLIPS and ", 2 epochs, 40 steps," in report        # resumed at epoch 2
+
+
+def test_train_voice_refuses_a_custom_voice_base_and_bad_names(N, dataset_folder):
+    data, _ = run(N, "QwenTTSVoiceDataset", folder="voice_nodes", language="Auto", reference_clip="")
+    (custom, *_) = run(N, "QwenTTSModelLoader", model_name="Qwen3-TTS-12Hz-1.7B-CustomVoice", dtype="fp32",
+                       device="cpu")
+    from qwen_tts_core.errors import UnsupportedModeError
+    with pytest.raises(UnsupportedModeError, match="Fine-tuning starts from a Base model"):
+        run(N, "QwenTTSTrainVoice", model=custom, dataset=data, **TRAIN)
+    (base, *_) = run(N, "QwenTTSModelLoader", model_name=BASE, dtype="fp32", device="cpu")
+    for field, value, message in (("speaker_name", "../../etc", "Invalid speaker name"),
+                                  ("output_name", "a/b", "Invalid output folder name"),
+                                  ("output_name", BASE, "the base model's own folder")):
+        with pytest.raises(InputError, match=message):
+            run(N, "QwenTTSTrainVoice", model=base, dataset=data, **{**TRAIN, field: value})
+    with pytest.raises(InputError, match="Connect a Voice Dataset"):
+        run(N, "QwenTTSTrainVoice", model=base, dataset="not a dataset", **TRAIN)
