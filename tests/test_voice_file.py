@@ -140,8 +140,12 @@ def test_voice_of_another_model_size(tmp_path, base):
     small = Voice(VoicePrompt(torch.randn(16)), "base", "0b6", 16)
     path = save_voice(small, tmp_path, "small")
     assert load_voice(path).hidden_size == 16                          # readable on its own
-    with pytest.raises(VoiceFileError, match="made with a 0.6B model.*re-create"):
+    with pytest.raises(VoiceFileError, match=re.escape(
+            "The voice 'small' was made with a 0.6B model (x-vector of 16 values) but the loaded model Tiny-Base "
+            "is 1.7B (32). Load a 0.6B Base model, or re-create the voice from its reference audio with this model.")):
         load_voice(path, expect=base)
+    with pytest.raises(VoiceFileError, match="^The voice was made with a 0.6B model"):     # an unnamed voice
+        small.check_fits(base)
 
 
 def test_voice_with_a_non_base_model(tmp_path, xvector_voice):
@@ -192,6 +196,13 @@ def test_the_file_holds_exactly_the_voice(tmp_path, base):
     back = load_voice(tmp_path / "renamed.safetensors", expect=base)
     assert (back.name, back.model_type, back.model_size) == ("anna", "base", "1b7")
     assert torch.equal(back.prompt.ref_codes, voice.prompt.ref_codes.long())
+    assert back.describe() == "voice anna: in_context clone made with a 1.7B base model, 20 reference frames, " \
+                              "transcript: 'Hello there, this is me.'"
+    _resave(tmp_path / "renamed.safetensors", {"model_type": "base-v2", "model_size": "0b6"})
+    back = load_voice(tmp_path / "renamed.safetensors")
+    assert (back.model_type, back.model_size) == ("base-v2", "0b6")
+    unsaved = Voice(VoicePrompt(torch.randn(16)), "base", "", 16)
+    assert unsaved.describe() == "voice (unsaved): x_vector clone made with a unknown-size base model"
 
 
 def test_a_file_without_the_optional_fields_loads_with_defaults(tmp_path, base, xvector_voice):
@@ -241,6 +252,7 @@ def test_reference_codes_span_the_whole_codebook(tmp_path, base):
                        "metadata\\). Voice files are made by the Save Voice node.$"),
     ({"format_version": None}, "^v.safetensors has an unreadable voice format version None; it is damaged: "
                                "save the voice again.$"),
+    ({"format_version": "one"}, "^v.safetensors has an unreadable voice format version 'one'"),
     ({"format_version": "0"}, "^v.safetensors has an invalid voice format version 0.$"),
 ])
 def test_format_problems(tmp_path, xvector_voice, meta, message):

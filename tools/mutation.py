@@ -102,11 +102,12 @@ def prepare(name: str, source: str, tests: list[str]) -> Path:
              # a mutant counts as a timeout after (its tests' time + 10 s) x 10 s of wall time
              # (x 20 of CPU time): generous, as a busy machine slows the tests several times
              "timeout_multiplier = 10.0", "timeout_constant = 10.0",
-             # nodes: each mutant in a process forked from a server that only collected the
-             # tests, as the node tests cache their base runs and loaded models; core modules:
-             # forked from mutmut's own process after the clean run (faster: the fixture models
-             # stay loaded; the mutated functions all run at test time, not at load)
-             f"process_isolation = {'forkserver' if nested else 'fork'}",
+             # with node tests: each mutant in a process forked from a server that only collected
+             # the tests (the node tests cache base runs and models, and share comfy_env's
+             # folders, which two mutants tested side by side must not); core tests alone: forked
+             # from mutmut's own process after the clean run (faster: the fixture models stay
+             # loaded; the mutated functions all run at test time, not at load)
+             f"process_isolation = {'forkserver' if nested or any('node' in t for t in tests) else 'fork'}",
              "use_git_change_detection = false", ""]
     (work / "setup.cfg").write_text("\n".join(lines))
     return work
