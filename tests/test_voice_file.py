@@ -203,6 +203,7 @@ def test_the_file_holds_exactly_the_voice(tmp_path, base):
     assert (back.model_type, back.model_size) == ("base-v2", "0b6")
     unsaved = Voice(VoicePrompt(torch.randn(16)), "base", "", 16)
     assert unsaved.describe() == "voice (unsaved): x_vector clone made with a unknown-size base model"
+    assert Voice.from_model(base, voice.prompt).name == "" and Voice.from_model(base, voice.prompt, "x").name == "x"
 
 
 def test_a_file_without_the_optional_fields_loads_with_defaults(tmp_path, base, xvector_voice):
