@@ -28,6 +28,9 @@ def _register_core() -> None:
 
 async def comfy_entrypoint():
     _register_core()
+    # comfy_api.latest, as in every node module of the pack (not a pinned comfy_api.v0_0_x):
+    # ComfyUI's own nodes import it, the pinned versions re-export the very same io/ui objects,
+    # and shared workflows depend on node ids and inputs, not on this path. README: ComfyUI versions.
     from comfy_api.latest import ComfyExtension
 
     from .nodes import NODES

@@ -3,6 +3,10 @@ checkpoints in the official layout), same machine, same run. Writes a Markdown a
 
     python bench/run.py --device cpu --sizes 0.6B --batches 1 --frames 32
     python bench/run.py --device cuda --sizes 0.6B,1.7B --batches 1,16 --dtype bf16
+    bash bench/gpu_check.sh            (the GPU check: CUDA tests + this bench + the targets table)
+
+Ours runs with CUDA graphs on CUDA (as the nodes and the CLI do; --no-cuda-graphs for the eager
+step), after one warm-up generation of the same shape (which captures the graph).
 
 The official side needs transformers 4.57.3 (it pins it). By default it runs with the same
 python and torch as ours (the .venv of tools/env.sh) with the transformers-4.57 overlay, where
@@ -91,7 +95,10 @@ def main() -> None:
     ap.add_argument("--official-pythonpath", default=str(ROOT / ".venv" / "transformers-4.57"))
     ap.add_argument("--ours-python", default=sys.executable)
     ap.add_argument("--skip-official", action="store_true")
+    ap.add_argument("--no-cuda-graphs", action="store_true",
+                    help="ours without CUDA graphs (they are on by default on CUDA)")
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--name", help="file stem of the tables (default: DEVICE-DTYPE)")
     args = ap.parse_args()
 
     rows = []
@@ -102,7 +109,8 @@ def main() -> None:
         folder = ensure_weights(official, size)
         for batch in map(int, args.batches.split(",")):
             base = ["--model", str(folder), "--size", size, "--batch", str(batch), *common]
-            pair = {"ours": derived(worker(args.ours_python, "ours", *base))}
+            pair = {"ours": derived(worker(args.ours_python, "ours", *base,
+                                           *(["--no-cuda-graphs"] if args.no_cuda_graphs else [])))}
             print(f"{size} b{batch} ours: {pair['ours']['xrt']:.3f} xRT", flush=True)
             if not args.skip_official:
                 pair["official"] = derived(worker(args.official_python, "official", *base,
@@ -121,7 +129,7 @@ def main() -> None:
                 official_version="0.1.1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.device}-{args.dtype}"
+    stem = args.name or f"{args.device}-{args.dtype}"
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     (out / f"{stem}.md").write_text(markdown(rows, meta))
     print(markdown(rows, meta))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 from qwen_tts_core import speech_codes
 
+from . import runtime
 from .types import CATEGORY, Codes, Tokenizer, audio_clips, audio_outputs, to_audio
 
 
@@ -49,5 +50,8 @@ class QwenTTSDecodeCodes(io.ComfyNode):
     @classmethod
     def execute(cls, speech_tokenizer, codes) -> io.NodeOutput:
         tok = speech_tokenizer.ready()
-        batch, items = to_audio(speech_codes.decode(tok, codes))
+        # Cancel is checked between decoder chunks (long code sequences take a while)
+        wavs = runtime.run_interruptible(
+            lambda: speech_codes.decode(tok, codes, on_chunk=lambda done, total: runtime.stop_if_interrupted()))
+        batch, items = to_audio(wavs)
         return io.NodeOutput(batch, items)

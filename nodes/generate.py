@@ -33,7 +33,8 @@ def _generate(model, method: str, texts: list[str], seed, temperature, top_k, to
     progress = runtime.FrameProgress()
     result = runtime.run_interruptible(lambda: getattr(tts, method)(
         texts, max_frames=max_frames, sampling=sampling, sub_sampling=sub_sampling,
-        seed=int(seed), decode=True, on_frame=progress.on_frame, on_start=progress.on_start, **kwargs))
+        seed=int(seed), decode=True, on_frame=progress.on_frame, on_start=progress.on_start,
+        on_decode=progress.on_decode, **kwargs))
     for i, stopped in enumerate(result.stopped):
         if not stopped:
             log.warning("Qwen3-TTS: clip %d reached the length limit before the speech ended; raise "

@@ -7,13 +7,20 @@ from . import runtime
 from .types import CATEGORY, DEVICES, DTYPES, Model, Tokenizer
 
 
-_AUTO_DTYPE = ("auto: bf16 on a CUDA GPU that supports it (else fp16), fp32 on CPU, Apple MPS and "
-               "other devices.")
+_AUTO_DTYPE = ("auto: ComfyUI's choice for the device (its --bf16-unet / --fp16-unet / --fp32-unet "
+               "/ --force-fp32 flags apply): bf16 on GPUs that compute it natively (RTX 30xx, A100 "
+               "and newer), fp16 on older GPUs and Apple MPS, fp32 on CPU; the info output says "
+               "what was chosen and why.")
 _MODEL_DTYPE = (
     f"Weight precision. {_AUTO_DTYPE} The speech tokenizer's encoder is always fp32; its decoder is "
     "fp32 too, since the model is first loaded on the CPU, except with device auto under ComfyUI's "
     "--highvram or --gpu-only (loaded on the GPU, the decoder takes this precision).")
 _TOKENIZER_DTYPE = f"Precision of the speech decoder. {_AUTO_DTYPE} The encoder is always fp32."
+_DOWNLOAD_TIP = (
+    "Released checkpoints not on disk yet are listed as '<name> (download, size)': running with one "
+    "downloads it from Hugging Face into models/qwen-tts/<name>/ (progress bar, Cancel keeps what "
+    "arrived and the next run continues, every file's hash is checked), then loads it; afterwards it "
+    "is listed under its plain name (press R). A plain name never downloads anything.")
 
 
 def _device_inputs(dtype_tooltip: str) -> list[io.Input]:
@@ -34,14 +41,21 @@ class QwenTTSModelLoader(io.ComfyNode):
             display_name="Qwen3-TTS Model Loader",
             category=CATEGORY,
             description="Loads a Qwen3-TTS checkpoint folder from models/qwen-tts/ (CustomVoice, "
-                        "VoiceDesign or Base) with its speech tokenizer.",
+                        "VoiceDesign or Base) with its speech tokenizer; a '(download)' entry first "
+                        "downloads the released checkpoint from Hugging Face.",
             inputs=[
-                io.Combo.Input("model_name", options=runtime.list_model_folders("model"),
+                io.Combo.Input("model_name", options=runtime.model_choices("model"),
                                tooltip="A checkpoint folder under models/qwen-tts/ (also the "
                                        "qwen-tts paths of extra_model_paths.yaml), e.g. "
-                                       "Qwen3-TTS-12Hz-1.7B-CustomVoice. See the README (Models) for "
-                                       "the download commands."),
+                                       "Qwen3-TTS-12Hz-1.7B-CustomVoice. " + _DOWNLOAD_TIP),
                 *_device_inputs(_MODEL_DTYPE),
+                # appended last: workflows map widget values by position; older ones get the default
+                io.Boolean.Input("cuda_graphs", default=True, optional=True,
+                                 tooltip="Fast path on NVIDIA GPUs: each generated frame is replayed "
+                                         "as one captured CUDA graph (captured once per batch size and "
+                                         "length bucket, then reused). In fp32 the codes are the same "
+                                         "as without; off: the plain step (for debugging). No effect "
+                                         "on CPU or Mac."),
             ],
             outputs=[
                 Model.Output("model", display_name="model",
@@ -50,18 +64,20 @@ class QwenTTSModelLoader(io.ComfyNode):
                 Tokenizer.Output("speech_tokenizer", display_name="speech_tokenizer",
                                  tooltip="The model's own speech tokenizer, for Encode/Decode."),
                 io.String.Output("info", display_name="info",
-                                 tooltip="Model type, size, precision, device and speakers."),
+                                 tooltip="Model type, size, precision (and why it was chosen), "
+                                         "device, speakers and whether CUDA graphs are used."),
             ],
         )
 
     @classmethod
     def validate_inputs(cls, model_name):
-        # A name missing from the list is reported at run time with download instructions.
+        # A name missing from the list is reported at run time with download instructions; a
+        # download entry downloads only when the node runs, never during validation.
         return True
 
     @classmethod
-    def execute(cls, model_name, dtype, device) -> io.NodeOutput:
-        handle = runtime.load_model(model_name, dtype, device)
+    def execute(cls, model_name, dtype, device, cuda_graphs=True) -> io.NodeOutput:
+        handle = runtime.load_model(model_name, dtype, device, cuda_graphs)
         return io.NodeOutput(handle, handle.tokenizer(), handle.describe())
 
 
@@ -75,9 +91,9 @@ class QwenTTSSpeechTokenizerLoader(io.ComfyNode):
             description="Loads the Qwen3-TTS 12 Hz speech tokenizer (audio <-> codes): the standalone "
                         "Qwen3-TTS-Tokenizer-12Hz folder, or the one inside any model folder.",
             inputs=[
-                io.Combo.Input("tokenizer_name", options=runtime.list_model_folders("any"),
+                io.Combo.Input("tokenizer_name", options=runtime.model_choices("tokenizer"),
                                tooltip="Qwen3-TTS-Tokenizer-12Hz, or any Qwen3-TTS model folder "
-                                       "(its speech_tokenizer/ subfolder is used)."),
+                                       "(its speech_tokenizer/ subfolder is used). " + _DOWNLOAD_TIP),
                 *_device_inputs(_TOKENIZER_DTYPE),
             ],
             outputs=[Tokenizer.Output("speech_tokenizer", display_name="speech_tokenizer",

@@ -9,11 +9,13 @@ from comfy_api.latest import io
 from qwen_tts_core.errors import InputError
 from qwen_tts_core.longform import (Normalization, Pauses, Speaker, VoiceSpec, narrate, parse_subtitles,
                                    perform_script, voice_over)
+from qwen_tts_core.longform.script import check_speaker_name
+from qwen_tts_core.longform.text import check_text
 from qwen_tts_core.voice import Voice
 
 from . import runtime
 from .types import (CATEGORY, LANGUAGES, SPEAKERS, Voice as VoiceType, model_input, sampling_inputs,
-                    sampling_settings, to_audio)
+                    sampling_settings, to_audio, validation_result)
 
 SpeakerType = io.Custom("QWEN_TTS_SPEAKER")      # nodes.longform.SpeakerRecipe
 MAX_SCRIPT_SPEAKERS = 6
@@ -65,7 +67,8 @@ class SpeakerRecipe:
 def _name_input(default: str) -> io.Input:
     return io.String.Input("name", default=default,
                            tooltip="Name of this speaker in a script ('Name: line') or in subtitles "
-                                   "(WebVTT <v Name> or 'Name: ' before the text).")
+                                   "(WebVTT <v Name> or 'Name: ' before the text): at most 40 characters, "
+                                   "no colon, brackets or line breaks.")
 
 
 def _speaker_output() -> list[io.Output]:
@@ -81,7 +84,7 @@ def _language_input() -> io.Input:
 def _speaker(model, kind: str, name: str, language: str, **voice) -> io.NodeOutput:
     if model is None or not hasattr(model, "ready"):
         raise InputError("Connect a Qwen3-TTS Model Loader to 'model'.")
-    recipe = SpeakerRecipe(model, kind, (name or "").strip(), language, **voice)
+    recipe = SpeakerRecipe(model, kind, check_speaker_name(name or ""), language, **voice)
     recipe.spec()  # checks now: the model's kind, the speaker / description / voice, the language
     return io.NodeOutput(recipe)
 
@@ -103,8 +106,9 @@ class QwenTTSSpeakerBuiltIn(io.ComfyNode):
             outputs=_speaker_output())
 
     @classmethod
-    def validate_inputs(cls, speaker):
-        return True  # checked against the loaded model when the speaker is used
+    def validate_inputs(cls, speaker=None, name=None):
+        # the speaker is checked against the loaded model when the node runs
+        return validation_result(check_speaker_name, name)
 
     @classmethod
     def execute(cls, model, speaker, language, instruction, name) -> io.NodeOutput:
@@ -129,6 +133,10 @@ class QwenTTSSpeakerDesigned(io.ComfyNode):
             outputs=_speaker_output())
 
     @classmethod
+    def validate_inputs(cls, name=None):
+        return validation_result(check_speaker_name, name)
+
+    @classmethod
     def execute(cls, model, voice_description, language, name) -> io.NodeOutput:
         return _speaker(model, "design", name, language, instruct=(voice_description or "").strip())
 
@@ -144,6 +152,10 @@ class QwenTTSSpeakerCloned(io.ComfyNode):
                     _language_input(),
                     _name_input("Narrator")],
             outputs=_speaker_output())
+
+    @classmethod
+    def validate_inputs(cls, name=None):
+        return validation_result(check_speaker_name, name)
 
     @classmethod
     def execute(cls, model, voice, language, name) -> io.NodeOutput:
@@ -212,8 +224,7 @@ class QwenTTSNarrate(io.ComfyNode):
     def execute(cls, speaker, text, seed, temperature, top_k, top_p, repetition_penalty, retries,
                 chunk_seconds, normalize_text) -> io.NodeOutput:
         recipe = _recipe(speaker)
-        if not isinstance(text, str) or not text.strip():
-            raise InputError("The text is empty; type or paste something to read.")
+        check_text(text)
         progress = runtime.ChunkProgress()
         # one voice: its name plays no part (no name check), the seed as given
         sampling, sub_sampling = sampling_settings(temperature, top_k, top_p, repetition_penalty)

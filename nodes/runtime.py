@@ -7,6 +7,9 @@ import json
 import logging
 import math
 import os
+import re
+import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +19,10 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.utils
 import folder_paths
+from qwen_tts_core import download as hub
 from qwen_tts_core import speech_codes
-from qwen_tts_core.api import QwenTTS, resolve_dtype
+from qwen_tts_core.api import QwenTTS, auto_dtype, probe_device
+from qwen_tts_core.api import choose_dtype as core_choose_dtype
 from qwen_tts_core.duration import FRAME_RATE
 from qwen_tts_core.errors import InputError, ModelFolderError
 from qwen_tts_core.voice import list_voices, voice_path
@@ -27,15 +32,8 @@ log = logging.getLogger("qwen_tts_nodes")
 MODELS = "qwen-tts"              # models/qwen-tts/<checkpoint folder>/
 VOICES = "qwen-tts-voices"       # models/qwen-tts-voices/<name>.safetensors
 
-# Hugging Face repositories of the released checkpoints (folder name = repository name)
-CHECKPOINTS = {
-    "Qwen3-TTS-12Hz-1.7B-CustomVoice": "built-in speakers with style instructions",
-    "Qwen3-TTS-12Hz-0.6B-CustomVoice": "built-in speakers, smaller",
-    "Qwen3-TTS-12Hz-1.7B-VoiceDesign": "a voice from a description",
-    "Qwen3-TTS-12Hz-1.7B-Base": "voice cloning",
-    "Qwen3-TTS-12Hz-0.6B-Base": "voice cloning, smaller",
-    "Qwen3-TTS-Tokenizer-12Hz": "the speech tokenizer alone",
-}
+# the released checkpoints (folder name = Hugging Face repository name Qwen/<name>) -> what for
+CHECKPOINTS = {name: c.what for name, c in hub.CHECKPOINTS.items()}
 
 
 def register_folders() -> None:
@@ -65,8 +63,10 @@ def list_model_folders(kind: str = "any") -> list[str]:
         if not root.is_dir():
             continue
         for sub in sorted(root.iterdir()):
+            if sub.name.startswith("."):                 # e.g. .downloading/: unfinished downloads
+                continue
             for folder in [sub] + (sorted(sub.iterdir()) if sub.is_dir() and not (sub / "config.json").exists() else []):
-                if folder.is_dir() and (folder / "config.json").is_file():
+                if folder.is_dir() and not folder.name.startswith(".") and (folder / "config.json").is_file():
                     if kind == "model" and _looks_like_tokenizer(folder):
                         continue
                     names.append(folder.relative_to(root).as_posix())
@@ -83,8 +83,49 @@ def _looks_like_tokenizer(folder: Path) -> bool:
 
 def download_hint(name: str, root: Path) -> str:
     repo = name if name in CHECKPOINTS else "Qwen3-TTS-12Hz-1.7B-CustomVoice"
-    return (f"hf download Qwen/{repo} --local-dir \"{root / repo}\"  (or: huggingface-cli download "
-            f"Qwen/{repo} --local-dir ...)")
+    return f"{hub.manual_command(repo, root)}  (or: huggingface-cli download Qwen/{repo} --local-dir ...)"
+
+
+# --------------------------------------------------------------------------- downloads
+# A loader list offers each released checkpoint that is on disk nowhere as "<name> (download,
+# <size>)". Only that entry downloads (when the folder is still missing; otherwise it loads the
+# folder like the plain name); the plain name never downloads, so opening a shared workflow never
+# starts a download the user did not pick.
+_DOWNLOAD_ENTRY = re.compile(r"(?P<name>.+) \(download(?:, [^)]*)?\)")
+
+
+def download_entry(name: str) -> str:
+    return f"{name} (download, {hub.CHECKPOINTS[name].size})"
+
+
+def model_choices(kind: str) -> list[str]:
+    """A loader's list: the folders on disk, then download entries for the released checkpoints
+    that are not (kind "model": the TTS checkpoints; "tokenizer": the speech tokenizer)."""
+    have = list_model_folders("model" if kind == "model" else "any")
+    wanted = [n for n in hub.CHECKPOINTS if (n == hub.TOKENIZER) == (kind == "tokenizer")]
+    return have + [download_entry(n) for n in wanted if n not in have]
+
+
+def parse_choice(value: str) -> tuple[str, bool]:
+    """(folder name, whether the user chose to download it) for a loader's value."""
+    m = _DOWNLOAD_ENTRY.fullmatch(value) if isinstance(value, str) else None
+    if m and m["name"] in hub.CHECKPOINTS:
+        return m["name"], True
+    return value, False
+
+
+def chosen_folder(value: str, what: str = "model") -> tuple[str, Path]:
+    """(name, folder) for a loader's value; a download entry whose folder is missing downloads it
+    into the first models/qwen-tts folder first, with the progress bar and Cancel."""
+    name, fetch = parse_choice(value)
+    if fetch and not any((root / name / "config.json").is_file() for root in model_roots()):
+        roots = model_roots()
+        if not roots:
+            raise ModelFolderError(f"No models/{MODELS} folder is registered to download {name} into.")
+        bar = comfy.utils.ProgressBar(1)
+        hub.download(name, roots[0], on_progress=lambda done, total: bar.update_absolute(done, max(total, 1)),
+                     check_interrupt=stop_if_interrupted)
+    return name, find_model_folder(name, what)
 
 
 def find_model_folder(name: str, what: str = "model") -> Path:
@@ -94,7 +135,7 @@ def find_model_folder(name: str, what: str = "model") -> Path:
     if not isinstance(name, str) or not name.strip():
         name = ""
     parts = Path(name).parts
-    if name and (Path(name).is_absolute() or ".." in parts):
+    if name and (Path(name).is_absolute() or ".." in parts or any(p.startswith(".") for p in parts)):
         raise InputError(f"Invalid {what} folder name {name!r}; pick a folder under models/{MODELS}/.")
     for root in roots:
         folder = root / name
@@ -108,9 +149,11 @@ def find_model_folder(name: str, what: str = "model") -> Path:
     else:
         listing = f"Folders found: {', '.join(found)}."
     wanted = f"'{name}' " if name else ""
+    pick = (f"To download it from here, choose '{download_entry(name)}' in the loader's list. "
+            if name in CHECKPOINTS else "")
     raise ModelFolderError(
-        f"Qwen3-TTS {what} folder {wanted}not found in {where}. {listing} Download the checkpoint "
-        f"into its own folder there, e.g.: {download_hint(name, first)}. Checkpoints: "
+        f"Qwen3-TTS {what} folder {wanted}not found in {where}. {listing} {pick}Or download the "
+        f"checkpoint into its own folder there, e.g.: {download_hint(name, first)}. Checkpoints: "
         + "; ".join(f"{k} ({v})" for k, v in CHECKPOINTS.items())
         + ". Then refresh the browser (R) and pick it in the loader.")
 
@@ -138,10 +181,13 @@ def voice_save_folder() -> Path:
 
 # --------------------------------------------------------------------------- devices, offloading
 def devices(choice: str) -> tuple[torch.device, torch.device]:
-    """(load device, offload device) for the loader's device option."""
+    """(load device, offload device) for the loader's device option; a GPU that is busy or
+    broken is reported here, before anything loads."""
     cpu = torch.device("cpu")
     if choice == "auto":
         load = mm.get_torch_device()
+        if load.type != "cpu":
+            probe_device(load)
         return load, (cpu if load.type == "cpu" else mm.unet_offload_device())
     if choice == "cpu":
         return cpu, cpu
@@ -149,26 +195,63 @@ def devices(choice: str) -> tuple[torch.device, torch.device]:
         if not torch.cuda.is_available():
             raise InputError("device 'cuda' was chosen but this machine has no usable CUDA GPU "
                              "(or ComfyUI runs with --cpu). Choose 'auto' or 'cpu'.")
-        return torch.device("cuda", torch.cuda.current_device()), cpu
+        return probe_device(torch.device("cuda", torch.cuda.current_device())), cpu
     if choice == "mps":
         if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
             raise InputError("device 'mps' was chosen but Apple Metal is not available here. "
                              "Choose 'auto' or 'cpu'.")
-        return torch.device("mps"), cpu
+        return probe_device(torch.device("mps")), cpu
     raise InputError(f"Unknown device {choice!r}; use auto, cuda, cpu or mps.")
 
 
-class QwenTTSWeights(torch.nn.Module):
-    """Container that lets ComfyUI's ModelPatcher move a group of our modules as one model."""
+SUPPORTED = (torch.bfloat16, torch.float16, torch.float32)
 
-    def __init__(self, **modules):
+
+def choose_dtype(choice: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """(dtype, why) for the loader's dtype option on the load device. "auto" follows ComfyUI:
+    `model_management.unet_dtype` with this model's supported precisions, so ComfyUI's flags
+    (--bf16-unet, --fp16-unet, --fp32-unet, --force-fp32, ...) apply. The pack's own rule
+    (`qwen_tts_core.api.auto_dtype`) is used where ComfyUI has no such function, picks a
+    precision this model has no kernels for (fp8, fp64), or picks bf16 on a GPU that only
+    emulates it."""
+    if choice != "auto":
+        return core_choose_dtype(choice, device)
+    unet_dtype = getattr(mm, "unet_dtype", None)
+    try:
+        chosen = unet_dtype(device=device, supported_dtypes=list(SUPPORTED)) if unet_dtype else None
+    except TypeError:          # an older ComfyUI without supported_dtypes
+        chosen = None
+    own, own_why = auto_dtype(device)
+    if chosen is None:
+        return own, f"{own_why} (this ComfyUI has no dtype helper for it)"
+    name = str(chosen).replace("torch.", "")
+    if chosen not in SUPPORTED:
+        return own, f"{own_why} (ComfyUI's choice {name} is not a precision this model runs in)"
+    if chosen == torch.bfloat16 and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+        return own, f"{own_why} (ComfyUI chose bf16, which this GPU only emulates)"
+    return chosen, f"{name}: ComfyUI's choice for {device} (its precision flags apply)"
+
+
+class QwenTTSWeights(torch.nn.Module):
+    """Container that lets ComfyUI's ModelPatcher move a group of our modules as one model.
+    `on_move` runs before the weights move (offload, reload): kept CUDA graphs hold the
+    weights' addresses, so they and their caches are released then."""
+
+    def __init__(self, on_move=None, **modules):
         super().__init__()
+        self._on_move = on_move
         for k, v in modules.items():
             self.add_module(k, v)
 
+    def _apply(self, fn, *args, **kwargs):
+        if self._on_move is not None:
+            self._on_move()
+        return super()._apply(fn, *args, **kwargs)
 
-def patcher(module: torch.nn.Module, load: torch.device, offload: torch.device):
-    return comfy.model_patcher.ModelPatcher(QwenTTSWeights(weights=module), load_device=load, offload_device=offload)
+
+def patcher(module: torch.nn.Module, load: torch.device, offload: torch.device, on_move=None):
+    return comfy.model_patcher.ModelPatcher(QwenTTSWeights(on_move, weights=module), load_device=load,
+                                            offload_device=offload)
 
 
 def load_to_device(patchers: list, memory_required: int = 0) -> None:
@@ -208,8 +291,13 @@ class ModelHandle:
     def describe(self) -> str:
         t = self.tts
         extra = f"; speakers: {', '.join(t.speakers)}" if t.speakers else ""
+        load = self.patcher.load_device
+        if load.type != "cuda":
+            graphs = "CUDA graphs: not used on " + load.type
+        else:
+            graphs = "CUDA graphs: " + ("on" if t.cuda_graphs else "off (eager step)")
         return (f"{self.name}: Qwen3-TTS {t.config.size_label} {t.model_type}, {t.dtype} on "
-                f"{self.patcher.load_device}{extra}")
+                f"{load}{extra}; precision {t.dtype_reason}; {graphs}")
 
     def tokenizer(self) -> TokenizerHandle:
         return TokenizerHandle(self.tts.codec, self.codec_patcher, f"{self.name}/speech_tokenizer")
@@ -222,29 +310,66 @@ class ModelHandle:
         return self.tts
 
     def memory_estimate(self, batch: int, frames: int) -> int:
-        """Bytes of the talker's KV caches for `batch` items of ~`frames` positions."""
-        c = self.tts.config.talker
-        per_position = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim
-        return int(batch * (frames + 512) * per_position * self.tts.dtype.itemsize)
+        """Bytes a generation needs on the load device besides the weights (the core's estimate:
+        KV caches, frame state, decoder activations of the batch), for ComfyUI to free first."""
+        return self.tts.memory_estimate(batch, frames, device=self.patcher.load_device)
 
 
-def load_model(name: str, dtype: str, device: str) -> ModelHandle:
-    folder = find_model_folder(name)
+# Handles alive anywhere in the process, by what they were loaded from. ComfyUI's cache may drop
+# a loader's output while an output made from it stays cached (ComfyUI >= 0.4's RAM-pressure
+# cache drops entries that carry a ModelPatcher first, and under pressure drops a node's output
+# right after the node ran, keeping only what its consumers touch, e.g. a Speaker). The loader
+# then runs again; it returns the handle that is still alive instead of a second copy from
+# disk. Weak references: once nothing holds a handle, it is freed and the next load reads disk.
+_LOADED: "weakref.WeakValueDictionary[tuple, ModelHandle | TokenizerHandle]" = weakref.WeakValueDictionary()
+
+
+def _loaded_key(kind: str, folder: Path, dtype: torch.dtype, load: torch.device, offload: torch.device) -> tuple:
+    """Changes when the checkpoint on disk changes (each config and weights file: size, mtime)."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix in (".json", ".safetensors") and p.is_file())
+    stamp = tuple((p.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()])
+    return kind, str(folder.absolute()), stamp, dtype, load, offload
+
+
+def _reuse(key: tuple, name: str):
+    handle = _LOADED.get(key)
+    if handle is not None:
+        log.info("Reusing %s (still loaded)", name)
+    return handle
+
+
+def load_model(name: str, dtype: str, device: str, cuda_graphs: bool = True) -> ModelHandle:
+    name, folder = chosen_folder(name)
     load, offload = devices(device)
-    dt = resolve_dtype(dtype, load)
-    tts = QwenTTS.from_pretrained(folder, dtype=dt, device=offload, speech_tokenizer=True)
+    dt, why = choose_dtype(dtype, load)
+    key = _loaded_key("model", folder, dt, load, offload) + (bool(cuda_graphs),)
+    if (handle := _reuse(key, name)) is not None:
+        return handle
+    start = time.perf_counter()
+    tts = QwenTTS.from_pretrained(folder, dtype=dt, device=offload, speech_tokenizer=True,
+                                  cuda_graphs=bool(cuda_graphs))
+    tts.dtype_reason = why
     codec = speech_codes.modules(tts.codec)
-    handle = ModelHandle(tts, patcher(tts.model, load, offload), patcher(codec, load, offload), name)
-    log.info("Loaded %s", handle.describe())
+    handle = ModelHandle(tts, patcher(tts.model, load, offload, on_move=tts.release_steps),
+                         patcher(codec, load, offload), name)
+    log.info("Loaded %s in %.2f s", handle.describe(), time.perf_counter() - start)
+    _LOADED[key] = handle
     return handle
 
 
 def load_tokenizer(name: str, dtype: str, device: str) -> TokenizerHandle:
-    folder = find_model_folder(name, "speech tokenizer")
+    name, folder = chosen_folder(name, "speech tokenizer")
     load, offload = devices(device)
-    dt = resolve_dtype(dtype, load)
+    dt, _ = choose_dtype(dtype, load)
+    key = _loaded_key("tokenizer", folder, dt, load, offload)
+    if (handle := _reuse(key, name)) is not None:
+        return handle
+    start = time.perf_counter()
     tok = speech_codes.load_speech_tokenizer(folder, dtype=dt, device=offload)
-    return TokenizerHandle(tok, patcher(speech_codes.modules(tok), load, offload), name)
+    handle = TokenizerHandle(tok, patcher(speech_codes.modules(tok), load, offload), name)
+    log.info("Loaded speech tokenizer %s in %.2f s", name, time.perf_counter() - start)
+    _LOADED[key] = handle
+    return handle
 
 
 # --------------------------------------------------------------------------- progress, interrupt
@@ -264,20 +389,42 @@ class FrameProgress:
         stop_if_interrupted()
         self.bar.update_absolute(index + 1, self.total)
 
+    def on_decode(self, done: int, total: int) -> None:
+        """Between decoder chunks: Cancel stops a long decode too."""
+        stop_if_interrupted()
+
 
 class ChunkProgress:
     """A ComfyUI progress bar over the chunks (narration) or lines (subtitles, script) of a
-    long-form node, as the core's `on_progress`; its `on_frame`, given to every speaker, stops
-    the generation within one frame when the user interrupts the prompt."""
+    long-form node, as the core's `on_progress`, that also moves inside a chunk or line: its
+    `on_frame`, given to every speaker, counts the frames generated against the frames expected
+    for the chunk or line now starting (at most 95% of it until it ends, so retries and slow
+    speech never move the bar back), and stops the generation within one frame when the user
+    interrupts the prompt."""
+
+    STEPS = 100           # bar steps per chunk or line
+    WITHIN_MAX = 0.95     # share of a chunk or line the frames alone can fill
 
     def __init__(self):
         self.bar = comfy.utils.ProgressBar(1)
+        self.done, self.total, self.value = 0, 1, 0
+        self.frames, self.expected_frames = 0, 1.0
 
     def __call__(self, progress) -> None:
-        self.bar.update_absolute(progress.done, max(progress.total, 1))
+        self.done, self.total = progress.done, max(progress.total, 1)
+        self.frames, self.expected_frames = 0, max(1.0, progress.next_seconds * FRAME_RATE)
+        self._show(self.done * self.STEPS, force=True)
 
     def on_frame(self, index: int, frame) -> None:
         stop_if_interrupted()
+        self.frames += 1
+        within = min(self.frames / self.expected_frames, self.WITHIN_MAX)
+        self._show(int((self.done + within) * self.STEPS))
+
+    def _show(self, value: int, force: bool = False) -> None:
+        if value > self.value or force:
+            self.value = max(self.value, value)
+            self.bar.update_absolute(self.value, self.total * self.STEPS)
 
 
 def stop_if_interrupted() -> None:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from comfy_api.latest import io
+from comfy_api.latest import io   # why latest and not a pinned version: see the pack's __init__.py
 from qwen_tts_core.errors import InputError
+from qwen_tts_core.longform.text import check_text
 from qwen_tts_core.sampling import Sampling
 from qwen_tts_core.speech_codes import SAMPLE_RATE  # 24 kHz: what the model speaks at
 
@@ -55,7 +56,9 @@ def sampling_inputs() -> list[io.Input]:
     """Seed and sampling widgets (defaults = the released checkpoints' generation_config.json)."""
     return [
         io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                     tooltip="Random seed; the same seed and settings give the same speech."),
+                     tooltip="Random seed; the same seed, text and settings give the same speech. "
+                             "With one text per line, line i uses seed + i, so a line sounds the "
+                             "same alone as in the batch (at the same place)."),
         io.Float.Input("temperature", default=0.9, min=0.0, max=2.0, step=0.05,
                        tooltip="Sampling temperature of the talker. Lower = steadier, higher = more "
                                "varied. 0 = greedy, no sampling at all (same text, same speech)."),
@@ -89,17 +92,29 @@ def audio_outputs() -> list[io.Output]:
     ]
 
 
+def validation_result(check, value) -> bool | str:
+    """ComfyUI's `validate_inputs` answer for a typed value: True, or the message of the
+    InputError that `check(value)` raises, so a bad value stops the prompt before anything runs.
+    A value that comes through a link is None at validation time; the node checks it when it runs."""
+    if value is None:
+        return True
+    try:
+        check(value)
+    except InputError as e:
+        return str(e)
+    return True
+
+
 def split_texts(text: str, one_per_line: bool) -> list[str]:
+    """The clips to say, each checked by the core's one text check (before any model is loaded)."""
     if not isinstance(text, str):
         raise InputError(f"The text must be a string, got {type(text).__name__}.")
-    if one_per_line:
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        if not lines:
-            raise InputError("The text is empty; type one line per clip.")
-        return lines
-    if not text.strip():
-        raise InputError("The text is empty; type something to say.")
-    return [text]
+    if not one_per_line:
+        return [check_text(text)]
+    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines:
+        raise InputError("The text is empty; type one line per clip.")
+    return [check_text(line, f"Line {n}") for n, line in lines]
 
 
 def to_audio(waves: list[torch.Tensor], sample_rate: int = SAMPLE_RATE) -> tuple[dict, list[dict]]:

@@ -5,10 +5,10 @@ import logging
 
 from comfy_api.latest import io
 from qwen_tts_core.errors import InputError
-from qwen_tts_core.voice import Voice, load_voice, save_voice
+from qwen_tts_core.voice import Voice, load_voice, save_voice, voice_file_name
 
 from . import runtime
-from .types import CATEGORY, Voice as VoiceType, audio_clips, model_input
+from .types import CATEGORY, Voice as VoiceType, audio_clips, model_input, validation_result
 
 log = logging.getLogger("qwen_tts_nodes")
 
@@ -31,7 +31,8 @@ class QwenTTSVoiceFromAudio(io.ComfyNode):
                                        "60 s with a warning). Any sample rate; stereo is mixed to mono."),
                 io.String.Input("reference_text", multiline=True, default="",
                                 tooltip="Exactly what is said in the reference audio (NOT the text to "
-                                        "speak). Needed for in-context mode."),
+                                        "speak). Empty: mode auto makes an x-vector-only voice (less "
+                                        "close), and in-context mode stops with an error."),
                 io.Combo.Input("mode", options=MODES, default="auto",
                                tooltip="in-context: uses the reference audio and its transcript "
                                        "(closest likeness). x-vector only: a speaker embedding alone "
@@ -50,6 +51,9 @@ class QwenTTSVoiceFromAudio(io.ComfyNode):
         if mode not in MODES:
             raise InputError(f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.")
         x_vector_only = mode == "x-vector only" or (mode == "auto" and not (reference_text or "").strip())
+        if mode == "auto" and x_vector_only:
+            log.info("Qwen3-TTS: no reference transcript, so mode auto makes an x-vector-only voice (less "
+                     "close to the reference); type what the clip says for an in-context voice.")
         tts = model.ready(with_codec=not x_vector_only)
         wav, rate = clips[0]
         prompt = tts.create_voice_clone_prompt(wav, rate, reference_text, x_vector_only=x_vector_only)
@@ -69,7 +73,8 @@ class QwenTTSSaveVoice(io.ComfyNode):
                 VoiceType.Input("voice", tooltip="A voice from Make Voice from Reference Audio or Load Voice."),
                 io.String.Input("name", default="my_voice",
                                 tooltip="File name of the voice (letters, digits, spaces, '-', '_'); "
-                                        "no folders."),
+                                        "no folders, no Windows device names (con, nul, com1, ...). "
+                                        "Checked before the prompt runs."),
                 io.Boolean.Input("overwrite", default=False,
                                  tooltip="Replace an existing, different voice of the same name. Off: "
                                          "such a save stops with an error and the old file is kept."),
@@ -78,6 +83,10 @@ class QwenTTSSaveVoice(io.ComfyNode):
             outputs=[VoiceType.Output("saved_voice", display_name="voice", tooltip="The same voice, passed on."),
                      io.String.Output("path", display_name="path", tooltip="Where the voice was saved.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, name=None):
+        return validation_result(voice_file_name, name)
 
     @classmethod
     def execute(cls, voice, name, overwrite) -> io.NodeOutput:
@@ -106,8 +115,9 @@ class QwenTTSLoadVoice(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, voice_name):
-        return True  # missing or unsafe names are reported at run time with what exists
+    def validate_inputs(cls, voice_name=None):
+        # unsafe names fail now; a name not in the list is reported at run time with what exists
+        return validation_result(voice_file_name, voice_name)
 
     @classmethod
     def fingerprint_inputs(cls, voice_name, **kwargs):

@@ -28,7 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, help="cap on the generated length")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--dtype", default="auto", help="auto (bf16 on GPUs that have it natively, fp16 on "
+                    "older GPUs and Apple MPS, fp32 on CPU), bf16, fp16 or fp32")
+    ap.add_argument("--no-cuda-graphs", action="store_true",
+                    help="on CUDA, run the plain step instead of replaying each frame as a CUDA graph")
     args = ap.parse_args(argv)
 
     from . import audio
@@ -36,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         t0 = time.perf_counter()
-        tts = QwenTTS.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+        tts = QwenTTS.from_pretrained(args.model, dtype=args.dtype, device=args.device,
+                                      cuda_graphs=not args.no_cuda_graphs)
         options = dict(seed=args.seed, decode=True)
         if args.max_seconds:
             options["max_frames"] = max(1, int(args.max_seconds * FRAME_RATE))

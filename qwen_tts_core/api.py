@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -18,8 +18,11 @@ from . import speech_codes
 from .checkpoint import load_into, load_text_tokenizer, weight_files
 from .config import GenerationDefaults, ModelConfig, read_json
 from .duration import FRAME_RATE, max_frames_for  # noqa: F401  (FRAME_RATE is part of the API)
-from .errors import InputError, ModelFolderError, UnsupportedModeError
-from .generate import FrameLoop, collate, collect
+from .errors import DeviceError, InputError, ModelFolderError, OutOfMemory, UnsupportedModeError
+from .generate import (FrameLoop, Frames, FrameStep, GraphedStep, StepBuckets, cache_bucket,
+                       collate, collect, item_generators, step_bytes, weights_key)
+from .longform.languages import unsupported_script_note
+from .longform.text import check_text
 from .prompt import PromptBuilder, Request, TalkerPrompt, VoicePrompt
 from .sampling import Sampling
 from .speaker import LogMel, SpeakerEncoder
@@ -31,36 +34,130 @@ MAX_TEXT_TOKENS = 4096       # one generation; longer texts go through the long-
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> cuda, else mps, else cpu. A named device is checked: it must exist and take a
+    tensor (a GPU held by another program in exclusive mode, or whose driver fails, does not)."""
     if str(device) == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
+            return probe_device(torch.device("cuda"))
+        if _mps_available():
+            return probe_device(torch.device("mps"))
         return torch.device("cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceError(f"Unknown device {device!r} ({e}); use auto, cpu, cuda, cuda:N or mps.") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"Device {device!r} was chosen but this machine has no usable CUDA GPU "
+                              "(no NVIDIA GPU, or a CPU-only torch). Choose auto or cpu.")
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(f"Device {device!r} does not exist: this machine has {count} CUDA "
+                              f"GPU(s), cuda:0..cuda:{count - 1}. Choose one of those, or auto.")
+    elif dev.type == "mps" and not _mps_available():
+        raise DeviceError(f"Device {device!r} was chosen but Apple Metal (MPS) is not available here. "
+                          "Choose auto or cpu.")
+    return probe_device(dev) if dev.type != "cpu" else dev
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def probe_device(device: torch.device) -> torch.device:
+    """Puts one tiny tensor on `device`: a device that is busy (exclusive-process mode, taken by
+    another program) or broken says so here, clearly, instead of in the middle of loading."""
+    try:
+        torch.ones(1, device=device).add_(1)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DeviceError(f"Device {device} cannot be used right now ({first}). It may be busy with "
+                          "another program or its driver may have failed: close that program, or "
+                          "choose another device (cpu works everywhere).") from None
+    return device
+
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+FP16_UNRELIABLE = ("GTX 1630", "GTX 1650", "GTX 1660")  # Turing without tensor cores: fp16 NaNs (as ComfyUI)
+
+
+def auto_dtype(device: torch.device) -> tuple[torch.dtype, str]:
+    """The precision "auto" picks for `device`, and why (the loader's info line says it).
+
+    bf16 where the GPU computes it natively: CUDA compute capability >= 8.0 (Ampere and newer;
+    `torch.cuda.is_bf16_supported()` also counts emulation on older GPUs, so it is not asked).
+    fp16 on Volta/Turing GPUs (7.x) and Apple MPS, where it is native: the model's own
+    arithmetic keeps norms, softmax and sampling in fp32, and every frame is checked for
+    overflow, which stops generation with a message instead of garbage. fp32 elsewhere: the
+    CPU (half precision is no faster there and the speech decoder ~60x slower), Pascal and
+    older GPUs (slow half precision), GTX 16xx (unreliable fp16)."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        name = torch.cuda.get_device_name(device)
+        gpu = f"{name}, compute capability {major}.{minor}"
+        if major >= 8:
+            return torch.bfloat16, f"bf16: native on this GPU ({gpu})"
+        if major == 7 and not any(n in name for n in FP16_UNRELIABLE):
+            return torch.float16, f"fp16: this GPU ({gpu}) has no native bf16"
+        return torch.float32, f"fp32: this GPU ({gpu}) has neither native bf16 nor reliable fast fp16"
+    if device.type == "mps":
+        return torch.float16, "fp16: native on Apple MPS (bf16 is not on every Mac)"
+    return torch.float32, f"fp32: half precision is not faster on {device.type}"
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    return choose_dtype(dtype, device)[0]
+
+
+def choose_dtype(dtype: str | torch.dtype, device: torch.device) -> tuple[torch.dtype, str]:
+    """(dtype, why) for a dtype name (auto, bf16, fp16, fp32) or torch dtype on `device`. An
+    explicit half precision the device cannot compute in is refused with what to pick instead."""
     if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-    if dtype in names:
-        return names[dtype]
-    if dtype != "auto":
+        chosen, why = dtype, "as given"
+    elif dtype in DTYPES:
+        chosen, why = DTYPES[dtype], "as chosen"
+    elif dtype == "auto":
+        return auto_dtype(device)
+    else:
         raise InputError(f"Unknown dtype {dtype!r}; use auto, bf16, fp16 or fp32.")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    if chosen not in (torch.float32, torch.bfloat16, torch.float16):
+        raise InputError(f"dtype {chosen} is not supported; use auto, bf16, fp16 or fp32.")
+    if chosen != torch.float32:
+        check_dtype_runs(chosen, device)
+    if chosen == torch.bfloat16 and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+        why += "; bf16 is emulated on this GPU (slow): auto would pick fp16"
+        log.warning("bf16 is emulated on %s (compute capability < 8.0) and runs slowly; dtype auto "
+                    "picks fp16 there.", torch.cuda.get_device_name(device))
+    return chosen, why
+
+
+def check_dtype_runs(dtype: torch.dtype, device: torch.device) -> None:
+    """Runs the model's kinds of op (matmul, softmax attention, embedding lookup) once, tiny, in
+    `dtype` on `device`: a device without that precision fails here with a clear message."""
+    name = str(dtype).replace("torch.", "")
+    try:
+        x = torch.ones(1, 2, 4, 8, dtype=dtype, device=device)
+        torch.nn.functional.scaled_dot_product_attention(x, x, x)
+        (x[0, 0] @ x[0, 0].T).softmax(-1)
+        torch.nn.functional.embedding(torch.zeros(1, dtype=torch.long, device=device), x[0, 0])
+    except (RuntimeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DeviceError(f"{device} cannot compute in {name} ({first}). Choose dtype auto "
+                          "(it picks what this device supports) or fp32.") from None
 
 
 def load_model(config: ModelConfig, files: dict, dtype: torch.dtype, device: torch.device) -> Qwen3TTS:
     """Builds the modules on the meta device and assigns the checkpoint tensors, already in
-    `dtype` on `device`: no fp32 copy of the model is ever made."""
+    `dtype` on `device`: no fp32 copy of the model is ever made. The rotary tables (built on
+    the CPU) then follow in `dtype` to `device`."""
     with torch.device("meta"):
         speaker = SpeakerEncoder(config.speaker_encoder) if config.speaker_encoder else None
         model = Qwen3TTS(config.talker, speaker)
-    return load_into(model, files, dtype, device, what=f"Qwen3-TTS {config.tts_model_type}")
+    load_into(model, files, dtype, device, what=f"Qwen3-TTS {config.tts_model_type}")
+    return model.to(device=device, dtype=dtype)
 
 
 @dataclass
@@ -81,16 +178,24 @@ class GenerationResult:
 
 class QwenTTS:
     def __init__(self, folder: Path, config: ModelConfig, model: Qwen3TTS, tokenizer,
-                 defaults: GenerationDefaults, codec=None):
+                 defaults: GenerationDefaults, codec=None, cuda_graphs: bool = True,
+                 dtype_reason: str = ""):
         self.folder, self.config, self.model = folder, config, model
         self.tokenizer, self.defaults, self.codec = tokenizer, defaults, codec
         self.prompts = PromptBuilder(model.talker, config, tokenizer)
         self._log_mel = LogMel(config.speaker_encoder.sample_rate) if config.speaker_encoder else None
+        self.cuda_graphs = cuda_graphs     # default of generate(): the fast path on CUDA devices
+        self.dtype_reason = dtype_reason   # why this precision (dtype auto says what it found)
+        self.steps = StepBuckets()         # static steps / CUDA graphs kept between generations
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: str | torch.dtype = "auto",
-                        device: str | torch.device = "auto", speech_tokenizer: bool = True) -> "QwenTTS":
+                        device: str | torch.device = "auto", speech_tokenizer: bool = True,
+                        cuda_graphs: bool = True) -> "QwenTTS":
+        """dtype: auto (see `auto_dtype`), bf16, fp16, fp32; device: auto (cuda, else mps, else
+        cpu), cpu, cuda, cuda:N, mps. cuda_graphs: replay each frame as one CUDA graph on CUDA
+        devices (the fast path; the same codes as without in fp32; off: the eager step)."""
         folder = Path(path)
         if not folder.is_dir():
             raise ModelFolderError(
@@ -99,7 +204,7 @@ class QwenTTS:
         config = ModelConfig.from_dict(read_json(folder / "config.json"), str(folder / "config.json"))
         files = weight_files(folder)
         dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
+        dt, dtype_reason = choose_dtype(dtype, dev)
         # everything that can fail fast is checked before the (multi-GB) talker weights load
         codec_folder = None
         if speech_tokenizer:
@@ -115,7 +220,7 @@ class QwenTTS:
             # on CPU the speech decoder stays fp32: its convolutions run ~60x slower in half precision
             codec = SpeechTokenizer.from_pretrained(codec_folder, dtype=torch.float32 if dev.type == "cpu" else dt,
                                                     device=dev)
-        return cls(folder, config, model, tokenizer, defaults, codec)
+        return cls(folder, config, model, tokenizer, defaults, codec, cuda_graphs, dtype_reason)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -182,8 +287,7 @@ class QwenTTS:
 
     # ------------------------------------------------------------------ generation
     def check(self, req: Request) -> Request:
-        if not isinstance(req.text, str) or not req.text.strip():
-            raise InputError("The text is empty; type something to say.")
+        text = check_text(req.text)
         language = (req.language or "auto").strip().lower()
         if language not in self.languages:
             raise InputError(f"Unsupported language {req.language!r}. Choose one of: "
@@ -193,7 +297,14 @@ class QwenTTS:
             raise InputError(f"Unknown speaker {req.speaker!r}. This model has: "
                              f"{', '.join(self.speakers) or 'no built-in speakers'}.")
         instruct = req.instruct.strip() if req.instruct else None
-        return replace(req, text=req.text.strip(), language=language, speaker=speaker, instruct=instruct or None)
+        return replace(req, text=text, language=language, speaker=speaker, instruct=instruct or None)
+
+    @staticmethod
+    def text_notes(texts: Sequence[str]) -> list[str]:
+        """Notes (not errors) on the texts of a call: text in a script none of the model's
+        languages use (e.g. Arabic) is generated, but the user is told what to expect."""
+        notes = [(i, unsupported_script_note(t)) for i, t in enumerate(texts) if isinstance(t, str)]
+        return [f"Text {i + 1}: {n}" if len(texts) > 1 else n for i, n in notes if n]
 
     def generate_custom_voice(self, text: str | Sequence[str], speaker: str | Sequence[str],
                               language: str | Sequence[str] = "auto",
@@ -202,7 +313,7 @@ class QwenTTS:
         """Built-in speakers (CustomVoice models), with an optional style instruction."""
         self._require("custom_voice", "Custom voice")
         texts = _as_list(text)
-        warnings = []
+        warnings = self.text_notes(texts)
         if self.config.tts_model_size == "0b6" and any(_broadcast(instruct, len(texts))):
             warnings.append("The 0.6B CustomVoice model does not follow instructions; the "
                             "instruction was ignored. Use the 1.7B model for style control.")
@@ -223,7 +334,7 @@ class QwenTTS:
         texts = _as_list(text)
         reqs = [Request(t, l, None, i, None, non_streaming_text) for t, l, i in zip(
             texts, _broadcast(language, len(texts)), _broadcast(instruct, len(texts)))]
-        return self.generate(reqs, **options)
+        return self.generate(reqs, warnings=self.text_notes(texts), **options)
 
     def generate_voice_clone(self, text: str | Sequence[str], voice: VoicePrompt | Sequence[VoicePrompt],
                              language: str | Sequence[str] = "auto", non_streaming_text: bool = False,
@@ -244,15 +355,25 @@ class QwenTTS:
                     f"values; this model uses {self.config.talker.hidden_size}). Re-create it with this model.")
         reqs = [Request(t, l, None, None, v, non_streaming_text) for t, l, v in zip(
             texts, _broadcast(language, len(texts)), voices)]
-        return self.generate(reqs, **options)
+        return self.generate(reqs, warnings=self.text_notes(texts), **options)
 
     def build_prompts(self, requests: Sequence[Request]) -> list[TalkerPrompt]:
-        return [self.prompts.build(self.check(r)) for r in requests]
+        prompts = []
+        for i, r in enumerate(requests):
+            try:
+                prompts.append(self.prompts.build(self.check(r)))
+            except InputError as e:
+                if len(requests) == 1:
+                    raise
+                raise InputError(f"Text {i + 1} of {len(requests)}: {e}") from None
+        return prompts
 
     def frame_loop(self, requests: Sequence[Request], max_frames: int | None = None,
                    sampling: Sampling | None = None, sub_sampling: Sampling | None = None,
-                   seed: int | None = None, static: bool = False, cuda_graphs: bool = False) -> FrameLoop:
-        """Validates a batch and sets up its generation (an iterator of frames)."""
+                   seed: int | None = None, static: bool = False,
+                   cuda_graphs: bool | None = None) -> FrameLoop:
+        """Validates a batch and sets up its generation (an iterator of frames). Item i samples
+        from seed + i (the same codes alone as in the batch)."""
         if not requests:
             raise InputError("Nothing to generate: no texts given.")
         default, default_sub = self.default_sampling()
@@ -277,36 +398,100 @@ class QwenTTS:
             tts_pad = self.model.talker.embed_text(
                 torch.tensor([self.config.tts_pad_token_id], device=self.device))[0]
             batch = collate(prompts, tts_pad)
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        return FrameLoop(self.model.talker, batch, max_frames, sampling, sub_sampling, generator,
-                         static, cuda_graphs)
+        step = self._frame_step(len(prompts), longest + max_frames, sampling, sub_sampling,
+                                static, self.uses_cuda_graphs(cuda_graphs))
+        return FrameLoop(step, batch, max_frames, item_generators(seed, len(prompts), self.device))
+
+    def uses_cuda_graphs(self, cuda_graphs: bool | None = None) -> bool:
+        """Whether generation replays CUDA graphs: asked for (default: `self.cuda_graphs`) and on CUDA."""
+        wanted = self.cuda_graphs if cuda_graphs is None else cuda_graphs
+        return bool(wanted) and self.device.type == "cuda"
+
+    def _frame_step(self, batch: int, length: int, sampling: Sampling, sub_sampling: Sampling,
+                    static: bool, graphs: bool):
+        """A fresh dynamic step sized for this prompt, or the kept static step (with its CUDA
+        graph) of this shape bucket."""
+        talker = self.model.talker
+        if not (static or graphs):
+            return FrameStep(talker, batch, length, sampling, sub_sampling, self.dtype, self.device)
+        cache_len = cache_bucket(length, self.config.talker.max_position_embeddings)
+        key = (batch, cache_len, self.dtype, str(self.device), astuple(sampling), astuple(sub_sampling), graphs)
+
+        def make():
+            state = FrameStep(talker, batch, cache_len, sampling, sub_sampling, self.dtype, self.device, static=True)
+            return GraphedStep(state) if graphs else state
+
+        return self.steps.get(key, weights_key(talker), make)
+
+    def release_steps(self) -> None:
+        """Frees the kept static steps and CUDA graphs (their KV caches); the next generation of
+        each shape builds (captures) them again. ComfyUI calls this when it offloads the model."""
+        self.steps.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def memory_estimate(self, batch: int, frames: int, prompt_positions: int = 512,
+                        device: torch.device | None = None, decode: bool = True) -> int:
+        """Bytes a generation of `batch` items of up to `frames` frames needs on `device`
+        (default: where the model is) besides the weights: the talker's and code predictor's KV
+        caches, the frame state and the prefill (at the bucketed cache length when CUDA graphs
+        keep them), plus the speech decoder's working memory for the batch. With graphs the
+        caches stay allocated while decoding, so both count; otherwise the caches are freed
+        first and the larger of the two counts."""
+        device = torch.device(device) if device is not None else self.device
+        graphs = bool(self.cuda_graphs) and device.type == "cuda"
+        length = prompt_positions + frames
+        if graphs:
+            length = cache_bucket(length, self.config.talker.max_position_embeddings)
+        caches = step_bytes(self.model.talker, batch, length, self.dtype)
+        if not decode or self.codec is None or self.codec.decoder is None:
+            return caches
+        decoding = self.codec.decode_bytes(batch, frames, device)
+        return caches + decoding if graphs else max(caches, decoding)
 
     def generate(self, requests: Sequence[Request], max_frames: int | None = None,
                  sampling: Sampling | None = None, sub_sampling: Sampling | None = None,
                  seed: int | None = None, decode: bool = False,
                  on_frame: Callable[[int, torch.Tensor], bool | None] | None = None,
                  warnings: list[str] | None = None, static: bool = False,
-                 cuda_graphs: bool = False,
-                 on_start: Callable[[int], None] | None = None) -> GenerationResult:
-        """Generates a batch (texts may differ in length, voice and language).
+                 cuda_graphs: bool | None = None,
+                 on_start: Callable[[int], None] | None = None,
+                 on_decode: Callable[[int, int], None] | None = None) -> GenerationResult:
+        """Generates a batch (texts may differ in length, voice and language). Item i of the
+        batch samples from seed + i, so a text gets the same codes alone as in a batch.
 
         `on_start(max_frames)` runs once before the first frame with the frame limit in force
         (progress bars); `on_frame(index, frame [B, 16])` after each frame (progress, interrupt
-        by raising, return True to stop early). `static` runs the frame step with fixed shapes
-        (the form CUDA graphs capture; same codes either way); `cuda_graphs` replays it as a CUDA
-        graph on CUDA devices (experimental, not yet measured)."""
-        loop = self.frame_loop(requests, max_frames, sampling, sub_sampling, seed, static, cuda_graphs)
-        if on_start is not None:
-            on_start(loop.max_frames)
-        frames = collect(loop, on_frame)
+        by raising, return True to stop early); `on_decode(frames_done, frames_total)` between
+        decoder chunks (interrupt by raising). `static` runs the frame step with fixed shapes;
+        `cuda_graphs` (default: the model's setting, on) replays it as a CUDA graph on CUDA
+        devices. In fp32 the codes are the same either way; in bf16/fp16 they agree with the
+        dynamic step's up to rounding, which can part them after some frames (README,
+        Exactness). The KV caches of a dynamic step are freed before decoding."""
+        try:
+            frames = self._codes(requests, max_frames, sampling, sub_sampling, seed, static,
+                                 cuda_graphs, on_start, on_frame)
+        except torch.OutOfMemoryError:
+            self.release_steps()
+            raise OutOfMemory(
+                f"Out of memory on {self.device} while generating a batch of {len(requests)}. The "
+                "generation's memory was freed. Generate fewer lines at once, lower max_seconds, "
+                "or free memory (unload other models).") from None
         result = GenerationResult(frames.codes, frames.stopped, list(warnings or []))
         for w in result.warnings:
             log.warning(w)
         if decode:
-            result.audio = self.decode(result.codes, [r.voice for r in requests])
+            result.audio = self.decode(result.codes, [r.voice for r in requests], on_decode)
         return result
+
+    def _codes(self, requests, max_frames, sampling, sub_sampling, seed, static, cuda_graphs,
+               on_start, on_frame) -> Frames:
+        """Runs the frame loop; its KV caches go when this returns (dynamic step) or stay with
+        their bucket (static step, CUDA graphs)."""
+        loop = self.frame_loop(requests, max_frames, sampling, sub_sampling, seed, static, cuda_graphs)
+        if on_start is not None:
+            on_start(loop.max_frames)
+        return collect(loop, on_frame)
 
     def stream(self, requests: Sequence[Request], chunk_frames: int = 4, **options) -> Iterator["AudioChunk"]:
         """Generates and decodes at the same time: yields each item's audio in chunks of
@@ -342,14 +527,25 @@ class QwenTTS:
                 yield AudioChunk(i, d.flush()[0], True)
 
     # ------------------------------------------------------------------ audio
-    def decode(self, codes: Sequence[torch.Tensor], voices: Sequence[VoicePrompt | None] | None = None):
+    def decode(self, codes: Sequence[torch.Tensor], voices: Sequence[VoicePrompt | None] | None = None,
+               on_chunk: Callable[[int, int], None] | None = None):
         """Codes -> 24 kHz waveforms. For in-context clones the reference codes are decoded in
-        front (as context for the causal decoder) and their share of the audio is cut off."""
+        front (as context for the causal decoder) and their share of the audio is cut off.
+        Decoded in chunks whose size bounds the memory of the batch; `on_chunk(done, total)`
+        runs between chunks (raise to stop: the decode's memory is freed)."""
         if self.codec is None:
             raise ModelFolderError("This model was loaded without its speech tokenizer.")
         voices = list(voices or [None] * len(codes))
         context = [v.ref_codes if v is not None and v.in_context else None for v in voices]
-        return speech_codes.decode(self.codec, speech_codes.SpeechCodes(list(codes), context))
+        try:
+            return speech_codes.decode(self.codec, speech_codes.SpeechCodes(list(codes), context), on_chunk)
+        except torch.OutOfMemoryError:
+            if self.codec.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise OutOfMemory(
+                f"Out of memory on {self.codec.device} while decoding {len(codes)} clip(s) to audio; "
+                "the decode's memory was freed (the codes are kept). Decode fewer clips at once "
+                "(Decode Codes to Audio on a part), or free memory (unload other models).") from None
 
 
 def _as_list(x) -> list:

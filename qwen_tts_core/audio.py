@@ -13,7 +13,9 @@ from .errors import InputError
 log = logging.getLogger("qwen_tts_core")
 
 MODEL_RATE = 24000
-SILENCE_PEAK = 1e-4          # peak amplitude under which a clip counts as silent
+SILENCE_PEAK = 1e-4          # peak amplitude (DC offset removed) under which a clip counts as silent
+FULL_SCALE = 0.99            # a sample at least this loud (of 1.0, or of a float clip's higher peak) is clipped
+MAX_CLIPPED_SHARE = 0.01     # more clipped samples than this share: too distorted to clone from
 REFERENCE_MIN_SECONDS = 1.0
 REFERENCE_MAX_SECONDS = 60.0
 
@@ -66,22 +68,38 @@ def prepare(waveform: torch.Tensor, sample_rate: int, what: str = "audio",
 
 
 def prepare_reference(waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
-    """Reference audio for voice cloning: mono 24 kHz, 1..60 s, not silent. Longer clips are
-    trimmed to 60 s with a warning; peaks above 1 are scaled down."""
+    """Reference audio for voice cloning: mono 24 kHz, 1..60 s, not silent, not badly clipped.
+    Longer clips are trimmed to 60 s with a warning; peaks above 1 are scaled down."""
     x = prepare(waveform, sample_rate, "reference audio")
     seconds = x.numel() / MODEL_RATE
     if seconds < REFERENCE_MIN_SECONDS:
         raise InputError(f"The reference audio is {seconds:.2f} s long; voice cloning needs at "
                          f"least {REFERENCE_MIN_SECONDS:.0f} s (3-10 s of clean speech works best).")
     peak = float(x.abs().max())
-    if peak < SILENCE_PEAK:
-        raise InputError("The reference audio is silent; give a clip of someone speaking.")
     if seconds > REFERENCE_MAX_SECONDS:
         log.warning("Reference audio is %.1f s long; using its first %.0f s.", seconds, REFERENCE_MAX_SECONDS)
         x = x[: int(REFERENCE_MAX_SECONDS * MODEL_RATE)]
+    # a constant offset (DC) is not sound: a clip that is only an offset is as silent as zeros
+    if float((x - x.mean()).abs().max()) < SILENCE_PEAK:
+        raise InputError("The reference audio is silent (or only a constant DC offset); give a clip "
+                         "of someone speaking.")
+    clipped = clipped_share(waveform, int(sample_rate), REFERENCE_MAX_SECONDS)
+    if clipped > MAX_CLIPPED_SHARE:
+        raise InputError(f"The reference audio is badly clipped: {clipped:.1%} of its samples are at full "
+                         f"scale (more than {MAX_CLIPPED_SHARE:.0%} distorts the cloned voice). Record or "
+                         "export it again at a lower level, or choose a cleaner clip.")
     if peak > 1.0:
         x = x / peak
     return x
+
+
+def clipped_share(waveform: torch.Tensor, sample_rate: int, seconds: float) -> float:
+    """Share of the samples (every channel, the first `seconds`, before any resampling, which
+    would smear flat tops) at full scale: at least FULL_SCALE of 1.0, or of the peak of float
+    audio that goes beyond 1 (clipped by a limiter, then scaled)."""
+    x = waveform.detach()[..., : int(seconds * sample_rate)].float().abs()
+    top = FULL_SCALE * max(1.0, float(x.max()))
+    return float((x >= top).sum()) / max(1, x.numel())
 
 
 def read_wav(path: str | Path) -> tuple[torch.Tensor, int]:

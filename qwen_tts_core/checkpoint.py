@@ -97,10 +97,15 @@ def load_text_tokenizer(folder: Path):
     for name in ("vocab.json", "merges.txt"):
         if not (folder / name).exists() and not (folder / "tokenizer.json").exists():
             raise ModelFolderError(f"{folder} lacks the text tokenizer file {name}.")
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PretrainedConfig
 
+    # Two false alarms are avoided here, without silencing transformers' logger: an empty
+    # config keeps AutoTokenizer (5.x) from reading config.json as a model config ("a model of
+    # type `qwen3_tts` to instantiate a model of type ``"; tokenizer_config.json names the
+    # class); fix_mistral_regex=False says the Qwen BPE split is already right (4.57.3 warns of
+    # a Mistral regex bug for any local folder whose config.json was written by 4.57.3).
     try:
-        tok = AutoTokenizer.from_pretrained(str(folder))
+        tok = AutoTokenizer.from_pretrained(str(folder), config=PretrainedConfig(), fix_mistral_regex=False)
     except Exception as e:
         raise ModelFolderError(f"Could not load the text tokenizer in {folder}: {e}") from None
     return tok

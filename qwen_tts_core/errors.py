@@ -1,5 +1,7 @@
 """Errors with messages a user can act on. Every error the core raises on bad input is a
 `QwenTTSError`, so callers (the ComfyUI nodes, the CLI) can show the message as it is."""
+import torch
+
 
 
 class QwenTTSError(Exception):
@@ -22,5 +24,20 @@ class VoiceFileError(QwenTTSError):
     """A saved voice file that cannot be used."""
 
 
+class DownloadError(QwenTTSError):
+    """A checkpoint download that cannot go on (offline, server error, damaged file); the message
+    says what was kept and how to continue or download by hand."""
+
+
 class Interrupted(QwenTTSError):
     """Generation was stopped by the caller's interrupt check."""
+
+
+class DeviceError(QwenTTSError):
+    """The chosen device or precision cannot run the model: a device that does not exist or is
+    busy, a dtype it cannot compute in, non-finite values from a too narrow dtype."""
+
+
+class OutOfMemory(DeviceError, torch.OutOfMemoryError):
+    """Out of (GPU) memory, with what to do about it. Also a torch.OutOfMemoryError, so callers
+    that free memory on out-of-memory (ComfyUI unloads its models) still do."""

@@ -1,19 +1,25 @@
 """The generation loop: prefill the talker with left-padded prompts, then per frame choose
 codebook 0, let the code predictor fill codebooks 1..15, and feed the frame back.
 
-Static preallocated KV caches; the only host sync per frame is the end-of-speech check.
+Static preallocated KV caches; one host sync per frame (end of speech and the overflow check).
+On CUDA the frame step is replayed as a CUDA graph, captured once per shape bucket and kept
+(with its caches) for later generations of that shape (`StepBuckets`).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from .config import TalkerConfig
+from .errors import DeviceError
 from .prompt import TalkerPrompt
 from .sampling import Sampling, choose, penalize_repeats
 from .talker import Talker
+
+log = logging.getLogger("qwen_tts_core")
 
 MIN_FRAMES = 2  # end-of-speech is not allowed before this many frames (as the official model)
 
@@ -65,6 +71,36 @@ class Frames:
     stopped: list[bool]        # whether each item ended with end-of-speech (vs the frame limit)
 
 
+def item_generators(seed: int | None, batch: int, device) -> list[torch.Generator | None]:
+    """One random generator per batch item: item i draws from seed + i (mod 2**64), so an item
+    gets the same codes alone as at that place in a batch. None: the global generator."""
+    if seed is None:
+        return [None] * batch
+    return [torch.Generator(device=device).manual_seed((int(seed) + i) % 2 ** 64) for i in range(batch)]
+
+
+def step_bytes(talker: Talker, batch: int, cache_len: int, dtype: torch.dtype) -> int:
+    """Device memory of a FrameStep for `batch` prompts in a cache of `cache_len` positions:
+    the talker's and code predictor's KV caches, the frame state (noise in fp32, masks,
+    hidden states) and the prefill's transient activations (up to `cache_len` positions)."""
+    c = talker.cfg
+    caches = talker.model.cache_bytes(batch, cache_len, dtype) \
+        + talker.code_predictor.model.cache_bytes(batch, c.num_code_groups, dtype)
+    noise = ((c.num_code_groups - 1) * c.code_predictor.vocab_size + c.vocab_size) * 4
+    state = batch * (noise + c.vocab_size + cache_len + 3 * c.hidden_size * dtype.itemsize)
+    return caches + state + talker.model.prefill_bytes(batch, cache_len, dtype)
+
+
+def cache_bucket(length: int, limit: int) -> int:
+    """The cache length of a reusable (static) step: `length` rounded up to a power of two of at
+    least 256, so that prompts of similar lengths share one captured CUDA graph; never rounded
+    past `limit` (the model context) unless `length` itself is longer."""
+    bucket = 256
+    while bucket < length:
+        bucket *= 2
+    return max(length, min(bucket, limit))
+
+
 class FrameStep:
     """Generation state and the work of one frame: the code predictor fills codebooks 1..15 of
     the current frame, the frame is fed back through the talker, and codebook 0 of the next
@@ -73,79 +109,105 @@ class FrameStep:
     `static=False` attends over the filled part of the cache (least work; shapes change every
     frame). `static=True` keeps every shape fixed and every index a tensor, attending over the
     whole preallocated cache under a mask: no host sync and nothing shape-dependent inside the
-    step, so it can be captured once as a CUDA graph and replayed per frame. Both give the same
-    codes. Sampling noise is drawn per frame into buffers, before the step, in one fixed order.
+    step, so it can be captured once as a CUDA graph and replayed per frame, and the same step
+    (buffers, caches, graph) serves every later prompt of its batch size and cache bucket:
+    `start` copies a prompt's prefill into the buffers, never replacing one. In float32 both give
+    the same codes; in bf16/fp16 their attention sums over differently sized key ranges and
+    rounds differently, so greedy codes agree for a while and may then part (README, Exactness).
+    Sampling noise is drawn per item and frame into one buffer, outside the step.
     """
 
-    def __init__(self, talker: Talker, batch: Batch, max_frames: int, sampling: Sampling,
-                 sub_sampling: Sampling, static: bool = False):
+    def __init__(self, talker: Talker, batch: int, cache_len: int, sampling: Sampling,
+                 sub_sampling: Sampling, dtype: torch.dtype, device, static: bool = False):
         cfg = talker.cfg
-        self.talker, self.batch, self.static = talker, batch, static
+        self.talker, self.static, self.cache_len = talker, static, cache_len
         self.sampling, self.sub_sampling = sampling, sub_sampling
-        b, self.prompt_len, _ = batch.embeds.shape
-        device, dtype = batch.embeds.device, batch.embeds.dtype
-        self.cache_len = self.prompt_len + max_frames
-        self.caches = talker.model.new_caches(b, self.cache_len, dtype, device)
-        self.sub_caches = talker.code_predictor.model.new_caches(b, cfg.num_code_groups, dtype, device)
+        self.caches = talker.model.new_caches(batch, cache_len, dtype, device)
+        self.sub_caches = talker.code_predictor.model.new_caches(batch, cfg.num_code_groups, dtype, device)
         self.suppress = suppressed_ids(cfg).to(device)
         self.eos = cfg.codec_eos_token_id
-        self.rows = torch.arange(b, device=device)
-        self.keys = torch.arange(self.cache_len, device=device)
-        self.valid_keys = self.keys[None] >= batch.pads[:, None]                    # [B, S]
-        self.seen = torch.zeros(b, cfg.vocab_size, dtype=torch.bool, device=device)
-        groups = cfg.num_code_groups - 1
-        self.noise = torch.ones(b, cfg.vocab_size, device=device)                  # talker draw
-        self.sub_noise = torch.ones(groups, b, cfg.code_predictor.vocab_size, device=device)
-        # state that advances every frame (tensors, so that a captured graph sees it)
+        self.rows = torch.arange(batch, device=device)
+        self.keys = torch.arange(cache_len, device=device)
+        # per-prompt state, in buffers a captured graph keeps reading (filled by `start`)
+        self.valid_keys = torch.zeros(batch, cache_len, dtype=torch.bool, device=device)   # [B, S]
+        self.seen = torch.zeros(batch, cfg.vocab_size, dtype=torch.bool, device=device)
+        self.finite = torch.ones(batch, dtype=torch.bool, device=device)  # all logits finite so far
+        self.guard = dtype == torch.float16   # the one dtype whose range real activations can exceed
+        groups, sub_vocab = cfg.num_code_groups - 1, cfg.code_predictor.vocab_size
+        # per item and frame: the 15 code-predictor draws, then the talker draw (one row each)
+        self.noise_row = torch.ones(batch, groups * sub_vocab + cfg.vocab_size, device=device)
+        self.sub_noise = [self.noise_row[:, g * sub_vocab:(g + 1) * sub_vocab] for g in range(groups)]
+        self.noise = self.noise_row[:, groups * sub_vocab:]                        # [B, V]
         self.frame_index = torch.zeros((), dtype=torch.long, device=device)
-        self.write_at = torch.full((), self.prompt_len, dtype=torch.long, device=device)
-        self.positions = (self.prompt_len - batch.pads)[:, None]                   # [B, 1]
-        self.frame = torch.zeros(b, cfg.num_code_groups, dtype=torch.long, device=device)
-        self.hidden = self.code0 = None
-        self.t = 0  # host copy of frame_index (dynamic mode slices the cache with it)
+        self.write_at = torch.zeros((), dtype=torch.long, device=device)
+        self.positions = torch.zeros(batch, 1, dtype=torch.long, device=device)    # [B, 1]
+        self.frame = torch.zeros(batch, cfg.num_code_groups, dtype=torch.long, device=device)
+        self.hidden = torch.zeros(batch, cfg.hidden_size, dtype=dtype, device=device)
+        self.code0 = torch.zeros(batch, dtype=torch.long, device=device)
+        self.text = torch.zeros(batch, 1, cfg.hidden_size, dtype=dtype, device=device)  # [B, 1, D]
+        self.batch: Batch | None = None
+        self.prompt_len = 0
 
-    def draw_noise(self, generator: torch.Generator | None) -> None:
-        """Exponential noise for the 15 code-predictor draws, then the talker draw."""
-        if self.sub_sampling.do_sample:
-            for g in range(self.sub_noise.shape[0]):
-                self.sub_noise[g].exponential_(1.0, generator=generator)
+    def start(self, batch: Batch, generators: list) -> None:
+        """Prefills a prompt batch into the caches and the state buffers; draws the first
+        talker noise and chooses codebook 0 of the first frame."""
+        self.batch, self.prompt_len = batch, batch.embeds.shape[1]
+        self.valid_keys.copy_(self.keys[None] >= batch.pads[:, None])
+        self.seen.zero_()
+        self.finite.fill_(True)
+        self.frame_index.zero_()
+        self.write_at.fill_(self.prompt_len)
+        self.positions.copy_((self.prompt_len - batch.pads)[:, None])
+        self.hidden.copy_(prefill(self.talker, batch, self.caches))
         if self.sampling.do_sample:
-            self.noise.exponential_(1.0, generator=generator)
+            for row, g in zip(self.noise, generators):
+                row.exponential_(1.0, generator=g)
+        self.code0.copy_(self.choose_code0(self.hidden, torch.tensor(True, device=self.hidden.device)))
+
+    def prepare(self, t: int, generators: list) -> None:
+        """Host-side inputs of frame t, before the step: each item's noise (15 code-predictor
+        draws, then the talker draw, from its own generator) and the frame's text-track entry."""
+        if self.sampling.do_sample or self.sub_sampling.do_sample:
+            for row, g in zip(self.noise_row, generators):
+                row.exponential_(1.0, generator=g)
+        trailing = self.batch.trailing
+        self.text.copy_((trailing[:, t] if t < trailing.shape[1] else self.batch.pad.expand_as(self.text[:, 0]))[:, None])
 
     def choose_code0(self, hidden: torch.Tensor, early) -> torch.Tensor:
         """codebook 0 from the talker hidden state [B, D]; `early` bans end-of-speech."""
-        logits = self.talker.codec_head(hidden).float()
+        logits = self.check_finite(self.talker.codec_head(hidden).float())
         logits = penalize_repeats(logits, self.seen, self.sampling.repetition_penalty)
         logits[:, self.eos] = torch.where(early, float("-inf"), logits[:, self.eos])
         code = choose(logits.masked_fill(self.suppress, float("-inf")), self.sampling, noise=self.noise)
         self.seen[self.rows, code] = True
         return code
 
-    def prefill(self, generator: torch.Generator | None) -> None:
-        self.hidden = prefill(self.talker, self.batch, self.caches)
-        if self.sampling.do_sample:
-            self.noise.exponential_(1.0, generator=generator)
-        self.code0 = self.choose_code0(self.hidden, torch.tensor(True, device=self.hidden.device))
+    def check_finite(self, logits: torch.Tensor) -> torch.Tensor:
+        """In fp16, notes rows whose logits [B, V] overflowed (inf/NaN: fp16's range, 65504, is
+        too narrow for these weights); the loop reports it at its per-frame sync instead of
+        emitting garbage. bf16 and fp32 share fp32's range: no check, no cost."""
+        if self.guard:
+            self.finite &= torch.isfinite(logits).all(dim=-1)
+        return logits
 
-    def step(self) -> None:
-        """One frame. Reads hidden/code0, writes frame; then hidden/code0 of the next frame."""
-        talker, batch = self.talker, self.batch
-        rest = talker.code_predictor.predict(
-            self.hidden, talker.embed_codes(self.code0),
-            lambda logits, g: choose(logits, self.sub_sampling, noise=self.sub_noise[g]), self.sub_caches)
+    def choose_sub(self, logits: torch.Tensor, group: int) -> torch.Tensor:
+        return choose(self.check_finite(logits), self.sub_sampling, noise=self.sub_noise[group])
+
+    def step(self, t: int | None = None) -> None:
+        """One frame. Reads hidden/code0/text, writes frame; then hidden/code0 of the next
+        frame. `t` (the host's frame index) is read by the dynamic step only."""
+        talker = self.talker
+        rest = talker.code_predictor.predict(self.hidden, talker.embed_codes(self.code0),
+                                             self.choose_sub, self.sub_caches)
         frame = torch.cat([self.code0[:, None], rest], dim=1)                      # [B, 16]
         self.frame.copy_(frame)
-        n_text = batch.trailing.shape[1]
         if self.static:
-            index = self.frame_index.clamp(max=n_text - 1)
-            text = torch.where(self.frame_index < n_text, batch.trailing.index_select(1, index[None])[:, 0], batch.pad)
             start, end = self.write_at, self.cache_len
             mask = self.valid_keys & (self.keys[None] <= self.write_at)
         else:
-            text = batch.trailing[:, self.t] if self.t < n_text else batch.pad
-            start, end = self.prompt_len + self.t, self.prompt_len + self.t + 1
+            start, end = self.prompt_len + t, self.prompt_len + t + 1
             mask = self.valid_keys[:, :end]
-        x = (talker.embed_frame(frame) + text)[:, None]                           # [B, 1, D]
+        x = talker.embed_frame(frame)[:, None] + self.text                        # [B, 1, D]
         hidden = talker.model(x, self.positions, mask[:, None, None], self.caches, start, end)[:, -1]
         # in place: a captured graph reads and writes the same buffers on every replay
         self.code0.copy_(self.choose_code0(hidden, self.frame_index + 1 < MIN_FRAMES))
@@ -153,65 +215,156 @@ class FrameStep:
         self.positions += 1
         self.write_at += 1
         self.frame_index += 1
-        self.t += 1
+
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """The tensors a captured step reads or writes (for checks that none is ever replaced)."""
+        named = {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+        named.update({f"cache{i}.{kv}": getattr(c, kv) for i, c in enumerate(self.caches) for kv in "kv"})
+        return named
 
 
 class GraphedStep:
-    """Replays FrameStep.step (static shapes) as one CUDA graph: the first `warmup` frames run
-    eagerly on a side stream (allocator and kernel warm-up, as CUDA graph capture requires),
-    the next one is captured and then every frame is a single graph launch."""
+    """Replays FrameStep.step (static shapes) as one CUDA graph. The first `warmup` frames of
+    the first prompt run eagerly on a side stream (allocator and kernel warm-up, as capture
+    requires), the next one is captured, and from then on every frame of this and every later
+    prompt of the bucket is one graph launch. If capture fails (an op that cannot be captured,
+    out of memory), the step stays eager: one log line says why, the codes are the same."""
 
     def __init__(self, state: FrameStep, warmup: int = 2):
         self.state, self.warmup, self.graph = state, warmup, None
-        self.stream = torch.cuda.Stream()
+        self.failed: str | None = None
+        self.stream = self._side_stream()
 
-    def __call__(self) -> None:
+    def __call__(self, t: int | None = None) -> None:
         if self.graph is not None:
             self.graph.replay()
-            return
+        elif self.failed is not None:
+            self.state.step()
+        elif self.warmup > 0:
+            self._eager_on_side_stream()
+            self.warmup -= 1
+        else:
+            try:
+                self.graph = self._capture()
+            except Exception as e:  # noqa: BLE001 - any capture failure falls back to eager
+                self._give_up(e)
+                self.state.step()
+                return
+            self.graph.replay()  # capture records the step without running it
+
+    def _give_up(self, error: Exception) -> None:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if isinstance(error, torch.OutOfMemoryError):
+            reason = "out of GPU memory during capture"
+        self.failed = f"{type(error).__name__}: {reason}"
+        log.warning("CUDA graph capture failed (%s); this batch shape runs the eager step instead "
+                    "(slower, same codes). Turn cuda_graphs off to skip the attempt.", self.failed)
+        self.graph = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # the CUDA-specific parts (tests on CPU replace these three)
+    def _side_stream(self):
+        return torch.cuda.Stream()
+
+    def _eager_on_side_stream(self) -> None:
         self.stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self.stream):
-            if self.warmup > 0:
-                self.state.step()
-                self.warmup -= 1
-            else:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, stream=self.stream):
-                    self.state.step()
-                self.graph = graph
+            self.state.step()
         torch.cuda.current_stream().wait_stream(self.stream)
-        if self.graph is not None:
-            self.graph.replay()  # capture records the step without running it
+
+    def _capture(self):
+        self.stream.wait_stream(torch.cuda.current_stream())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=self.stream):
+            self.state.step()
+        torch.cuda.current_stream().wait_stream(self.stream)
+        return graph
+
+
+class StepBuckets:
+    """Static frame steps kept between generations, one per shape bucket (batch size, cache
+    bucket, dtype, sampling settings), each with its CUDA graph once captured: a graph is
+    captured once per bucket and replayed for every later prompt. At most `limit` buckets are
+    kept (least recently used goes first); all are dropped when the talker's weights move
+    (ComfyUI offloading: a graph holds the weights' addresses) or on `clear()`. A kept step
+    serves one generation at a time (as ComfyUI runs them): finish iterating one `stream()`
+    before starting another generation of the same shape on the same model."""
+
+    def __init__(self, limit: int = 2):
+        self.limit = limit
+        self.steps: dict[tuple, FrameStep | GraphedStep] = {}
+        self.weights: tuple = ()
+
+    def get(self, key: tuple, weights: tuple, make: Callable[[], FrameStep | GraphedStep]):
+        if weights != self.weights:
+            self.clear()
+            self.weights = weights
+        step = self.steps.pop(key, None)
+        if step is None:
+            while len(self.steps) >= self.limit:
+                self.steps.pop(next(iter(self.steps)))
+            step = make()
+        self.steps[key] = step   # most recently used last
+        return step
+
+    def clear(self) -> None:
+        self.steps.clear()
+
+
+def weights_key(module: torch.nn.Module) -> tuple:
+    """Where the weights are (device and addresses): a captured graph is valid only there."""
+    return tuple(p.data_ptr() for p in module.parameters())
+
+
+class NonFinite(DeviceError):
+    def __init__(self, items: list[int], dtype: torch.dtype):
+        name = str(dtype).replace("torch.", "")
+        super().__init__(
+            f"The model computed non-finite values (inf/NaN) in {name} for batch item(s) "
+            f"{', '.join(str(i + 1) for i in items)}: {name} overflows with these weights. Load "
+            "the model with dtype fp32 (or bf16 on a GPU that has it) and run again.")
 
 
 class FrameLoop:
     """Iterates (index, frame [B, 16]) as generation goes. `length[i]` becomes the number of
     frames before item i's end-of-speech once it is chosen (-1 until then), and `ended` is its
     host copy taken before each frame (the per-frame sync); iteration ends when every item has
-    ended or after `max_frames`. `static` uses the fixed-shape step;
-    `cuda_graphs` (CUDA only, implies static) replays it as a CUDA graph."""
+    ended or after `max_frames`. `step` runs one frame: a FrameStep (dynamic or static) or a
+    GraphedStep around a static one; `generators` are the items' random generators."""
 
-    def __init__(self, talker: Talker, batch: Batch, max_frames: int, sampling: Sampling,
-                 sub_sampling: Sampling, generator: torch.Generator | None = None,
-                 static: bool = False, cuda_graphs: bool = False):
-        cuda_graphs = cuda_graphs and batch.embeds.device.type == "cuda"
-        self.state = FrameStep(talker, batch, max_frames, sampling, sub_sampling, static or cuda_graphs)
-        self.run_step = GraphedStep(self.state) if cuda_graphs else self.state.step
-        self.generator, self.max_frames = generator, max_frames
-        self.length = torch.full((batch.embeds.shape[0],), -1, dtype=torch.long, device=batch.embeds.device)
-        self.ended: list[int] = [-1] * batch.embeds.shape[0]
+    def __init__(self, step: FrameStep | GraphedStep, batch: Batch, max_frames: int,
+                 generators: list):
+        self.run_step = step if isinstance(step, GraphedStep) else step.step
+        self.state = step.state if isinstance(step, GraphedStep) else step
+        self.batch, self.generators, self.max_frames = batch, generators, max_frames
+        b = batch.embeds.shape[0]
+        self.length = torch.full((b,), -1, dtype=torch.long, device=batch.embeds.device)
+        self.ended: list[int] = [-1] * b
+
+    @property
+    def graphed(self) -> bool:
+        """Whether frames run as a CUDA graph (False before capture, after a failed one, or eager)."""
+        return isinstance(self.run_step, GraphedStep) and self.run_step.failed is None
 
     def __iter__(self):
         state = self.state
         with torch.inference_mode():
-            state.prefill(self.generator)
+            state.start(self.batch, self.generators)
+            b = self.length.shape[0]
             for step in range(self.max_frames):
                 self.length = torch.where((state.code0 == state.eos) & (self.length < 0), step, self.length)
-                self.ended = self.length.tolist()
+                if state.guard:   # the one sync per frame: end of speech (and overflow in fp16)
+                    host = torch.cat([self.length, state.finite.long()]).tolist()
+                    if not all(host[b:]):
+                        raise NonFinite([i for i, ok in enumerate(host[b:]) if not ok], state.hidden.dtype)
+                    self.ended = host[:b]
+                else:
+                    self.ended = self.length.tolist()
                 if all(n >= 0 for n in self.ended):
                     return
-                state.draw_noise(self.generator)
-                self.run_step()
+                state.prepare(step, self.generators)
+                self.run_step(step)
                 yield step, state.frame.clone()
 
 

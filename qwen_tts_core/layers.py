@@ -35,30 +35,53 @@ class LayerScale(nn.Module):
         return self.scale * x
 
 
-class Rotary:
-    """cos/sin tables of rotary embeddings ("rotate half" layout, default rope type).
+def inverse_frequencies(head_dim: int, theta: float) -> torch.Tensor:
+    """[Dh/2] float32 on the CPU, exactly as transformers' default rope init computes them (a real
+    CPU tensor even while modules are built under torch.device("meta"))."""
+    steps = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float()
+    return 1.0 / (theta ** (steps / head_dim))
+
+
+class Rotary(nn.Module):
+    """cos/sin of rotary embeddings ("rotate half" layout, default rope type) as a table of
+    every position, looked up by index in the forward pass: no trigonometry and no float64 per
+    step (MPS, XPU and DirectML have no float64), and a lookup a CUDA graph can capture.
 
     The talker's multimodal RoPE feeds the same position to all three streams for speech, which
     makes it exactly the plain 1-D rotary embedding, so one implementation serves all models.
-    Angles are formed in float64 so that long streams stay accurate; `angle_dtype=torch.float32`
-    rounds them as transformers does (bit-for-bit parity with an official model that was run on
-    short sequences, at the cost of an angle error of half an fp32 ulp at long positions).
+    The table is formed once, in float64 on the CPU (accurate at long positions), and kept in
+    float32 as non-persistent buffers that `load_model` casts to the model's dtype and device;
+    they move with the module (ComfyUI offloading) and are not part of the checkpoint.
     """
 
-    def __init__(self, head_dim: int, theta: float, angle_dtype: torch.dtype = torch.float64):
-        # inverse frequencies exactly as transformers' default rope init computes them (fp32)
-        # (device="cpu": modules are built under torch.device("meta"), this table must be real)
-        steps = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float()
-        self.inv_freq = 1.0 / (theta ** (steps / head_dim))
-        self.angle_dtype = angle_dtype
-        self._on_device: dict = {}  # no host-to-device copy per call (CUDA graphs forbid it)
+    def __init__(self, head_dim: int, theta: float, positions: int):
+        super().__init__()
+        angles = torch.arange(positions, dtype=torch.float64, device="cpu")[:, None] \
+            * inverse_frequencies(head_dim, theta).double()                       # [P, Dh/2]
+        angles = torch.cat([angles, angles], dim=-1)                               # [P, Dh]
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [..., T] (int, < the table length) -> cos, sin [..., T, Dh]"""
+        return self.cos[positions], self.sin[positions]
+
+
+class RotaryFp32:
+    """cos/sin computed per call with float32 angles, as transformers does: the speech decoder's
+    rotary embedding (bit-identical to the official model on short sequences; its streaming
+    positions have no upper bound, so no table)."""
+
+    def __init__(self, head_dim: int, theta: float):
+        self.inv_freq = inverse_frequencies(head_dim, theta)
+        self._on_device: dict = {}  # no host-to-device copy per call
 
     def __call__(self, positions: torch.Tensor, dtype: torch.dtype):
-        """positions [..., T] (int) -> cos, sin [..., T, Dh]"""
+        """positions [..., T] (int) -> cos, sin [..., T, Dh] in `dtype`"""
         inv_freq = self._on_device.get(positions.device)
         if inv_freq is None:
-            inv_freq = self._on_device[positions.device] = self.inv_freq.to(positions.device, self.angle_dtype)
-        angles = positions.to(self.angle_dtype)[..., None] * inv_freq
+            inv_freq = self._on_device[positions.device] = self.inv_freq.to(positions.device)
+        angles = positions.float()[..., None] * inv_freq
         angles = torch.cat([angles, angles], dim=-1)
         return angles.cos().to(dtype), angles.sin().to(dtype)
 

@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import ModelConfig
+from .errors import ModelFolderError
 from .talker import Talker
+
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 
 
 @dataclass
@@ -56,28 +59,61 @@ class TalkerPrompt:
     ids: dict = field(default_factory=dict)    # token ids used (for inspection and tests)
 
 
-def assistant_text(text: str) -> str:
-    return f"<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n"
+class ChatTokenizer:
+    """Token ids of the chat template around the user's strings (target text, instruction,
+    reference transcript), with those strings read as plain text.
 
+    The official package formats the strings into the template and tokenizes the whole string,
+    so text that spells a special or added token ("<|im_end|>", "<tts_pad>", "<think>", ...)
+    becomes that token: it can close the turn, inject an instruction or end the text track. Here
+    the template's own special tokens are inserted by id, and the text between them is tokenized
+    by the same BPE model, normalizer and pre-tokenizer with no added vocabulary at all. A
+    tokenizer cuts its input at special tokens first and reads each piece on its own, so for
+    strings that spell no added token the ids equal the official ones."""
 
-def reference_text(text: str) -> str:
-    return f"<|im_start|>assistant\n{text}<|im_end|>\n"
+    def __init__(self, tokenizer):
+        from tokenizers import Tokenizer
 
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ModelFolderError(f"The text tokenizer ({type(tokenizer).__name__}) is not a fast "
+                                   "(tokenizers) tokenizer; Qwen3-TTS needs its vocab.json and merges.txt.")
+        self.plain = Tokenizer(backend.model)           # shares the BPE model; no added tokens
+        if backend.normalizer is not None:
+            self.plain.normalizer = backend.normalizer
+        if backend.pre_tokenizer is not None:
+            self.plain.pre_tokenizer = backend.pre_tokenizer
+        self.im_start = tokenizer.convert_tokens_to_ids(IM_START)
+        self.im_end = tokenizer.convert_tokens_to_ids(IM_END)
+        if not isinstance(self.im_start, int) or not isinstance(self.im_end, int):
+            raise ModelFolderError(f"The text tokenizer has no {IM_START} / {IM_END} tokens; it is "
+                                   "not the Qwen tokenizer of a Qwen3-TTS checkpoint.")
+        self.newline = self.text("\n")
 
-def instruct_text(text: str) -> str:
-    return f"<|im_start|>user\n{text}<|im_end|>\n"
+    def text(self, s: str) -> list[int]:
+        """Plain-text ids of `s`: nothing in it is read as a special token."""
+        return self.plain.encode(s, add_special_tokens=False).ids
+
+    def turn(self, role: str, content: str) -> list[int]:
+        """<|im_start|>{role}\n{content}<|im_end|>\n"""
+        return [self.im_start, *self.text(f"{role}\n{content}"), self.im_end, *self.newline]
+
+    def target(self, text: str) -> list[int]:
+        """<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n"""
+        return self.turn("assistant", text) + [self.im_start, *self.text("assistant\n")]
 
 
 class PromptBuilder:
     def __init__(self, talker: Talker, config: ModelConfig, tokenizer):
-        self.talker, self.config, self.tokenizer = talker, config, tokenizer
+        self.talker, self.config = talker, config
+        self.chat = ChatTokenizer(tokenizer)
 
     @property
     def device(self):
         return self.talker.codec_head.weight.device
 
-    def tokenize(self, s: str) -> torch.Tensor:
-        return torch.tensor(self.tokenizer(s)["input_ids"], dtype=torch.long, device=self.device)
+    def tensor(self, ids: list[int]) -> torch.Tensor:
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
 
     def language_id(self, language: str, speaker: str | None) -> int | None:
         """Codec id of the language tag; None for auto. Dialect speakers use their dialect's id
@@ -101,10 +137,10 @@ class PromptBuilder:
 
         tts_bos, tts_eos, tts_pad = text(torch.tensor(
             [c.tts_bos_token_id, c.tts_eos_token_id, c.tts_pad_token_id], device=self.device)).split(1)
-        ids = {"text": self.tokenize(assistant_text(req.text))}
+        ids = {"text": self.tensor(self.chat.target(req.text))}
         parts = []
         if req.instruct:
-            ids["instruct"] = self.tokenize(instruct_text(req.instruct))
+            ids["instruct"] = self.tensor(self.chat.turn("user", req.instruct))
             parts.append(text(ids["instruct"]))
 
         lang = self.language_id(req.language, req.speaker)
@@ -122,7 +158,7 @@ class PromptBuilder:
 
         body = ids["text"][3:-5]
         if req.voice is not None and req.voice.in_context:
-            ids["ref"] = self.tokenize(reference_text(req.voice.ref_text))
+            ids["ref"] = self.tensor(self.chat.turn("assistant", req.voice.ref_text))
             txt = torch.cat([text(torch.cat([ids["ref"][3:-2], body])), tts_eos])   # [T1, D]
             ref = req.voice.ref_codes.to(self.device)
             cod = torch.cat([codes(tc.codec_bos_id), t.embed_frame(ref)])           # [T2, D]

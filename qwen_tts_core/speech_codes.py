@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -122,9 +122,11 @@ def encode(tokenizer, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
     return codes[0, :, : int(lengths[0])].t().contiguous().to(torch.int64).cpu()
 
 
-def decode(tokenizer, codes: SpeechCodes | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def decode(tokenizer, codes: SpeechCodes | Sequence[torch.Tensor],
+           on_chunk: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
     """Codes -> per item [samples] float32 at 24 kHz. Context codes (in-context clones) are
-    decoded in front and their share of the audio cut off (`QwenTTS.decode` comes here)."""
+    decoded in front and their share of the audio cut off (`QwenTTS.decode` comes here).
+    `on_chunk(frames_done, frames_total)` runs between decoder chunks (raise to stop)."""
     if not isinstance(codes, SpeechCodes):
         codes = SpeechCodes(list(codes))
     items = [check_codes(c) for c in codes.items]
@@ -134,7 +136,7 @@ def decode(tokenizer, codes: SpeechCodes | Sequence[torch.Tensor]) -> list[torch
         raise InputError("Nothing to decode: an item has 0 frames.")
     # codebook-major [16, frames]: the tokenizer reads a [16, 16] item that way, so a 16-frame
     # item passed time-major would be decoded transposed
-    wavs = tokenizer.decode([f.t() for f in full])
+    wavs = tokenizer.decode([f.t() for f in full], on_chunk=on_chunk)
     out = []
     for wav, c, f in zip(wavs, items, full):
         wav = wav.reshape(-1).float().cpu()

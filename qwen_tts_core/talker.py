@@ -27,11 +27,11 @@ def _layers(c: TransformerConfig) -> nn.ModuleList:
 class TransformerStack(nn.Module):
     """layers + final norm; subclasses add their embeddings under the official names."""
 
-    def __init__(self, c: TransformerConfig):
+    def __init__(self, c: TransformerConfig, positions: int | None = None):
         super().__init__()
         self.layers = _layers(c)
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        self.rotary = Rotary(c.head_dim, c.rope_theta)
+        self.rotary = Rotary(c.head_dim, c.rope_theta, positions or c.max_position_embeddings)
         self.cfg = c
 
     def new_caches(self, batch: int, max_len: int, dtype, device) -> list[KVCache]:
@@ -39,9 +39,22 @@ class TransformerStack(nn.Module):
         return [KVCache(batch, c.num_key_value_heads, max_len, c.head_dim, dtype, device)
                 for _ in self.layers]
 
+    def cache_bytes(self, batch: int, max_len: int, dtype: torch.dtype) -> int:
+        """Size of `new_caches(batch, max_len, dtype, ...)`: keys and values of every layer."""
+        c = self.cfg
+        return 2 * len(self.layers) * batch * c.num_key_value_heads * max_len * c.head_dim * dtype.itemsize
+
+    def prefill_bytes(self, batch: int, length: int, dtype: torch.dtype) -> int:
+        """Transient memory of one forward pass over `length` positions: a layer's activations
+        (hidden, q/k/v, MLP) and its attention scores in fp32, as the math attention path
+        materializes them (fused attention kernels need less)."""
+        c = self.cfg
+        width = 4 * c.hidden_size + 2 * c.num_attention_heads * c.head_dim + 3 * c.intermediate_size
+        return batch * length * width * dtype.itemsize + batch * c.num_attention_heads * length * length * 4
+
     def forward(self, x, positions, mask, caches, start: int, cache_end: int | None = None):
         """x [B, T, D]; positions [B or 1, T]; mask bool [B or 1, 1, T, S] -> normed hidden [B, T, D]"""
-        cos, sin = self.rotary(positions, x.dtype)
+        cos, sin = self.rotary(positions)
         for layer, cache in zip(self.layers, caches):
             x = layer(x, cos, sin, mask, cache, start, cache_end)
         return self.norm(x)
@@ -68,7 +81,7 @@ class TextProjection(nn.Module):
 
 class CodePredictorModel(TransformerStack):
     def __init__(self, c: TransformerConfig, talker_dim: int):
-        super().__init__(c)
+        super().__init__(c, positions=c.num_code_groups)   # positions 0..15 of one frame, no more
         # embeddings of codebooks 1..15, in the talker's width
         self.codec_embedding = nn.ModuleList(
             nn.Embedding(c.vocab_size, talker_dim) for _ in range(c.num_code_groups - 1))

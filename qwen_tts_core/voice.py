@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,9 @@ FORMAT_VERSION = 1
 EXTENSION = ".safetensors"
 MAX_NAME_LENGTH = 100
 _UNSAFE_CHARS = re.compile(r"[^\w\-. ()]+")
+# Device names Windows reserves in every folder, with any extension too ("con.txt"), any case
+WINDOWS_RESERVED = frozenset(["con", "prn", "aux", "nul"] + [f"{d}{n}" for d in ("com", "lpt")
+                                                             for n in "0123456789\u00b9\u00b2\u00b3"])
 
 
 @dataclass
@@ -79,7 +83,8 @@ class Voice:
 def voice_file_name(name: str) -> str:
     """A user's voice name -> a safe file name (`<name>.safetensors`).
 
-    Path tricks are rejected (separators, `..`, leading dots, absolute paths); other characters
+    Path tricks are rejected (separators, `..`, leading dots, absolute paths), and so are the
+    device names Windows reserves (`con`, `nul`, `com1`, ..., also as `con.txt`); other characters
     that file systems dislike (`:`, `*`, `?`, ...) become `_`."""
     if not isinstance(name, str):
         raise InputError(f"The voice name must be text, got {type(name).__name__}.")
@@ -92,27 +97,41 @@ def voice_file_name(name: str) -> str:
         raise InputError(f"Invalid voice name {name!r}: a name cannot contain '/', '\\' or '..' "
                          "or start with a dot. Use letters, digits, spaces, '-' and '_'.")
     stem = _UNSAFE_CHARS.sub("_", stem).strip()
+    device = stem.split(".")[0].strip().lower()
+    if device in WINDOWS_RESERVED:
+        raise InputError(f"Invalid voice name {name!r}: {device.upper()} is a device name that Windows "
+                         "reserves (CON, PRN, AUX, NUL, COM0-COM9, LPT0-LPT9, also with an extension "
+                         "such as 'con.txt'); such a file cannot be made or opened there. Choose another name.")
     if len(stem) > MAX_NAME_LENGTH:
         raise InputError(f"The voice name is {len(stem)} characters long; use at most {MAX_NAME_LENGTH}.")
     return stem + EXTENSION
 
 
 def voice_path(folder: str | Path, name: str) -> Path:
-    """The file of voice `name` inside `folder`; never outside it."""
+    """The file of voice `name` inside `folder`; never outside it (a symbolic link there that
+    points outside is refused, for reading and for writing through it)."""
     root = Path(folder).resolve()
-    path = (root / voice_file_name(name)).resolve()
+    link = root / voice_file_name(name)
+    path = link.resolve()
     if path.parent != root:
+        if link.is_symlink():
+            raise InputError(f"The voice {name!r} is a symbolic link to {path}, outside the voices folder "
+                             f"{root}; voices are only read from and saved inside that folder. Copy the file "
+                             "into the folder instead of linking it.")
         raise InputError(f"Invalid voice name {name!r}: it points outside the voices folder.")
     return path
 
 
 def list_voices(folder: str | Path) -> list[str]:
-    """Names (file names without extension) of the voice files in `folder`."""
+    """Names (file names without extension) of the voice files in `folder` that `voice_path`
+    accepts: symbolic links that point outside the folder are not listed."""
     root = Path(folder)
     if not root.is_dir():
         return []
+    real = root.resolve()
     return sorted(p.name[: -len(EXTENSION)] for p in root.iterdir()
-                  if p.is_file() and p.name.endswith(EXTENSION) and not p.name.startswith("."))
+                  if p.name.endswith(EXTENSION) and not p.name.startswith(".") and p.is_file()
+                  and p.resolve().parent == real)
 
 
 def _tensors(voice: Voice) -> dict[str, torch.Tensor]:
@@ -160,15 +179,32 @@ def save_voice(voice: Voice, folder: str | Path, name: str, overwrite: bool = Fa
             raise VoiceFileError(f"A different voice named {stem!r} already exists ({path}). Choose "
                                  "another name, or turn on 'overwrite' to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp, mode = _new_file(path.parent, f".{stem}.", ".tmp")
     try:
         save_file(tensors, tmp, metadata=_metadata(voice, stem))
+        os.chmod(tmp, mode)               # safetensors writes its files 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _new_file(folder: Path, prefix: str, suffix: str) -> tuple[str, int]:
+    """Creates an empty file with a fresh name in `folder`; returns it and the mode a new file
+    gets here (0644 under umask 022, like ComfyUI's own outputs). Saved voices get that mode:
+    tempfile.mkstemp and safetensors make 0600 files, which other users and containers sharing
+    the folder cannot read."""
+    for _ in range(10):
+        name = str(folder / f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        os.close(fd)
+        return name, mode
+    raise FileExistsError(f"Could not create a temporary file in {folder}.")
 
 
 def load_voice(path: str | Path, expect=None) -> Voice:

@@ -19,6 +19,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import wave
@@ -58,8 +59,8 @@ def make_input_dir(target: Path, with_video: bool = False) -> Path:
     """ComfyUI input/ files of the example workflows (the video needs PyAV, as ComfyUI has)."""
     target.mkdir(parents=True, exist_ok=True)
     for name, src in INPUT_FILES.items():
-        if not (target / name).exists():
-            (target / name).symlink_to(src)
+        if not (target / name).exists():    # a copy: ComfyUI 0.33 refuses links that lead out of input/
+            shutil.copyfile(src, target / name)
     if not (target / VIDEO_INPUT).exists():
         if with_video:
             write_test_video(target / VIDEO_INPUT)

@@ -60,20 +60,27 @@ TINY_CODEC_SHAPES = dict(
 
 def stub_unused_imports() -> None:
     """qwen_tts imports its 25 Hz tokenizer at package import; that one needs sox, onnxruntime and
-    torchaudio. The 12 Hz path never calls them, so empty modules stand in where they are absent."""
+    torchaudio. The 12 Hz path never calls them, so empty modules stand in where they are absent.
+    librosa and soundfile (resampling and file input, not used by the custom-voice bench) are
+    stubbed too where absent (the GPU check's machine may not have them)."""
     import importlib.machinery
     import importlib.util
 
     import transformers  # noqa: F401  (reads which optional packages exist: before the stubs)
 
-    missing = {root for root in ("sox", "onnxruntime", "torchaudio")
+    missing = {root for root in ("sox", "onnxruntime", "torchaudio", "librosa", "soundfile")
                if root not in sys.modules and importlib.util.find_spec(root) is None}
     for name in ("sox", "onnxruntime", "torchaudio", "torchaudio.compliance",
-                 "torchaudio.compliance.kaldi"):
+                 "torchaudio.compliance.kaldi", "librosa", "librosa.filters", "soundfile"):
         if name.split(".")[0] in missing:
             stub = types.ModuleType(name)
             stub.__spec__ = importlib.machinery.ModuleSpec(name, None)
             sys.modules[name] = stub
+    if "librosa" in missing:   # a GPU machine without librosa: the custom-voice bench never resamples
+        def unavailable(*a, **k):
+            raise RuntimeError("librosa is not installed here (stubbed for the custom-voice bench)")
+        sys.modules["librosa"].filters = sys.modules["librosa.filters"]
+        sys.modules["librosa.filters"].mel = unavailable
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,11 +326,11 @@ def write_model(folder: Path, kind: str, seed: int, size: str = "1b7", eos_gain:
 GREEDY = dict(do_sample=False, subtalker_dosample=False)
 
 
-def load_official(folder: Path):
+def load_official(folder: Path, dtype: torch.dtype = torch.float32, **kwargs):
     stub_unused_imports()
     from qwen_tts import Qwen3TTSModel
 
-    return Qwen3TTSModel.from_pretrained(str(folder), dtype=torch.float32)
+    return Qwen3TTSModel.from_pretrained(str(folder), dtype=dtype, **kwargs)
 
 
 def run_case(tts, method: str, kwargs: dict) -> dict:

@@ -6,10 +6,15 @@ shared/tools/comfy_e2e/run_e2e.py (COMFY_E2E_DIR to point elsewhere): it starts 
 with this pack in custom_nodes/, queues each workflow through the HTTP API, waits on /history
 and checks the output files. The workflows run on the tiny fixture checkpoints, linked under the
 real checkpoint names, with their automatic length cut to a fraction of a second
-(comfy_env.limit_workflow_length); everything else is as shipped.
+(comfy_env.limit_workflow_length); everything else is as shipped. Run against ComfyUI 0.3.64 and
+0.33.0 (README: ComfyUI versions); COMFYUI_FRONTEND_PYTHON (a python with playwright) adds the
+check that the real front end loads every example workflow.
 """
+import contextlib
+import hashlib
 import importlib.util
 import json
+import re
 import os
 import subprocess
 import sys
@@ -69,6 +74,13 @@ def _clone_prompt(reference="qwen_tts_reference.wav", text="", voice_name="e2e v
             "6": {"class_type": "QwenTTSSaveVoice", "inputs": {"voice": ["3", 0], "name": voice_name, "overwrite": False}}}
 
 
+def _save_voice_prompt(name):
+    """Only Save Voice as output: a name refused by validation leaves nothing to run, so ComfyUI
+    rejects the whole prompt (with more outputs it would run the valid ones and skip Save Voice)."""
+    clone = _clone_prompt(voice_name=name)
+    return {k: clone[k] for k in ("1", "2", "3", "6")}
+
+
 def _load_voice_prompt(name):
     return {"1": {"class_type": "QwenTTSModelLoader", "inputs": {"model_name": BASE, "dtype": "auto", "device": "auto"}},
             "2": {"class_type": "QwenTTSLoadVoice", "inputs": {"model": ["1", 0], "voice_name": name}},
@@ -88,7 +100,12 @@ BAD_INPUTS = {
     "bad_unknown_speaker": (_custom_voice_prompt(speaker="Bob"), r"Unknown speaker 'Bob'. This model has: serena"),
     "bad_silent_reference": (_clone_prompt("silent.wav"), r"reference audio is silent"),
     "bad_short_reference": (_clone_prompt("short.wav"), r"voice cloning needs at least 1 s"),
-    "bad_voice_name": (_clone_prompt(voice_name="../../x"), r"Invalid voice name"),
+    "bad_text_without_words": (_custom_voice_prompt(text="🎉 ... 👍"), r"text has nothing to say"),
+    "bad_dc_offset_reference": (_clone_prompt("dc_offset.wav"), r"only a constant DC offset"),
+    "bad_clipped_reference": (_clone_prompt("clipped.wav"), r"badly clipped: \d+\.\d% of its samples"),
+    # names are refused by validate_inputs: the prompt is rejected before any node runs
+    "bad_voice_name": (_save_voice_prompt("../../x"), r"/prompt rejected[\s\S]*Invalid voice name"),
+    "bad_windows_voice_name": (_save_voice_prompt("COM1"), r"/prompt rejected[\s\S]*Windows reserves"),
     "bad_corrupt_voice": (_load_voice_prompt("corrupt"), r"damaged or not a safetensors file"),
     "bad_newer_voice": (_load_voice_prompt("future"), r"newer version of the Qwen3-TTS nodes"),
     "ok_stereo_48k_reference": (_clone_prompt("stereo_48k.wav", voice_name="stereo"), None),
@@ -101,6 +118,8 @@ def _inputs(folder: Path) -> Path:
     wav, rate = read_wav(comfy_env.FIXTURE_AUDIO / "ref_en.wav")
     write_wav(folder / "silent.wav", torch.zeros(1, 3 * 24000))
     write_wav(folder / "short.wav", wav[:, : rate // 2], rate)
+    write_wav(folder / "dc_offset.wav", torch.full((1, 3 * 24000), 0.25))
+    write_wav(folder / "clipped.wav", (wav[:1] * 8).clamp(-1, 1), rate)
     import torchaudio.functional as AF
 
     w48 = AF.resample(wav[:1], rate, 48000)
@@ -196,6 +215,33 @@ def test_no_model_folders_at_all(tmp_path):
     assert proc.returncode == 0 and report["server_alive_at_end"] is True
 
 
+def test_front_end_loads_every_example_workflow(tmp_path):
+    """The real front end of this ComfyUI (headless Chromium, shared/tools/comfy_e2e/
+    check_frontend.py) loads each example workflow with no missing node, and its own
+    graphToPrompt() gives the prompt the other tests run. Needs COMFYUI_FRONTEND_PYTHON: a python
+    with playwright (Debian's chromium drives the page; no browser download)."""
+    pw = os.environ.get("COMFYUI_FRONTEND_PYTHON")
+    if not pw:
+        reason = "COMFYUI_FRONTEND_PYTHON is not set (a python with playwright, for the front-end check)"
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    inputs = _inputs(tmp_path / "input")
+    proc = subprocess.run([pw, str(HARNESS / "check_frontend.py"), "--comfy", COMFYUI_DIR, "--pack", str(ROOT),
+                           "--python", PYTHON, "--models", str(comfy_env.make_models_dir(tmp_path / "models")),
+                           "--inputs", str(inputs)], capture_output=True, text=True, timeout=1800)
+    print(proc.stdout[-10000:], proc.stderr[-3000:])
+    names = sorted(p.name for p in comfy_env.WORKFLOWS.glob("*.json"))
+    assert f"frontend: {len(names)}/{len(names)} workflows load without missing nodes" in proc.stdout
+    assert proc.returncode == 0
+    lines = dict(re.findall(r"^\[OK  \] (\S+\.json): .*graphToPrompt ([=!]=) run_e2e conversion$", proc.stdout, re.M))
+    assert sorted(lines) == names
+    # Front end 1.49 (ComfyUI 0.33) also sends the defaults of optional inputs a workflow has no
+    # value for (CreateVideo bit_depth, SaveVideo's hidden codec); the server applies the same
+    # defaults to the prompts the other tests run. Anywhere else the two prompts are equal.
+    for name, cmp in lines.items():
+        assert cmp == "==" or "CreateVideo" in (comfy_env.WORKFLOWS / name).read_text(), name
+
+
 def _harness_module():
     spec = importlib.util.spec_from_file_location("run_e2e", HARNESS / "run_e2e.py")
     m = importlib.util.module_from_spec(spec)
@@ -203,36 +249,54 @@ def _harness_module():
     return m
 
 
-def test_interrupt_then_two_prompts_back_to_back(tmp_path):
+@contextlib.contextmanager
+def _server(tmp_path, server_args=()):
+    """A real ComfyUI server (`main.py --cpu`) with this pack and the fixture models; yields
+    (harness module, server, base dir)."""
     e2e = _harness_module()
     base = tmp_path / "base"
     for d in ("custom_nodes", "input", "output", "temp", "user"):
         (base / d).mkdir(parents=True)
     (base / "custom_nodes" / "qwen-tts-comfyui").symlink_to(ROOT)
     e2e.link_models(str(comfy_env.make_models_dir(tmp_path / "models")), str(base / "models"))
-    args = types.SimpleNamespace(python=PYTHON, comfy=COMFYUI_DIR, port=0, with_api_nodes=False, server_arg=[],
-                                 pycache=os.path.join("/tmp", "comfy_e2e_pycache"), online=False)
+    args = types.SimpleNamespace(python=PYTHON, comfy=COMFYUI_DIR, port=0, with_api_nodes=False,
+                                 server_arg=list(server_args), online=False,
+                                 pycache=os.path.join("/tmp", "comfy_e2e_pycache"))
     server = e2e.Server(args, str(base))
     server.start()
     try:
         ready, why = server.wait_ready(600)
         assert ready, why + server.log_tail(40)
+        yield e2e, server, base
+    finally:
+        server.stop()
 
+
+def _queue(e2e, server, prompt) -> str:
+    st, body = e2e.http_json(server.url, "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
+    assert st == 200, body
+    return body["prompt_id"]
+
+
+def _finished(e2e, server, pid, timeout=600) -> dict:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        st, h = e2e.http_json(server.url, f"/history/{pid}")
+        if st == 200 and pid in h and (h[pid].get("status") or {}).get("completed") is not None:
+            status = h[pid]["status"]
+            if status.get("completed") or status.get("status_str") in ("success", "error"):
+                return h[pid]
+        time.sleep(0.3)
+    raise AssertionError(f"prompt {pid} did not finish")
+
+
+def test_interrupt_then_two_prompts_back_to_back(tmp_path):
+    with _server(tmp_path) as (e2e, server, base):
         def queue(prompt):
-            st, body = e2e.http_json(server.url, "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
-            assert st == 200, body
-            return body["prompt_id"]
+            return _queue(e2e, server, prompt)
 
-        def finished(pid, timeout=600):
-            t0 = time.time()
-            while time.time() - t0 < timeout:
-                st, h = e2e.http_json(server.url, f"/history/{pid}")
-                if st == 200 and pid in h and (h[pid].get("status") or {}).get("completed") is not None:
-                    status = h[pid]["status"]
-                    if status.get("completed") or status.get("status_str") in ("success", "error"):
-                        return h[pid]
-                time.sleep(0.3)
-            raise AssertionError(f"prompt {pid} did not finish")
+        def finished(pid):
+            return _finished(e2e, server, pid)
 
         # 40 clips in one batch, up to 600 s each: the batch runs until the last clip ends, so it is
         # still generating when the interrupt comes (a single clip of a random model may end early)
@@ -264,5 +328,51 @@ def test_interrupt_then_two_prompts_back_to_back(tmp_path):
         assert finished(queue(_custom_voice_prompt(seed=3, prefix="after_unload")))["status"]["status_str"] == "success"
         assert server.log_text().count("Requested to load QwenTTSWeights") > loads
         assert server.alive() and e2e.http_json(server.url, "/system_stats")[0] == 200
-    finally:
-        server.stop()
+
+
+def _audio_digest(path: Path) -> str:
+    """sha256 of the decoded samples of an audio file (PyAV, from the server's venv)."""
+    code = ("import av, hashlib, sys, numpy as np\n"
+            "with av.open(sys.argv[1]) as f:\n"
+            "    pcm = np.concatenate([fr.to_ndarray().reshape(-1) for fr in f.decode(audio=0)])\n"
+            "print(hashlib.sha256(pcm.tobytes()).hexdigest(), pcm.size)")
+    return subprocess.run([PYTHON, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
+
+
+def test_loaders_run_again_when_the_cache_dropped_their_models(tmp_path):
+    """The RAM-pressure cache (the default from ComfyUI 0.23) may drop a loader's output between
+    prompts, or right after the loader ran when RAM is short. Forced here for every node: a RAM
+    headroom no machine has (--cache-ram); ComfyUI 0.3.64 has no such cache, there --cache-none
+    runs every node of every prompt. Each prompt still runs, its loader runs again, and a prompt
+    repeated after its model was dropped gives the same audio."""
+    cli = (Path(COMFYUI_DIR) / "comfy" / "cli_args.py").read_text(encoding="utf-8")
+    cache_args = ["--cache-ram", "100000"] if "--cache-ram" in cli else ["--cache-none"]
+    with _server(tmp_path, cache_args) as (e2e, server, base):
+        st, object_info = e2e.http_json(server.url, "/object_info")
+        assert st == 200
+
+        def narration(prefix):    # loader -> Speaker -> Narrate: the speaker keeps the model
+            prompt, _ = e2e.ui_to_api(comfy_env.load_workflow(comfy_env.WORKFLOWS / "long_text_narration.json"),
+                                      object_info)
+            for node in prompt.values():
+                if node["class_type"] == "QwenTTSNarrate":
+                    node["inputs"]["text"] = "Hello there."
+                if node["class_type"] == "SaveAudio":
+                    node["inputs"]["filename_prefix"] = f"audio/{prefix}"
+            return prompt
+
+        prompts = {"custom_a": _custom_voice_prompt(seed=4, prefix="custom_a"), "narration_a": narration("narration_a"),
+                   "custom_b": _custom_voice_prompt(seed=4, prefix="custom_b"), "narration_b": narration("narration_b")}
+        for name, prompt in prompts.items():
+            entry = _finished(e2e, server, _queue(e2e, server, prompt))
+            assert entry["status"]["status_str"] == "success", (name, entry["status"])
+        log = server.log_text()
+        runs = re.findall(r"(Loaded|Reusing) Qwen3-TTS-12Hz-1.7B-CustomVoice\b", log)
+        assert len(runs) == 4, runs                                    # the loader ran in every prompt
+        print("cache:", " ".join(cache_args), "loader runs:", runs, "load times (s):",
+              re.findall(r"Loaded Qwen3-TTS-12Hz-1.7B-CustomVoice: .* in ([0-9.]+) s", log))
+        out = base / "output" / "audio"
+        digests = {name: _audio_digest(next(out.glob(f"{name}_*.flac"))) for name in prompts}
+        assert digests["custom_a"] == digests["custom_b"] and digests["narration_a"] == digests["narration_b"]
+        assert digests["custom_a"] != digests["narration_a"]
+        assert server.alive()

@@ -2,6 +2,7 @@
 it, a conversion or a warning)."""
 import logging
 import math
+import re
 
 import pytest
 import torch
@@ -44,6 +45,40 @@ def speech(seconds=None, rate=24000):
 def test_empty_text(cv, text):
     with pytest.raises(InputError, match="text is empty"):
         cv.generate_custom_voice(text, "vivian", max_frames=3)
+
+
+NOTHING_TO_SAY = ["🎉🎉 👍", "\x00\x00", "...!?", "— … —", "\u200b\u200b", "♪ ♫"]
+
+
+@pytest.mark.parametrize("text", NOTHING_TO_SAY)
+def test_text_without_words_is_refused_by_every_mode(cv, vd, base, text):
+    """The one text check (qwen_tts_core.longform.text.check_text) guards every mode, as it
+    guards the long-form renderers."""
+    from qwen_tts_core.longform import narrate
+
+    calls = [lambda: cv.generate_custom_voice(text, "vivian", max_frames=3),
+             lambda: vd.generate_voice_design(text, "A calm voice.", max_frames=3),
+             lambda: base.generate_voice_clone(text, VoicePrompt(torch.zeros(base.config.talker.hidden_size)),
+                                               max_frames=3),
+             lambda: narrate(text, object())]
+    for call in calls:
+        with pytest.raises(InputError, match="The text has nothing to say: no letters or digits"):
+            call()
+    with pytest.raises(InputError, match="Text 2 of 3: The text has nothing to say"):
+        cv.generate_custom_voice(["One.", text, "Three."], "vivian", max_frames=3)
+
+
+def test_text_in_a_script_the_model_does_not_know_gets_a_note(cv, caplog):
+    with caplog.at_level(logging.WARNING):
+        out = cv.generate_custom_voice("مرحبا بالعالم، كيف حالك؟", "vivian", max_frames=2, seed=0)
+    assert len(out.codes) == 1                                          # generated all the same
+    assert out.warnings == [
+        "Much of the text is in Arabic script, which none of the model's languages use (Chinese, English, "
+        "German, Italian, Portuguese, Spanish, Japanese, Korean, French, Russian): expect it to be "
+        "mispronounced or skipped."]
+    assert "Arabic script" in caplog.text
+    out = cv.generate_custom_voice(["Hello, my friend Ahmed (أحمد), welcome home.", "Γειά σου κόσμε", "你好"], "vivian", max_frames=2)
+    assert len(out.warnings) == 1 and out.warnings[0].startswith("Text 2: Much of the text is in Greek script")
 
 
 def test_text_longer_than_one_generation(cv):
@@ -132,6 +167,43 @@ def test_bad_reference_audio(base, make, match):
     wav, sr = make()
     with pytest.raises(InputError, match=match):
         base.create_voice_clone_prompt(wav, sr, x_vector_only=True)
+
+
+@pytest.mark.parametrize("offset", [0.3, -0.5, 1e-3])
+def test_a_clip_that_is_only_a_dc_offset_is_silent(base, offset):
+    wav = torch.full((1, 48000), offset) + 1e-6 * torch.randn(1, 48000, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(InputError, match="silent \\(or only a constant DC offset\\)"):
+        base.create_voice_clone_prompt(wav, 24000, x_vector_only=True)
+    wav, sr = speech()
+    assert base.speaker_embedding(wav + offset, sr).isfinite().all()           # speech on an offset is fine
+
+
+def clipped(gain: float, limit: float = 1.0):
+    wav, sr = speech()
+    return (wav * gain).clamp(-limit, limit), sr
+
+
+@pytest.mark.parametrize("make, share", [
+    (lambda: clipped(8.0), 0.05),                                   # 8x too loud, clipped at full scale
+    (lambda: clipped(8.0, 32767 / 32768), 0.05),                    # the same as 16-bit PCM
+    (lambda: clipped(8.0, 1.5), 0.05),                              # float audio through a limiter at 1.5
+    (lambda: (clipped(8.0)[0].repeat(2, 1), 24000), 0.05),          # stereo
+])
+def test_a_badly_clipped_clip_is_refused(base, make, share):
+    wav, sr = make()
+    with pytest.raises(InputError, match=r"badly clipped: (\d+\.\d)% of its samples are at full scale") as e:
+        base.create_voice_clone_prompt(wav, sr, x_vector_only=True)
+    assert float(re.search(r"(\d+\.\d)%", str(e.value)).group(1)) / 100 > share
+
+
+@pytest.mark.parametrize("make", [
+    lambda: (speech()[0] / speech()[0].abs().max(), 24000),        # normalised to a peak of exactly 1
+    lambda: clipped(1.5),                                           # a few peaks clipped: under 1%
+    lambda: (speech()[0] * 3.0, 24000),                             # float audio beyond 1, not clipped
+])
+def test_loud_but_clean_clips_are_accepted(base, make):
+    wav, sr = make()
+    assert base.speaker_embedding(wav, sr).isfinite().all()
 
 
 def test_in_context_clone_needs_transcript(base):

@@ -193,3 +193,35 @@ def test_weights_go_straight_into_the_target_dtype(tmp_path):
     # fp32: the model (2x) + file pages (1x) + one source tensor being converted, with 10% slack;
     # a full fp32 state dict beside the model would add another 2x
     assert peak["fp32"] < 1.1 * (3 * size + largest)
+
+
+def test_text_tokenizer_loads_without_transformers_warnings(tmp_path):
+    """A newcomer's first run is clean: loading the text tokenizer of a checkpoint folder (whose
+    config.json, like the released ones, was written by transformers 4.57.3 with model_type
+    qwen3_tts) logs no warning on 4.57 or 5.x, and transformers' own logging is left as it was."""
+    import logging
+
+    from transformers.utils import logging as tf_logging
+
+    from qwen_tts_core.checkpoint import load_text_tokenizer
+
+    records = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("transformers")
+    handler = Collect(level=logging.WARNING)
+    verbosity = tf_logging.get_verbosity()
+    tf_logging.set_verbosity_warning()
+    logger.addHandler(handler)
+    try:
+        tok = load_text_tokenizer(MODELS / "Tiny-CustomVoice")
+        assert tf_logging.get_verbosity() == logging.WARNING   # nothing silenced globally
+    finally:
+        logger.removeHandler(handler)
+        tf_logging.set_verbosity(verbosity)
+    assert records == []
+    # the same BPE as before: "<|im_start|>assistant\n" -> its special id, then plain tokens
+    assert tok("<|im_start|>assistant\nHello")["input_ids"] == [151644, 77091, 198, 9707]

@@ -1,5 +1,7 @@
 """Long-form nodes on the ComfyUI-compatible runtime: speakers of the three kinds, narration,
 subtitle voice-over (track length from the video), multi-speaker scripts, and their bad input."""
+import re
+
 import pytest
 import torch
 
@@ -38,6 +40,32 @@ def test_speakers_check_the_model_when_made(N):
         run(N, "QwenTTSSpeakerCloned", model=model(N, BASE), voice="not a voice", language="Auto", name="C")
 
 
+def speaker_inputs(N, node):
+    """Everything but the name, for each Speaker node (with a model of the right kind)."""
+    if node == "QwenTTSSpeakerBuiltIn":
+        return dict(model=model(N, CUSTOM), speaker="Ryan", instruction="")
+    if node == "QwenTTSSpeakerDesigned":
+        return dict(model=model(N, DESIGN), voice_description="A calm voice.")
+    voice = run(N, "QwenTTSVoiceFromAudio", model=model(N, BASE), reference_audio=ref_audio(),
+                reference_text="", mode="x-vector only")[0]
+    return dict(model=model(N, BASE), voice=voice)
+
+
+@pytest.mark.parametrize("node", ["QwenTTSSpeakerBuiltIn", "QwenTTSSpeakerDesigned", "QwenTTSSpeakerCloned"])
+def test_speaker_names_no_script_can_use_fail_validation(N, node):
+    inputs = speaker_inputs(N, node)
+    for name, message in (("Anna: the host", "contains ':'"), ("Ben (young)", "contains '(', ')'"),
+                          ("Two\nlines", "contains '\\n'"), ("x" * 41, "at most 40")):
+        with pytest.raises(comfy_env.ValidationError, match="custom validation failed: .*" + re.escape(message)):
+            run(N, node, **{**inputs, "model": None}, language="English", name=name)   # nothing loaded yet
+        with pytest.raises(InputError, match=re.escape(message)):                    # a linked name, at run time
+            N[node].execute(**inputs, language="English", name=name)
+    for name in ("Anna", "Dr. Who", "名字", "", "x" * 40):
+        assert N[node].validate_inputs(name=name) is True
+        assert run(N, node, **inputs, language="English", name=name)[0].name == name
+    assert N[node].validate_inputs(name=None) is True
+
+
 def test_narrate_long_text_in_chunks(N):
     text = ("First paragraph, first sentence. It goes on for a while, with a clause or two.\n\n"
             "Second paragraph. " + "More words follow here, one sentence after another. " * 4)
@@ -47,6 +75,31 @@ def test_narrate_long_text_in_chunks(N):
     assert torch.isfinite(wav).all()
     chunks = int(report.split(" chunks")[0].splitlines()[-1])
     assert chunks >= 3  # paragraphs are never joined; ~6 s pieces
+
+
+def test_the_progress_bar_moves_inside_every_chunk(N, monkeypatch):
+    """Not only when a chunk ends (the first update came after ~2 minutes on a CPU): frames
+    move it inside each chunk, it never goes back, and it ends full."""
+    import comfy.utils
+
+    updates = []
+
+    class Bar:  # records what the node shows
+        def __init__(self, total):
+            pass
+
+        def update_absolute(self, value, total=None, preview=None):
+            updates.append((value, total))
+
+    monkeypatch.setattr(comfy.utils, "ProgressBar", Bar)
+    text = "The first sentence is here.\n\nA second one follows.\n\nAnd a third one ends it."
+    _, report = run(N, "QwenTTSNarrate", speaker=built_in(N), text=text, **{**LONG, "chunk_seconds": 3.0})
+    chunks = int(report.split(" chunks")[0].splitlines()[-1])
+    assert chunks == 3 and {total for _, total in updates} == {chunks * 100}
+    values = [v for v, _ in updates]
+    assert values[0] == 0 and values[-1] == chunks * 100 and values == sorted(values)
+    for k in range(chunks):                                 # moved inside every chunk, before its end
+        assert any(k * 100 < v < (k + 1) * 100 for v in values), (k, values)
 
 
 def test_narrate_needs_no_speaker_name(N):
@@ -107,10 +160,13 @@ def test_script_mixes_built_in_designed_and_cloned_voices(N):
     assert report.startswith("4 lines: Anna, Ben, Narrator")
 
 
+# ComfyUI >= 0.20 derives InterruptProcessingException from BaseException (0.3.64: Exception)
+@pytest.mark.parametrize("base", [Exception, BaseException], ids=["comfyui-0.3.64", "comfyui-0.20+"])
 @pytest.mark.parametrize("node", ["QwenTTSNarrate", "QwenTTSSubtitleVoiceOver", "QwenTTSScript"])
-def test_interrupt_stops_long_form_within_one_frame_and_frees_memory(N, node, monkeypatch):
+def test_interrupt_stops_long_form_within_one_frame_and_frees_memory(N, node, monkeypatch, base):
     import comfy.model_management as mm
 
+    monkeypatch.setattr(mm, "InterruptProcessingException", type("InterruptProcessingException", (base,), {}))
     rt = comfy_env.pack().nodes.runtime
     frames, emptied = [], []
     original = rt.ChunkProgress.on_frame

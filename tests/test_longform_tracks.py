@@ -58,7 +58,9 @@ def test_chunks_are_trimmed_and_joined_with_pauses_that_follow_the_text():
     margins = 0.1                                               # 80 ms kept after, 20 ms before speech
     for gap, brk in zip(gaps, breaks):
         assert gap == pytest.approx(getattr(Pauses(), brk) + margins, abs=0.03), brk
-    assert [p.done for p in progress] == [1, 2, 3, 4] and {p.total for p in progress} == {4}
+    assert [p.done for p in progress] == [0, 1, 2, 3, 4] and {p.total for p in progress} == {4}
+    assert [p.next_seconds for p in progress] == [c.seconds for c in out.chunks] + [0.0]   # what starts next
+    assert progress[0].seconds == 0 and progress[0].reports == []                       # before any chunk
     assert progress[-1].seconds == pytest.approx(out.audio.numel() / SR, abs=0.001)
 
 
@@ -89,6 +91,26 @@ def test_emoji_mixed_scripts_and_bad_text():
         narrate("🎉🎉 👍", ToneSpeaker())
     with pytest.raises(InputError, match="empty"):
         narrate("   ", ToneSpeaker())
+
+
+def test_text_in_a_script_the_model_does_not_know_is_noted_in_the_report():
+    out = narrate("Hello there. مرحبا بالعالم، كيف حالك اليوم؟", ToneSpeaker())
+    assert out.notes[-1].startswith("Much of the text is in Arabic script, which none of the model's languages")
+    assert out.summary().splitlines()[-2] == out.notes[-1] and out.audio.numel() > 0
+    assert not any("script" in n for n in narrate("Hello there, Ahmed (أحمد).", ToneSpeaker()).notes)
+    speakers = {"Anna": ToneSpeaker(), "Ben": ToneSpeaker()}
+    play = perform_script("Anna: Hello.\nBen: שלום עולם\nAnna: שלום, Ben.", speakers)
+    assert [n for n in play.notes if "script" in n] == [                # once, however many lines
+        "Much of the text is in Hebrew script, which none of the model's languages use (Chinese, English, "
+        "German, Italian, Portuguese, Spanish, Japanese, Korean, French, Russian): expect it to be "
+        "mispronounced or skipped."]
+
+
+def test_a_script_line_without_words_is_refused_before_anything_is_said():
+    speakers = {"Anna": ToneSpeaker(), "Ben": ToneSpeaker()}
+    with pytest.raises(InputError, match="Line 3 \\(Anna\\) has nothing to say"):
+        perform_script("Anna: Hello.\nBen: Hi.\nAnna: 🎉🎉", speakers)
+    assert speakers["Anna"].spoken == [] and speakers["Ben"].spoken == []
 
 
 def test_a_megabyte_text_is_refused_in_memory_at_once_and_streams_to_a_file(tmp_path):
@@ -398,6 +420,25 @@ def test_script_performance_with_segments_and_pauses():
     assert gaps == pytest.approx([pauses.turn, pauses.paragraph, pauses.paragraph, pauses.turn], abs=0.03)
     with pytest.raises(InputError, match="unknown speaker 'Anna'"):
         perform_script(SCRIPT, {"Ben": ben, "Carl": anna})
+
+
+def test_tracks_and_scripts_report_progress_before_each_line():
+    from qwen_tts_core.duration import expected_seconds
+
+    srt = ("1\n00:00:00,500 --> 00:00:02,000\nLook up there.\n\n"
+           "2\n00:00:04,000 --> 00:00:09,000\nIt is the most beautiful thing I have ever seen.\n")
+    progress = []
+    voice_over(parse_subtitles(srt), ToneSpeaker(), on_progress=progress.append)
+    assert [(p.done, p.total) for p in progress] == [(0, 2), (1, 2), (2, 2)]
+    said = ["Look up there.", "It is the most beautiful thing I have ever seen."]
+    assert [p.next_seconds for p in progress] == pytest.approx(
+        [expected_seconds(t, "english") for t in said] + [0.0])
+    progress = []
+    out = perform_script(SCRIPT, {"Anna": ToneSpeaker(), "Ben": ToneSpeaker()}, on_progress=progress.append)
+    n = len(out.segments)
+    assert [p.done for p in progress] == list(range(n + 1)) and progress[0].reports == []
+    assert [p.next_seconds for p in progress] == pytest.approx(
+        [expected_seconds(s.text, "english") for s in out.segments] + [0.0])
 
 
 def test_a_script_mixing_built_in_designed_and_cloned_voices():

@@ -87,9 +87,11 @@ def test_every_node_has_id_category_and_tooltips(N, rt):
 
 def test_loader_lists_checkpoints_by_their_real_names(N):
     model_opts = N["QwenTTSModelLoader"].define_schema().inputs[0].options
-    assert model_opts == [BASE, CUSTOM, DESIGN]                  # the tokenizer is not a TTS model
+    assert model_opts == [BASE, CUSTOM, DESIGN,                  # the tokenizer is not a TTS model
+                          "Qwen3-TTS-12Hz-0.6B-CustomVoice (download, 2.5 GB)",    # not on disk
+                          "Qwen3-TTS-12Hz-0.6B-Base (download, 2.5 GB)"]
     tok_opts = N["QwenTTSSpeechTokenizerLoader"].define_schema().inputs[0].options
-    assert TOKENIZER in tok_opts and CUSTOM in tok_opts
+    assert TOKENIZER in tok_opts and CUSTOM in tok_opts and not any("(download" in o for o in tok_opts)
 
 
 def test_folders_honour_extra_model_paths(N, rt, tmp_path):
@@ -121,7 +123,7 @@ def test_no_model_folders_at_all(N, tmp_path):
     saved = folder_paths.folder_names_and_paths["qwen-tts"]
     folder_paths.folder_names_and_paths["qwen-tts"] = ([str(tmp_path / "qwen-tts")], set())
     try:
-        assert N["QwenTTSModelLoader"].define_schema().inputs[0].options == []
+        assert all(o.endswith(" GB)") for o in N["QwenTTSModelLoader"].define_schema().inputs[0].options)
         with pytest.raises(ModelFolderError, match="no Qwen3-TTS folders there yet.*hf download "
                                                    "Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice"):
             run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="auto", device="auto")
@@ -167,6 +169,38 @@ def test_empty_text(N, rt):
                 instruction="", **{**SAMPLING, "one_text_per_line": per_line})
 
 
+@pytest.mark.parametrize("text", ["🎉🎉 👍", "\x00", "...!?", "♪"])
+def test_every_text_node_refuses_text_without_words_alike(N, rt, text):
+    """One check for all (Narrate refused such text while the others spoke it), before the model is used."""
+    message = "The text has nothing to say: no letters or digits"
+    voice = Voice(VoicePrompt(torch.zeros(tiny_model("Tiny-Base", False).config.talker.hidden_size)), "base",
+                  "1b7", tiny_model("Tiny-Base", False).config.talker.hidden_size)
+    runs = {"QwenTTSCustomVoice": dict(model=no_codec_model(rt, CUSTOM), speaker="Vivian", instruction=""),
+            "QwenTTSVoiceDesign": dict(model=no_codec_model(rt, DESIGN), voice_description="A calm voice."),
+            "QwenTTSVoiceClone": dict(model=no_codec_model(rt, BASE), voice=voice)}
+    for node, inputs in runs.items():
+        with pytest.raises(InputError, match=message):
+            run(N, node, text=text, language="Auto", **inputs, **SAMPLING)
+        with pytest.raises(InputError, match=f"Line 3 has nothing to say"):
+            run(N, node, text=f"One.\n\n{text}\nFour.", language="Auto", **inputs,
+                **{**SAMPLING, "one_text_per_line": True})
+    speaker = run(N, "QwenTTSSpeakerBuiltIn", model=no_codec_model(rt, CUSTOM), speaker="Ryan",
+                  language="English", instruction="", name="A")[0]
+    with pytest.raises(InputError, match=message):
+        run(N, "QwenTTSNarrate", speaker=speaker, text=text, seed=0, temperature=0.9, top_k=50, top_p=1.0,
+            repetition_penalty=1.05, retries=0, chunk_seconds=6.0, normalize_text=False)
+
+
+def test_text_in_a_script_the_model_does_not_know_is_noted_in_the_log(N, caplog, codec):
+    with caplog.at_level(logging.INFO):
+        run(N, "QwenTTSCustomVoice", model=loaded(N, CUSTOM)[0], text="مرحبا بالعالم", language="Auto",
+            speaker="Vivian", instruction="", **SAMPLING)
+    notes = [r.getMessage() for r in caplog.records if "Arabic script" in r.getMessage()]
+    assert notes == ["Much of the text is in Arabic script, which none of the model's languages use (Chinese, "
+                     "English, German, Italian, Portuguese, Spanish, Japanese, Korean, French, Russian): "
+                     "expect it to be mispronounced or skipped."]
+
+
 def test_unknown_speaker_lists_the_models_speakers(N, rt):
     m = no_codec_model(rt, CUSTOM)
     with pytest.raises(InputError, match="Unknown speaker 'Bob'. This model has: serena, vivian"):
@@ -204,9 +238,14 @@ def test_out_of_range_sampling_values_are_refused(N, rt, field, value):
             speaker="Vivian", instruction="", **{**SAMPLING, field: value})
 
 
-def test_interrupt_stops_within_one_frame_and_next_run_works(N, rt, monkeypatch):
+# ComfyUI >= 0.20 derives InterruptProcessingException from BaseException (0.3.64: Exception)
+@pytest.mark.parametrize("base", [Exception, BaseException], ids=["comfyui-0.3.64", "comfyui-0.20+"])
+def test_interrupt_stops_within_one_frame_and_next_run_works(N, rt, monkeypatch, base):
     import comfy.model_management as mm
 
+    monkeypatch.setattr(mm, "InterruptProcessingException", type("InterruptProcessingException", (base,), {}))
+    emptied = []
+    monkeypatch.setattr(mm, "soft_empty_cache", lambda *a, **k: emptied.append(True))
     m = no_codec_model(rt, CUSTOM)
     frames = []
     original = rt.FrameProgress.on_frame
@@ -223,12 +262,16 @@ def test_interrupt_stops_within_one_frame_and_next_run_works(N, rt, monkeypatch)
             language="English", speaker="Ryan", instruction="", **{**SAMPLING, "max_seconds": 5.0})
     assert frames == [0, 1, 2]                                       # stopped at the frame it was asked
     assert e.value.__context__ is None and e.value.__cause__ is None  # generation's frames released
+    assert emptied == [True]                                         # and the memory
     assert not mm.processing_interrupted()
 
 
 # ----------------------------------------------------------------------------- reference audio
 @pytest.mark.parametrize("audio, message", [
     ({"waveform": torch.zeros(1, 1, 24000 * 3), "sample_rate": 24000}, "silent"),
+    ({"waveform": torch.full((1, 1, 24000 * 3), 0.25), "sample_rate": 24000}, "only a constant DC offset"),
+    ({"waveform": (ref_audio()["waveform"] * 8).clamp(-1, 1), "sample_rate": ref_audio()["sample_rate"]},
+     "badly clipped"),
     (ref_audio(seconds=0.5), "at least 1 s"),
     ({"waveform": torch.full((1, 1, 48000), float("nan")), "sample_rate": 24000}, "NaN"),
     ({"waveform": torch.zeros(2, 1, 48000), "sample_rate": 24000}, "2 clips"),
@@ -252,6 +295,14 @@ def test_stereo_and_48k_reference_simply_work(N, rt, audio):
                 reference_text="", mode="x-vector only")[0]
     cos = torch.nn.functional.cosine_similarity(voice.prompt.speaker_embedding, plain.prompt.speaker_embedding, 0)
     assert cos > 0.9                                                 # same speaker after resampling/mixing
+
+
+def test_auto_mode_without_a_transcript_says_it_makes_an_x_vector_voice(N, rt, caplog):
+    with caplog.at_level(logging.INFO):
+        (voice,) = run(N, "QwenTTSVoiceFromAudio", model=no_codec_model(rt, BASE), reference_audio=ref_audio(),
+                       reference_text="  ", mode="auto")
+    assert voice.mode == "x_vector" and voice.prompt.ref_text is None
+    assert "no reference transcript, so mode auto makes an x-vector-only voice" in caplog.text
 
 
 def test_too_long_reference_is_trimmed_with_a_warning(N, rt, caplog):
@@ -292,19 +343,29 @@ def test_save_and_load_voice(N, rt, voices_dir):
     assert torch.equal(back.prompt.speaker_embedding, voice.prompt.speaker_embedding)
 
 
-@pytest.mark.parametrize("name", ["../../x", "../x", "sub/x", ".x"])
-def test_save_voice_rejects_path_tricks(N, rt, voices_dir, name):
-    with pytest.raises(InputError, match="Invalid voice name"):
-        run(N, "QwenTTSSaveVoice", voice=_xvector(N, rt), name=name, overwrite=False)
+@pytest.mark.parametrize("name, message", [("../../x", "Invalid voice name"), ("../x", "Invalid voice name"),
+                                           ("sub/x", "Invalid voice name"), (".x", "Invalid voice name"),
+                                           ("", "empty"), ("CON", "Windows reserves"), ("lpt1.txt", "Windows reserves")])
+def test_save_voice_name_fails_validation_before_anything_runs(N, rt, voices_dir, name, message):
+    """ComfyUI runs validate_inputs before any node of the prompt: no voice was made (None)."""
+    with pytest.raises(comfy_env.ValidationError, match=f"custom validation failed: .*{message}"):
+        run(N, "QwenTTSSaveVoice", voice=None, name=name, overwrite=False)
+    # a name that comes through a link is None at validation, and checked when the node runs
+    assert N["QwenTTSSaveVoice"].validate_inputs(name=None) is True
+    with pytest.raises(InputError, match=message):
+        N["QwenTTSSaveVoice"].execute(voice=_xvector(N, rt), name=name, overwrite=False)
     assert list(voices_dir.iterdir()) == [] and not (voices_dir.parent.parent / "x.safetensors").exists()
+    assert N["QwenTTSSaveVoice"].validate_inputs(name="my voice (2)") is True
 
 
 def test_load_voice_errors(N, rt, voices_dir):
     base = no_codec_model(rt, BASE)
     with pytest.raises(InputError, match="No saved voice named 'ghost'"):
         run(N, "QwenTTSLoadVoice", model=base, voice_name="ghost")
-    with pytest.raises(InputError, match="Invalid voice name"):
+    with pytest.raises(comfy_env.ValidationError, match="Invalid voice name"):
         run(N, "QwenTTSLoadVoice", model=base, voice_name="../../x")
+    with pytest.raises(InputError, match="Invalid voice name"):                  # through a link
+        N["QwenTTSLoadVoice"].execute(model=base, voice_name="../../x")
     (voices_dir / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
     with pytest.raises(VoiceFileError, match="damaged"):
         run(N, "QwenTTSLoadVoice", model=base, voice_name="broken")
@@ -316,6 +377,15 @@ def test_load_voice_errors(N, rt, voices_dir):
     save_file(load_file(str(path)), str(path), metadata={"format": "qwen-tts-voice", "format_version": "99"})
     with pytest.raises(VoiceFileError, match="newer version"):
         run(N, "QwenTTSLoadVoice", model=base, voice_name="future")
+
+
+def test_load_voice_lists_only_what_it_loads(N, rt, voices_dir, tmp_path):
+    outside = save_voice(_xvector(N, rt), tmp_path / "elsewhere", "shared")
+    save_voice(_xvector(N, rt), voices_dir, "mine")
+    (voices_dir / "linked.safetensors").symlink_to(outside)
+    assert N["QwenTTSLoadVoice"].define_schema().inputs[1].options == ["mine"]
+    with pytest.raises(InputError, match="'linked' is a symbolic link to .*, outside the voices folder"):
+        run(N, "QwenTTSLoadVoice", model=no_codec_model(rt, BASE), voice_name="linked")
 
 
 # ----------------------------------------------------------------------------- with the codec
@@ -415,3 +485,41 @@ def test_offload_and_reload(N):
                       speaker="Aiden", instruction="", **SAMPLING)
     assert audio["waveform"].shape[-1] > 0
     assert any(lm.model is model.patcher for lm in mm.current_loaded_models)
+
+
+def test_loader_run_again_after_the_cache_dropped_it(N, rt, codec, monkeypatch):
+    """ComfyUI's RAM-pressure cache (the default from 0.4) may drop a loader's output between
+    prompts while a Speaker made from it stays cached; the loader then runs again. It returns
+    the handle that is still alive (no second copy of the weights, no speaker on a stale copy),
+    reads the disk again once nothing holds the handle, and again when the checkpoint changed."""
+    import gc
+    import os
+    import shutil
+
+    root = rt.model_roots()[0]
+    name = "Copy-CustomVoice"
+    shutil.copytree(root / CUSTOM, root / name)
+    reads = []
+    from_pretrained = rt.QwenTTS.from_pretrained
+    monkeypatch.setattr(rt.QwenTTS, "from_pretrained", lambda *a, **k: reads.append(a[0]) or from_pretrained(*a, **k))
+    try:
+        model = run(N, "QwenTTSModelLoader", model_name=name, dtype="auto", device="auto")[0]
+        (speaker,) = run(N, "QwenTTSSpeakerBuiltIn", model=model, speaker="Ryan", language="English",
+                         instruction="", name="Narrator")
+        del model                                                   # dropped by the cache
+        gc.collect()
+        again = run(N, "QwenTTSModelLoader", model_name=name, dtype="fp32", device="cpu")[0]
+        assert again is speaker.handle and len(reads) == 1
+        del again, speaker                                          # nothing holds it any more
+        gc.collect()
+        fresh, _, info = run(N, "QwenTTSModelLoader", model_name=name, dtype="auto", device="auto")
+        assert len(reads) == 2 and info.startswith(f"{name}: Qwen3-TTS 1.7B custom_voice")
+        config = root / name / "config.json"                       # the checkpoint changed on disk
+        os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10**9))
+        newer = run(N, "QwenTTSModelLoader", model_name=name, dtype="auto", device="auto")[0]
+        assert newer is not fresh and len(reads) == 3
+        audio, _, _ = run(N, "QwenTTSCustomVoice", model=newer, text="Loaded again.", language="English",
+                          speaker="Ryan", instruction="", **SAMPLING)
+        assert audio["waveform"].abs().max() > 0
+    finally:
+        shutil.rmtree(root / name)

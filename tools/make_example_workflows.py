@@ -130,8 +130,8 @@ def voice_clone():
     g = Graph()
     m = loader(g, BASE)
     ref = g.add("LoadAudio", (0, 180), {"audio": REFERENCE}, size=(320, 200))
-    voice = g.add("QwenTTSVoiceFromAudio", (370, 0), {
-        "reference_text": "Type here exactly what is said in the reference clip.", "mode": "auto"}, size=(340, 260))
+    # the transcript is left empty (auto: x-vector only); a placeholder here would be sent as the transcript
+    voice = g.add("QwenTTSVoiceFromAudio", (370, 0), {"reference_text": "", "mode": "auto"}, size=(340, 260))
     gen = g.add("QwenTTSVoiceClone", (760, 0), {
         "text": "This sentence was never recorded, yet it sounds like the reference speaker.",
         "language": "English"}, size=(380, 480))
@@ -144,8 +144,9 @@ def voice_clone():
     g.link(gen, 0, save, "audio")
     g.link(voice, 0, keep, "voice")
     g.note((0, 430), f"**Voice clone** (Base checkpoint): put a 3-10 s clip in ComfyUI's input folder "
-                     f"(here `{REFERENCE}`) and type its transcript. Save Voice keeps the voice in "
-                     "`models/qwen-tts-voices/` for the Load Voice node.")
+                     f"(here `{REFERENCE}`) and type exactly what it says into `reference_text` for the "
+                     "closest likeness (left empty, mode auto clones from the x-vector alone). Save Voice "
+                     "keeps the voice in `models/qwen-tts-voices/` for the Load Voice node.", size=(320, 220))
     g.save("voice_clone")
 
 

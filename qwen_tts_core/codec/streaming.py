@@ -7,18 +7,23 @@ joined outputs equal `SpeechTokenizer.decode` of the whole sequence for any chun
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
 def decode_chunks(decoder, codes: torch.Tensor, state: dict, chunk_frames: int,
-                  samples_per_frame: int) -> torch.Tensor:
+                  samples_per_frame: int, on_chunk: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """codes [B, 16, n] through the decoder's causal `state` (updated), `chunk_frames` frames per
     call -> float32 CPU audio [B, n * samples_per_frame]. Used by SpeechTokenizer.decode (mode
-    "exact") and by StreamingDecoder."""
-    spf = samples_per_frame
-    out = torch.empty(codes.shape[0], codes.shape[-1] * spf, dtype=torch.float32)
+    "exact") and by StreamingDecoder. `on_chunk(frames_done, frames_total)` runs before each
+    call; it may raise to stop (interrupt), and everything the decode holds is then freed."""
+    spf, n = samples_per_frame, codes.shape[-1]
+    out = torch.empty(codes.shape[0], n * spf, dtype=torch.float32)
     with torch.inference_mode():
-        for i in range(0, codes.shape[-1], chunk_frames):
+        for i in range(0, n, chunk_frames):
+            if on_chunk is not None:
+                on_chunk(i, n)
             out[:, i * spf:(i + chunk_frames) * spf] = decoder(codes[..., i:i + chunk_frames], state).float().cpu()
     return out
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -24,6 +24,7 @@ from .streaming import StreamingDecoder, decode_chunks
 MODEL_TYPE = "qwen3_tts_tokenizer_12hz"
 PAD = -1
 OFFICIAL_CHUNK, OFFICIAL_CONTEXT = 300, 25  # qwen-tts 0.1.1 chunked_decode
+DECODE_BUDGET = 1 << 30   # bytes of decoder activations per call (chunk size = budget / batch)
 
 
 @dataclass
@@ -165,14 +166,33 @@ class SpeechTokenizer:
     # ----------------------------------------------------------------------------------------
     # decode
     # ----------------------------------------------------------------------------------------
+    def decode_chunk_frames(self, batch: int) -> int:
+        """Frames per decoder call for a batch: as many as keep the activations within
+        `DECODE_BUDGET` (at least 1, at most the official 300)."""
+        per_frame = self._decoder().activation_bytes(1, self.dtype)
+        return max(1, min(OFFICIAL_CHUNK, DECODE_BUDGET // max(1, batch * per_frame)))
+
+    def decode_bytes(self, batch: int, frames: int, device: torch.device | None = None) -> int:
+        """Working memory of `decode` for `batch` items of up to `frames` frames on `device`
+        (default: the decoder's): one chunk's activations, plus the whole audio when that device
+        is the CPU (the result is gathered there in float32)."""
+        chunk = min(frames, self.decode_chunk_frames(batch))
+        total = batch * self._decoder().activation_bytes(chunk, self.dtype)
+        if (device or self.device).type == "cpu":
+            total += batch * frames * self.samples_per_frame * 4
+        return total
+
     def decode(self, codes, lengths: Sequence[int] | torch.Tensor | None = None, *,
-               chunk_frames: int = 300, mode: str = "exact") -> list[torch.Tensor]:
+               chunk_frames: int | None = None, mode: str = "exact",
+               on_chunk: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
         """Codes -> list of float32 CPU waveforms [F_i * 1920] at 24 kHz.
 
         codes: [B, 16, T] (items end at `lengths`, or where only PAD frames follow), one item
         [16, T] / [T, 16], or a list of items of any lengths.
         mode "exact": the causal decode of the whole sequence, run through the streaming state in
-        chunks of `chunk_frames` (memory bounded, result independent of the chunk size).
+        chunks of `chunk_frames` (default: `decode_chunk_frames(batch)`, which bounds the memory
+        of the batch; the result is independent of the chunk size up to float rounding).
+        `on_chunk(frames_done, frames_total)` runs between chunks and may raise to stop.
         mode "official": qwen-tts 0.1.1's approximation, 300-frame chunks decoded independently
         with 25 frames of left context (the same as "exact" up to 300 frames).
         """
@@ -183,11 +203,13 @@ class SpeechTokenizer:
         b, _, t = codes.shape
         spf = self.samples_per_frame
         if mode == "exact":
-            out = decode_chunks(dec, codes, {}, chunk_frames, spf)
+            out = decode_chunks(dec, codes, {}, chunk_frames or self.decode_chunk_frames(b), spf, on_chunk)
         else:
             out = torch.empty(b, t * spf, dtype=torch.float32)
             with torch.inference_mode():
                 for i in range(0, t, OFFICIAL_CHUNK):
+                    if on_chunk is not None:
+                        on_chunk(i, t)
                     ctx = min(i, OFFICIAL_CONTEXT)
                     wav = dec(codes[..., i - ctx:i + OFFICIAL_CHUNK])
                     out[:, i * spf:(i + OFFICIAL_CHUNK) * spf] = wav[:, ctx * spf:].float().cpu()

@@ -7,6 +7,7 @@ portuguese, spanish, japanese, korean, french, russian (and auto).
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from ..duration import HANGUL_RANGES, KANA_RANGES
@@ -230,6 +231,26 @@ def guess_language(text: str) -> str:
     scores = {lang: sum(w in stop for w in words) for lang, stop in _STOPWORDS.items()}
     best = max(scores, key=scores.get)
     return best if scores[best] > 0 else "english"
+
+
+_KNOWN_SCRIPTS = re.compile("|".join(p.pattern for p in _SCRIPT_RUNS.values()))
+UNKNOWN_SCRIPT_SHARE = 0.25   # letters in scripts none of the languages use, from which a note is due
+
+
+def unsupported_script_note(text: str) -> str | None:
+    """A one-line note when much of `text` (a quarter of its letters or more) is written in a
+    script none of the model's ten languages use (Arabic, Hebrew, Greek, Thai, Devanagari, ...,
+    told apart with the same script tables as the guess above): the model has not learnt to say
+    it. None otherwise (also for Latin-script languages it does not know, which this cannot tell)."""
+    letters = _WORD.findall(text[:GUESS_SAMPLE])
+    total = sum(len(w) for w in letters)
+    unknown = [ch for w in letters for ch in w if not _KNOWN_SCRIPTS.match(ch)]
+    if not unknown or len(unknown) < UNKNOWN_SCRIPT_SHARE * total:
+        return None
+    names = [unicodedata.name(ch, "UNKNOWN").split()[0].title() for ch in unknown]
+    script = max(set(names), key=names.count)
+    return (f"Much of the text is in {script} script, which none of the model's languages use "
+            f"({', '.join(n.title() for n in LANGUAGES)}): expect it to be mispronounced or skipped.")
 
 
 def resolve(language: str | None, text: str) -> str:

@@ -20,6 +20,7 @@ _SPEAKER_LINE = re.compile(
     rf"^(?P<name>[^\s:：()（）\[\]][^:：()（）\[\]\n]{{0,{MAX_NAME - 1}}}?)\s*"
     r"(?:[(（](?P<style>[^)）\n]{1,200})[)）])?\s*[:：]\s*(?P<text>.*)$")
 _DIRECTION = re.compile(r"^\s*(?:\[[^\]]*\]|\([^)]*\)|（[^）]*）)\s*$")
+_NAME_BREAKERS = re.compile(r"[:：()（）\[\]\x00-\x1f\x7f]")
 _NOT_A_NAME = re.compile(r"[.!?。！？,;，；\"“”«»]|\d$")
 
 
@@ -31,6 +32,25 @@ class ScriptLine:
     style: str | None          # "(whispering)": an instruction for this line
     line: int                  # line number in the script where it starts
     brk_before: str            # "start", "turn" (another speaker), "same" (same speaker), "paragraph"
+
+
+def check_speaker_name(name: str) -> str:
+    """A voice's name as given (stripped; "" is fine for narration, where no name is needed).
+    Refuses names that no script line ('Name: line') or subtitle could ever pick: too long, or
+    holding a colon, a bracket or a line break."""
+    if not isinstance(name, str):
+        raise InputError(f"The speaker name must be text, got {type(name).__name__}.")
+    name = name.strip()
+    if len(name) > MAX_NAME:
+        raise InputError(f"The speaker name {name[:20]!r}... is {len(name)} characters long; scripts "
+                         f"take names of at most {MAX_NAME}.")
+    bad = sorted(set(_NAME_BREAKERS.findall(name)))
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        raise InputError(f"The speaker name {name!r} contains {shown}: a name cannot hold a colon, a "
+                         "bracket or a line break, because scripts are written 'Name (style): line'. "
+                         "Choose a name without them.")
+    return name
 
 
 def speaker_prefix(raw: str) -> re.Match | None:

@@ -68,7 +68,7 @@ class VoiceSpec:
             raise InputError(f"Choose a speaker: {', '.join(self.tts.speakers)}.")
         # the model's own checks of the language and the built-in speaker (on a stand-in text:
         # the chunks come later)
-        self.tts.check(self.request("-"))
+        self.tts.check(self.request("a"))
         if kind == "design" and not (self.instruct or "").strip():
             raise InputError("A designed voice needs a description (e.g. 'A warm, low female "
                              "voice, calm and slow').")

@@ -66,6 +66,25 @@ class Chunk:
     seconds: float          # expected duration of speech
 
 
+def has_words(text: str) -> bool:
+    """True when `text` holds a letter or a digit: something the model can say."""
+    return bool(_SPEAKABLE.search(text))
+
+
+def check_text(text, what: str = "The text") -> str:
+    """The one check of a text to be spoken, used by every node, the API (`QwenTTS.check`) and
+    the long-form renderers: a string with at least one letter or digit. Returns it stripped."""
+    if text is not None and not isinstance(text, str):
+        raise InputError(f"{what} must be a string, got {type(text).__name__}.")
+    text = (text or "").strip()
+    if not text:
+        raise InputError(f"{what} is empty; type something to say.")
+    if not has_words(text):
+        raise InputError(f"{what} has nothing to say: no letters or digits, only punctuation, symbols, "
+                         "emoji or invisible characters. Type words to speak.")
+    return text
+
+
 def paragraphs(text: str) -> list[str]:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     return [p.strip() for p in _PARAGRAPH.split(text) if p.strip()]
@@ -239,14 +258,10 @@ def _pack(pieces: list[Piece], max_seconds: float) -> list[Piece]:
 def chunk_text(text: str, language: str = "auto", max_seconds: float = DEFAULT_MAX_SECONDS) -> list[Chunk]:
     """Text of any length -> chunks of at most `max_seconds` of expected speech, each made of
     whole sentences where possible. `language` picks the rules ("auto": guessed from the text)."""
-    if not isinstance(text, str) or not text.strip():
-        raise InputError("The text is empty; type something to say.")
+    check_text(text)
     if not MIN_MAX_SECONDS <= float(max_seconds) <= MAX_MAX_SECONDS:
         raise InputError(f"The chunk length must be between {MIN_MAX_SECONDS:.0f} and "
                          f"{MAX_MAX_SECONDS:.0f} seconds (got {max_seconds}).")
-    if not _SPEAKABLE.search(text):
-        raise InputError("The text has nothing to say: no letters or digits, only punctuation, "
-                         "symbols or emoji.")
     language = langs.resolve(language, text)
     pieces: list[Piece] = []
     for para in paragraphs(text):

@@ -3,8 +3,10 @@ voice-over tracks, and multi-speaker scripts.
 
 Audio goes out through a sink as it is made, so the chunk loop holds one chunk at a time
 (`WavSink` writes to a file as it goes, memory stays flat for any length; `MemorySink` keeps the
-pieces and joins them once at the end). Each renderer calls `on_progress` once per
-chunk (narration) or line (tracks, scripts); the callback may raise to stop (interrupt).
+pieces and joins them once at the end). Each renderer calls `on_progress` once before the
+first chunk (narration) or line (tracks, scripts), with done=0, and once after each; every call
+carries the expected length of the chunk or line that starts next (so a progress bar can move
+inside it, e.g. by the frames generated). The callback may raise to stop (interrupt).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from .normalize import Normalization, clean, normalize_text
 from .script import ScriptLine, parse_script, speaker_prefix
 from .subtitles import Cue, format_time, spoken_text
 from .synthesis import ChunkReport
-from .text import _SPEAKABLE, DEFAULT_MAX_SECONDS, Chunk, chunk_text
+from .text import DEFAULT_MAX_SECONDS, Chunk, check_text, chunk_text, has_words
 
 SAMPLE_RATE = edit.SAMPLE_RATE
 # In memory, a narration is limited to this much audio (3 h is ~1 GB of float32 at 24 kHz, ~2 GB
@@ -157,11 +159,11 @@ class Progress:
     text: str
     reports: list[ChunkReport]   # of the chunk or line just finished
     seconds: float               # audio made so far
+    next_seconds: float = 0.0    # expected speech of the chunk or line starting now (0: all done)
 
 
 def _language(text, speaker, language: str | None) -> str:
-    if not isinstance(text, str) or not text.strip():
-        raise InputError("The text is empty; type something to say.")
+    check_text(text)
     return langs.resolve(language or getattr(speaker, "language", "auto"), text)
 
 
@@ -169,12 +171,9 @@ def _prepare(text: str, speaker, language: str | None, normalization: Normalizat
              max_seconds: float) -> tuple[str, list[Chunk], list[str]]:
     lang = _language(text, speaker, language)
     options = normalization or Normalization()
-    said = normalize_text(text, lang, options)
-    if not said.strip():
-        raise InputError("The text has nothing to say: after removing emoji and symbols nothing "
-                         "is left.")
-    chunks = chunk_text(said, lang, max_seconds)
-    return lang, chunks, options.notes(lang)
+    chunks = chunk_text(normalize_text(text, lang, options), lang, max_seconds)
+    script = langs.unsupported_script_note(text)
+    return lang, chunks, options.notes(lang) + ([script] if script else [])
 
 
 def _say_chunks(chunks: list[Chunk], speaker, joiner: Joiner, pauses: Pauses, first_gap: float = 0.0,
@@ -228,9 +227,12 @@ def narrate(text: str, speaker, *, language: str | None = None, normalization: N
 
     def progress(chunk: Chunk, report: ChunkReport) -> None:
         if on_progress is not None:
+            following = chunks[chunk.index + 1].seconds if chunk.index + 1 < len(chunks) else 0.0
             on_progress(Progress(chunk.index + 1, len(chunks), chunk.text, [report],
-                                 joiner.position / SAMPLE_RATE))
+                                 joiner.position / SAMPLE_RATE, following))
 
+    if on_progress is not None:
+        on_progress(Progress(0, len(chunks), "", [], 0.0, chunks[0].seconds))
     _, reports = _say_chunks(chunks, speaker, joiner, pauses, on_chunk=progress)
     return Narration(joiner.finish(), SAMPLE_RATE, chunks, reports, notes)
 
@@ -333,7 +335,7 @@ def voice_over(cues: list[Cue], speakers, *, default=None, video_seconds: float 
     spoken = []                                  # (cue, speaker, text) of the cues with words
     for cue in cues:
         text = spoken_text(cue.text)
-        if not _SPEAKABLE.search(clean(text)):
+        if not has_words(clean(text)):
             notes.append(f"{cue.where()} at {format_time(cue.start)} has nothing to say "
                          f"({cue.text!r}); skipped")
             continue
@@ -341,6 +343,9 @@ def voice_over(cues: list[Cue], speakers, *, default=None, video_seconds: float 
     if not spoken:
         raise InputError("None of the subtitle lines has words to speak.")
     cues = [cue for cue, _, _ in spoken]
+    expected = [expected_seconds(text, _language(text, speaker, None)) for _, speaker, text in spoken] + [0.0]
+    if on_progress is not None:
+        on_progress(Progress(0, len(cues), "", [], 0.0, expected[0]))
     for i, (cue, speaker, text) in enumerate(spoken):
         _, chunks, chunk_notes = _prepare(text, speaker, None, normalization, max_seconds)
         notes += [n for n in chunk_notes if n not in notes]
@@ -379,7 +384,7 @@ def voice_over(cues: list[Cue], speakers, *, default=None, video_seconds: float 
         joiner.place(piece, at)
         lines.append(report)
         if on_progress is not None:
-            on_progress(Progress(i + 1, len(cues), cue.text, reports, joiner.position / sr))
+            on_progress(Progress(i + 1, len(cues), cue.text, reports, joiner.position / sr, expected[i + 1]))
     total = round(video_seconds * sr) if video_seconds is not None else None
     return Track(joiner.finish(total), sr, lines, notes)
 
@@ -415,9 +420,15 @@ def perform_script(script: str | list[ScriptLine], speakers: dict, *, pauses: Pa
     if not isinstance(speakers, dict) or not speakers:
         raise InputError("Give the script a voice per speaker: {'Anna': speaker, 'Ben': speaker}.")
     lines = parse_script(script, speakers) if isinstance(script, str) else list(script)
+    for line in lines:                         # every line, before anything is said
+        check_text(line.text, f"Line {line.line} ({line.speaker})")
     pauses = pauses or Pauses()
     joiner = Joiner()
     segments, reports, notes = [], [], []
+    expected = [expected_seconds(line.text, _language(line.text, speakers[line.speaker], None))
+                for line in lines] + [0.0]
+    if on_progress is not None:
+        on_progress(Progress(0, len(lines), "", [], 0.0, expected[0]))
     for i, line in enumerate(lines):
         speaker = speakers[line.speaker]
         _, chunks, chunk_notes = _prepare(line.text, speaker, None, normalization, max_seconds)
@@ -433,5 +444,6 @@ def perform_script(script: str | list[ScriptLine], speakers: dict, *, pauses: Pa
         segments.append(Segment(line.speaker, line.text, start, joiner.position, line.line))
         reports.append(line_reports)
         if on_progress is not None:
-            on_progress(Progress(i + 1, len(lines), line.text, line_reports, joiner.position / SAMPLE_RATE))
+            on_progress(Progress(i + 1, len(lines), line.text, line_reports, joiner.position / SAMPLE_RATE,
+                                 expected[i + 1]))
     return ScriptAudio(joiner.finish(), SAMPLE_RATE, segments, reports, notes)

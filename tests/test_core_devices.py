@@ -1,0 +1,395 @@
+"""Devices, precisions and the fast path, on CPU: no float64 after load (Apple MPS has none),
+the dtype rules (capability queries monkeypatched), clear errors for a missing or busy device
+and a dtype the device cannot run, per-item seeds, shape buckets kept between generations and
+the CUDA-graph bookkeeping (with a stand-in for the graph), interruptible decoding."""
+import logging
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from conftest import MODELS, tiny_model
+from test_parity import GOLDEN, official_max_frames, requests_of
+from qwen_tts_core import api, generate
+from qwen_tts_core.errors import DeviceError, InputError
+from qwen_tts_core.prompt import Request
+from qwen_tts_core.sampling import Sampling
+
+pytestmark = pytest.mark.core
+
+GREEDY_SUB = Sampling(do_sample=False)
+
+
+def greedy(tts):
+    return Sampling(do_sample=False, repetition_penalty=tts.defaults.repetition_penalty)
+
+
+# ----------------------------------------------------------------------------- no float64
+class DtypeRecorder(TorchDispatchMode):
+    """Records every op that reads or makes a float64 tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.float64 = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        if any(t.dtype == torch.float64 for t in tensors):
+            self.float64.append(str(func))
+        return out
+
+
+def test_no_float64_op_in_generation_and_decoding_after_load(codec):
+    """MPS, XPU and DirectML have no float64: after loading, a sampled generation and its
+    decode run no float64 op at all (the rotary tables are made in float64 once, at load)."""
+    tts = tiny_model("Tiny-CustomVoice")
+    recorder = DtypeRecorder()
+    with recorder:
+        out = tts.generate_custom_voice(["Hello there.", "A second line."], "vivian", max_frames=12,
+                                        seed=3, decode=True)
+    assert [c.shape[0] for c in out.codes] == [12, 12] and out.audio[0].numel() == 12 * 1920
+    assert recorder.float64 == [], sorted(set(recorder.float64))[:5]
+
+
+def test_rotary_tables_are_in_the_model_dtype_on_its_device():
+    tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="bf16", device="cpu", speech_tokenizer=False)
+    rotary = tts.model.talker.model.rotary
+    assert rotary.cos.dtype == rotary.sin.dtype == torch.bfloat16
+    assert rotary.cos.shape[0] == tts.config.talker.max_position_embeddings
+    assert tts.model.talker.code_predictor.model.rotary.cos.shape[0] == tts.config.talker.num_code_groups
+    # the table is the float64 formula, rounded (to float32, then the model dtype): position 1000
+    inv = 1.0 / (tts.config.talker.rope_theta ** (torch.arange(0, 16, 2).float() / 16))
+    want = (1000 * inv.double()).cos().float().to(torch.bfloat16)
+    assert torch.equal(rotary.cos[1000], torch.cat([want, want]))
+
+
+# ----------------------------------------------------------------------------- dtype rules
+def fake_gpu(monkeypatch, capability, name):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    # torch's own answer counts emulation; the rule must not ask it
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+
+
+@pytest.mark.parametrize("capability,name,expected,why", [
+    ((9, 0), "NVIDIA H100 80GB HBM3", torch.bfloat16, "bf16: native"),
+    ((8, 6), "NVIDIA GeForce RTX 3090", torch.bfloat16, "bf16: native"),
+    ((7, 5), "Tesla T4", torch.float16, "fp16: this GPU (Tesla T4, compute capability 7.5) has no native bf16"),
+    ((7, 0), "Tesla V100-SXM2-16GB", torch.float16, "has no native bf16"),
+    ((7, 5), "NVIDIA GeForce GTX 1660 SUPER", torch.float32, "neither native bf16 nor reliable fast fp16"),
+    ((6, 1), "NVIDIA GeForce GTX 1080 Ti", torch.float32, "neither native bf16"),
+])
+def test_auto_dtype_on_cuda_gpus(monkeypatch, capability, name, expected, why):
+    fake_gpu(monkeypatch, capability, name)
+    dtype, reason = api.auto_dtype(torch.device("cuda", 0))
+    assert dtype == expected and why in reason and name in reason
+
+
+def test_auto_dtype_elsewhere():
+    assert api.auto_dtype(torch.device("cpu")) == (torch.float32, "fp32: half precision is not faster on cpu")
+    dtype, reason = api.auto_dtype(torch.device("mps"))
+    assert dtype == torch.float16 and "Apple MPS" in reason
+
+
+def test_emulated_bf16_is_allowed_when_asked_for_but_said(monkeypatch, caplog):
+    fake_gpu(monkeypatch, (7, 5), "Tesla T4")
+    monkeypatch.setattr(api, "check_dtype_runs", lambda dtype, device: None)
+    with caplog.at_level(logging.WARNING, logger="qwen_tts_core"):
+        dtype, reason = api.choose_dtype("bf16", torch.device("cuda", 0))
+    assert dtype == torch.bfloat16 and "emulated" in reason and "fp16" in reason
+    assert "bf16 is emulated on Tesla T4" in caplog.text
+
+
+def test_a_dtype_the_device_cannot_run_is_refused_clearly(monkeypatch):
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def no_half(q, *a, **k):
+        if q.dtype == torch.float16:
+            raise RuntimeError('"baddbmm_with_gemm" not implemented for \'Half\'\nmore')
+        return real(q, *a, **k)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", no_half)
+    with pytest.raises(DeviceError) as e:
+        api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp16", device="cpu", speech_tokenizer=False)
+    assert str(e.value) == ("cpu cannot compute in float16 (\"baddbmm_with_gemm\" not implemented for 'Half'). "
+                            "Choose dtype auto (it picks what this device supports) or fp32.")
+    assert api.choose_dtype("fp32", torch.device("cpu"))[0] == torch.float32      # fp32 still fine
+    with pytest.raises(InputError, match="Unknown dtype 'int8'"):
+        api.choose_dtype("int8", torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------- devices
+def test_a_device_that_does_not_exist(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(DeviceError, match=r"'cuda:3' does not exist: this machine has 2 CUDA GPU\(s\), "
+                                          r"cuda:0..cuda:1\. Choose one of those, or auto\."):
+        api.resolve_device("cuda:3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="no usable CUDA GPU"):
+        api.resolve_device("cuda")
+    with pytest.raises(DeviceError, match="Unknown device 'tpu"):
+        api.resolve_device("tpu")
+
+
+def test_a_busy_device_says_so(monkeypatch):
+    real = torch.ones
+
+    def busy(*a, device=None, **k):
+        if device is not None and torch.device(device).type != "cpu":
+            raise RuntimeError("CUDA error: all CUDA-capable devices are busy or unavailable\nCompile with ...")
+        return real(*a, device=device, **k)
+
+    monkeypatch.setattr(torch, "ones", busy)
+    with pytest.raises(DeviceError) as e:
+        api.probe_device(torch.device("meta"))
+    assert str(e.value) == ("Device meta cannot be used right now (CUDA error: all CUDA-capable devices are "
+                            "busy or unavailable). It may be busy with another program or its driver may "
+                            "have failed: close that program, or choose another device (cpu works everywhere).")
+
+
+# ----------------------------------------------------------------------------- seeds per item
+def test_an_item_gets_the_same_codes_alone_as_in_a_batch():
+    """Item i samples from seed + i: the same text, seed and settings give the same codes
+    alone or batched with other lines (fp32, sampling on in both the talker and the code
+    predictor)."""
+    tts = tiny_model("Tiny-CustomVoice", speech_tokenizer=False)
+    texts = ["The first line of the batch.", "Second.", "And a third, rather longer, line of text here."]
+    batch = tts.generate_custom_voice(texts, "ryan", max_frames=20, seed=41)
+    for i, text in enumerate(texts):
+        alone = tts.generate_custom_voice(text, "ryan", max_frames=20, seed=41 + i)
+        assert torch.equal(alone.codes[0], batch.codes[i]), f"item {i}"
+    # and the seed matters: another seed gives other codes
+    assert not torch.equal(tts.generate_custom_voice(texts[0], "ryan", max_frames=20, seed=42).codes[0],
+                           batch.codes[0])
+
+
+def test_item_seeds_wrap_at_2_to_the_64():
+    gens = generate.item_generators(2 ** 64 - 1, 2, "cpu")
+    assert gens[0].initial_seed() == 2 ** 64 - 1 and gens[1].initial_seed() == 0
+
+
+# ----------------------------------------------------------------------------- shape buckets
+def test_cache_buckets():
+    assert [generate.cache_bucket(n, 32768) for n in (1, 256, 257, 600, 1025)] == [256, 256, 512, 1024, 2048]
+    assert generate.cache_bucket(30000, 32768) == 32768 and generate.cache_bucket(700, 600) == 700
+
+
+def test_static_steps_are_kept_per_bucket_and_reused_across_prompts():
+    """Two different prompts of one bucket run in the same kept step (its caches and buffers),
+    and each gets exactly the golden greedy codes (a stale buffer would change them)."""
+    tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu", speech_tokenizer=False)
+    kept = []
+    # the batch, the same batch in reverse order (other left pads per row), another batch size
+    for case, order in (("cv_batch", [0, 1, 2]), ("cv_batch", [2, 1, 0]), ("cv_streaming_text", [0])):
+        _, reqs = requests_of(case)
+        loop = tts.frame_loop([reqs[i] for i in order], official_max_frames(case), greedy(tts), GREEDY_SUB,
+                              static=True)
+        kept.append(loop.state)
+        frames = generate.collect(loop)
+        for codes, i in zip(frames.codes, order):
+            assert torch.equal(codes, GOLDEN[f"{case}.codes.{i}"]), (case, i)
+    assert kept[0] is kept[1]                                       # same batch size and bucket
+    assert len(tts.steps.steps) == 2 and kept[2] is not kept[0]     # cv_streaming_text: batch of 1
+    # another prompt of that batch size and bucket reuses it
+    _, reqs = requests_of("cv_en")
+    assert tts.frame_loop(reqs, 5, greedy(tts), GREEDY_SUB, static=True).state is kept[2]
+    # a third shape (a longer cache: bucket 512) evicts the least recently used
+    third = tts.frame_loop(reqs, 300, greedy(tts), GREEDY_SUB, static=True).state
+    assert third.cache_len == 512 and list(tts.steps.steps.values()) == [kept[2], third]
+    # weights that moved (ComfyUI offload/reload) drop every kept step
+    tts.model.talker.codec_head.weight.data = tts.model.talker.codec_head.weight.data.clone()
+    assert tts.frame_loop(reqs, 5, greedy(tts), GREEDY_SUB, static=True).state is not kept[2]
+    assert len(tts.steps.steps) == 1
+    tts.release_steps()
+    assert tts.steps.steps == {}
+
+
+def test_static_and_dynamic_steps_give_the_same_sampled_codes_in_fp32():
+    tts = tiny_model("Tiny-CustomVoice", speech_tokenizer=False)
+    _, reqs = requests_of("cv_batch")
+    runs = [tts.generate(reqs, max_frames=25, seed=11, static=static) for static in (False, True, True)]
+    for other in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0].codes, other.codes))
+
+
+# ----------------------------------------------------------------------------- CUDA graph bookkeeping
+class FakeGraph:
+    """Stands in for a captured CUDA graph on CPU: replay runs the static step again, after
+    checking that every buffer the step reads is still the tensor it was at capture (a real
+    graph keeps reading the captured addresses; a replaced buffer would be silently ignored)."""
+    captures = 0
+
+    def __init__(self, state):
+        FakeGraph.captures += 1
+        self.state = state
+        self.addresses = {k: v.data_ptr() for k, v in state.buffers().items()}
+
+    def replay(self):
+        now = {k: v.data_ptr() for k, v in self.state.buffers().items()}
+        assert now == self.addresses, [k for k in now if now[k] != self.addresses.get(k)]
+        self.state.step()
+
+
+@pytest.fixture
+def fake_graphs(monkeypatch):
+    """CUDA graphs 'on' for a CPU model, with FakeGraph as the captured graph."""
+    FakeGraph.captures = 0
+    monkeypatch.setattr(generate.GraphedStep, "_side_stream", lambda self: None)
+    monkeypatch.setattr(generate.GraphedStep, "_eager_on_side_stream", lambda self: self.state.step())
+    monkeypatch.setattr(generate.GraphedStep, "_capture", lambda self: FakeGraph(self.state))
+    tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu", speech_tokenizer=False)
+    monkeypatch.setattr(tts, "uses_cuda_graphs", lambda cuda_graphs=None: cuda_graphs is not False)
+    return tts
+
+
+def test_graph_captured_once_per_bucket_and_replayed_for_later_prompts(fake_graphs):
+    tts = fake_graphs
+    for case in ("cv_batch", "cv_batch"):
+        _, reqs = requests_of(case)
+        out = tts.generate(reqs, max_frames=official_max_frames(case), sampling=greedy(tts), sub_sampling=GREEDY_SUB)
+        for i, codes in enumerate(out.codes):
+            assert torch.equal(codes, GOLDEN[f"{case}.codes.{i}"])
+    assert FakeGraph.captures == 1
+    # sampled: graphs (kept step, replayed) == the dynamic step
+    _, reqs = requests_of("cv_batch")
+    graphed = tts.generate(reqs, max_frames=25, seed=5)
+    eager = tts.generate(reqs, max_frames=25, seed=5, cuda_graphs=False)
+    assert all(torch.equal(a, b) for a, b in zip(graphed.codes, eager.codes))
+
+
+@pytest.mark.parametrize("error,said", [
+    (RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore"),
+     "RuntimeError: CUDA error: operation not permitted when stream is capturing"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+     "OutOfMemoryError: out of GPU memory during capture"),
+])
+def test_capture_failure_falls_back_to_the_eager_step_with_one_log_line(fake_graphs, monkeypatch, caplog, error, said):
+    tts = fake_graphs
+    attempts = []
+
+    def fail(self):
+        attempts.append(1)
+        raise error
+
+    monkeypatch.setattr(generate.GraphedStep, "_capture", fail)
+    _, reqs = requests_of("cv_batch")
+    with caplog.at_level(logging.WARNING, logger="qwen_tts_core"):
+        for _ in range(2):
+            out = tts.generate(reqs, max_frames=official_max_frames("cv_batch"), sampling=greedy(tts),
+                               sub_sampling=GREEDY_SUB)
+            for i, codes in enumerate(out.codes):
+                assert torch.equal(codes, GOLDEN[f"cv_batch.codes.{i}"])
+    assert len(attempts) == 1                                   # not tried again for that bucket
+    lines = [r.getMessage() for r in caplog.records if "capture" in r.getMessage()]
+    assert lines == [f"CUDA graph capture failed ({said}); this batch shape runs the eager step instead "
+                     "(slower, same codes). Turn cuda_graphs off to skip the attempt."]
+
+
+def test_interrupt_stops_a_graphed_generation_and_the_next_one_works(fake_graphs):
+    tts = fake_graphs
+    _, reqs = requests_of("cv_batch")
+    seen = []
+
+    def cancel(index, frame):
+        seen.append(index)
+        if index == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tts.generate(reqs, max_frames=20, sampling=greedy(tts), sub_sampling=GREEDY_SUB, on_frame=cancel)
+    assert seen == [0, 1, 2, 3]                                 # within one frame, every frame seen
+    out = tts.generate(reqs, max_frames=official_max_frames("cv_batch"), sampling=greedy(tts), sub_sampling=GREEDY_SUB)
+    assert all(torch.equal(c, GOLDEN[f"cv_batch.codes.{i}"]) for i, c in enumerate(out.codes))
+
+
+# ----------------------------------------------------------------------------- decoding
+def test_decode_checks_between_chunks_and_stops_when_asked(codec, monkeypatch):
+    tts = tiny_model("Tiny-CustomVoice")
+    codes = [torch.randint(0, 2048, (70, 16)), torch.randint(0, 2048, (40, 16))]
+    whole = tts.decode(codes)
+    monkeypatch.setattr(type(tts.codec), "decode_chunk_frames", lambda self, batch: 16)
+    calls = []
+    chunked = tts.decode(codes, on_chunk=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, 70), (16, 70), (32, 70), (48, 70), (64, 70)]
+    for a, b in zip(whole, chunked):
+        assert a.shape == b.shape and (a - b).abs().max() < 1e-4
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        if done >= 32:
+            raise Stop
+
+    with pytest.raises(Stop):
+        tts.decode(codes, on_chunk=stop)
+
+
+def test_decode_chunk_bounds_the_batch_memory(codec):
+    tok = tiny_model("Tiny-CustomVoice").codec
+    per_frame = tok.decoder.activation_bytes(1, tok.dtype)
+    assert tok.decode_chunk_frames(1) == 300                    # tiny decoder: the official 300
+    from qwen_tts_core.codec import tokenizer
+    for batch in (1, 4, 64):
+        chunk = tok.decode_chunk_frames(batch)
+        assert 1 <= chunk <= 300
+        assert chunk == 300 or batch * chunk * per_frame <= tokenizer.DECODE_BUDGET
+
+
+# ----------------------------------------------------------------------------- half precision
+@pytest.mark.parametrize("case", ["cv_batch", "vd_auto_streaming_text", "base_xvec"])
+def test_half_precision_first_step_logits_and_no_overflow(case):
+    """fp16 and bf16 on the fixtures (CPU): first-step logits close to the fp32 goldens
+    (measured max |diff|: fp16 <= 0.0064, bf16 <= 0.046, logits span ~3.3-4.6), and a whole
+    fp16 generation without overflow (the per-frame check would raise)."""
+    from qwen_tts_core.generate import collate, prefill
+
+    name, reqs = requests_of(case)
+    for dtype, tol in (("fp16", 0.02), ("bf16", 0.1)):
+        tts = api.QwenTTS.from_pretrained(MODELS / name, dtype=dtype, device="cpu", speech_tokenizer=False)
+        talker = tts.model.talker
+        with torch.inference_mode():
+            batch = collate(tts.build_prompts(reqs), talker.embed_text(torch.tensor([tts.config.tts_pad_token_id]))[0])
+            caches = talker.model.new_caches(batch.embeds.shape[0], batch.embeds.shape[1], tts.dtype, "cpu")
+            logits = talker.codec_head(prefill(talker, batch, caches)).float()
+        diff = (logits - GOLDEN[f"{case}.logits"]).abs().max().item()
+        print(f"{case} {dtype}: first-step logits max |diff| vs fp32 = {diff:.2g}")
+        assert torch.isfinite(logits).all() and diff < tol
+        if dtype == "fp16":
+            out = tts.generate(reqs, max_frames=20, seed=2)
+            assert all(torch.isfinite(c.float()).all() for c in out.codes)
+
+
+def test_overflow_stops_generation_with_a_message():
+    tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp16", device="cpu", speech_tokenizer=False)
+    tts.model.talker.codec_head.weight.data *= 1e6          # logits beyond fp16's 65504
+    with pytest.raises(DeviceError) as e:
+        tts.generate_custom_voice(["One.", "Two."], "ryan", max_frames=5, seed=1)
+    assert str(e.value) == ("The model computed non-finite values (inf/NaN) in float16 for batch item(s) 1, 2: "
+                            "float16 overflows with these weights. Load the model with dtype fp32 (or bf16 on "
+                            "a GPU that has it) and run again.")
+
+
+def test_out_of_memory_while_generating_or_decoding(codec, monkeypatch):
+    from qwen_tts_core.errors import OutOfMemory
+
+    tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu")
+    tts.generate_custom_voice("Kept.", "ryan", max_frames=3, static=True)
+    assert tts.steps.steps
+
+    def oom(index, frame):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    with pytest.raises(OutOfMemory) as e:
+        tts.generate_custom_voice(["One.", "Two."], "ryan", max_frames=5, on_frame=oom)
+    assert isinstance(e.value, torch.OutOfMemoryError)      # ComfyUI's own OOM handling still runs
+    assert str(e.value) == ("Out of memory on cpu while generating a batch of 2. The generation's memory "
+                            "was freed. Generate fewer lines at once, lower max_seconds, or free memory "
+                            "(unload other models).")
+    assert tts.steps.steps == {}                             # the kept steps went too
+    monkeypatch.setattr(tts.codec.decoder, "forward", lambda *a, **k: oom(0, None))
+    with pytest.raises(OutOfMemory, match=r"while decoding 1 clip\(s\) to audio; the decode's memory was "
+                                          r"freed \(the codes are kept\)"):
+        tts.decode([torch.zeros(4, 16, dtype=torch.long)])

@@ -1,0 +1,75 @@
+"""The memory estimate (what ComfyUI is told to free before a generation) against the memory a
+batch really takes: peak RSS on CPU while generating and decoding a batch of 3 with the
+real-size speech decoder (random weights; it dominates the working memory) and a mid-size talker.
+(A batch of 3 x 30 frames: the decoder then runs in 2 chunks of 20 frames.)
+Runs in a fresh process, so that nothing earlier in the test session is counted."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.core
+
+SCRIPT = r"""
+import json, sys, threading, time
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
+import psutil, torch
+torch.set_num_threads(2)
+from conftest import MODELS
+from qwen_tts_core.api import QwenTTS
+from qwen_tts_core.checkpoint import load_text_tokenizer
+from qwen_tts_core.codec.decoder import DecoderConfig, SpeechDecoder
+from qwen_tts_core.codec.tokenizer import SpeechTokenizer, read_codec_config
+from qwen_tts_core.config import GenerationDefaults, ModelConfig, read_json
+from qwen_tts_core.prompt import Request
+from qwen_tts_core.talker import Qwen3TTS
+
+torch.manual_seed(0)
+folder = MODELS / "Tiny-CustomVoice"
+raw = read_json(folder / "config.json")
+raw["talker_config"].update(hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                            num_attention_heads=8, num_key_value_heads=4, head_dim=64)
+config = ModelConfig.from_dict(raw)
+model = Qwen3TTS(config.talker, None).eval().requires_grad_(False)
+# the released speech decoder's shape (Qwen3-TTS-Tokenizer-12Hz decoder_config)
+real = DecoderConfig(codebook_dim=512, latent_dim=1024, hidden_size=512, num_attention_heads=16,
+                     num_key_value_heads=16, head_dim=64, intermediate_size=1024, num_hidden_layers=8,
+                     sliding_window=72, decoder_dim=1536)
+decoder = SpeechDecoder(real).eval().requires_grad_(False)
+codec_cfg = read_codec_config(folder / "speech_tokenizer")
+codec = SpeechTokenizer(codec_cfg, None, decoder, torch.float32, "cpu")
+tts = QwenTTS(folder, config, model, load_text_tokenizer(folder), GenerationDefaults(), codec)
+
+texts = ["A first line of the batch.", "Second.", "A third line, somewhat longer than the others."]
+frames = 30
+proc = psutil.Process()
+base = proc.memory_info().rss
+peak, done = [base], [False]
+def sample():
+    while not done[0]:
+        peak[0] = max(peak[0], proc.memory_info().rss)
+        time.sleep(0.005)
+thread = threading.Thread(target=sample)
+thread.start()
+out = tts.generate_custom_voice(texts, "ryan", max_frames=frames, seed=1, decode=True)
+done[0] = True
+thread.join()
+assert [c.shape[0] for c in out.codes] == [frames] * 3 and len(out.audio) == 3
+longest = max(p.embeds.shape[0] for p in tts.build_prompts([Request(t, "auto", "ryan") for t in texts]))
+print(json.dumps(dict(measured=peak[0] - base, estimate=tts.memory_estimate(3, frames, prompt_positions=longest),
+                      chunk=codec.decode_chunk_frames(3), prompt=longest)))
+"""
+
+
+def test_memory_estimate_covers_a_batch_and_is_not_absurd():
+    run = subprocess.run([sys.executable, "-c", SCRIPT, str(ROOT)], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    r = json.loads(run.stdout.strip().splitlines()[-1])
+    ratio = r["estimate"] / r["measured"]
+    print(f"batch of 3 x 30 frames (decoder chunk {r['chunk']} frames, prompt {r['prompt']} positions): "
+          f"estimate {r['estimate'] / 2**20:.0f} MiB, measured peak RSS {r['measured'] / 2**20:.0f} MiB, "
+          f"ratio {ratio:.2f}")
+    assert r["measured"] <= r["estimate"] <= 2.5 * r["measured"]

