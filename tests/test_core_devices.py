@@ -40,7 +40,7 @@ class DtypeRecorder(TorchDispatchMode):
         return out
 
 
-def test_no_float64_op_in_generation_and_decoding_after_load(codec):
+def test_no_float64_op_in_generation_and_decoding_after_load():
     """MPS, XPU and DirectML have no float64: after loading, a sampled generation and its
     decode run no float64 op at all (the rotary tables are made in float64 once, at load)."""
     tts = tiny_model("Tiny-CustomVoice")
@@ -305,7 +305,7 @@ def test_interrupt_stops_a_graphed_generation_and_the_next_one_works(fake_graphs
 
 
 # ----------------------------------------------------------------------------- decoding
-def test_decode_checks_between_chunks_and_stops_when_asked(codec, monkeypatch):
+def test_decode_checks_between_chunks_and_stops_when_asked(monkeypatch):
     tts = tiny_model("Tiny-CustomVoice")
     codes = [torch.randint(0, 2048, (70, 16)), torch.randint(0, 2048, (40, 16))]
     whole = tts.decode(codes)
@@ -327,7 +327,7 @@ def test_decode_checks_between_chunks_and_stops_when_asked(codec, monkeypatch):
         tts.decode(codes, on_chunk=stop)
 
 
-def test_decode_chunk_bounds_the_batch_memory(codec):
+def test_decode_chunk_bounds_the_batch_memory():
     tok = tiny_model("Tiny-CustomVoice").codec
     per_frame = tok.decoder.activation_bytes(1, tok.dtype)
     assert tok.decode_chunk_frames(1) == 300                    # tiny decoder: the official 300
@@ -372,7 +372,7 @@ def test_overflow_stops_generation_with_a_message():
                             "a GPU that has it) and run again.")
 
 
-def test_out_of_memory_while_generating_or_decoding(codec, monkeypatch):
+def test_out_of_memory_while_generating_or_decoding(monkeypatch):
     from qwen_tts_core.errors import OutOfMemory
 
     tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu")

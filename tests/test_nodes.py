@@ -191,7 +191,7 @@ def test_every_text_node_refuses_text_without_words_alike(N, rt, text):
             repetition_penalty=1.05, retries=0, chunk_seconds=6.0, normalize_text=False)
 
 
-def test_text_in_a_script_the_model_does_not_know_is_noted_in_the_log(N, caplog, codec):
+def test_text_in_a_script_the_model_does_not_know_is_noted_in_the_log(N, caplog):
     with caplog.at_level(logging.INFO):
         run(N, "QwenTTSCustomVoice", model=loaded(N, CUSTOM)[0], text="مرحبا بالعالم", language="Auto",
             speaker="Vivian", instruction="", **SAMPLING)
@@ -487,7 +487,7 @@ def test_offload_and_reload(N):
     assert any(lm.model is model.patcher for lm in mm.current_loaded_models)
 
 
-def test_loader_run_again_after_the_cache_dropped_it(N, rt, codec, monkeypatch):
+def test_loader_run_again_after_the_cache_dropped_it(N, rt, monkeypatch):
     """ComfyUI's RAM-pressure cache (the default from 0.4) may drop a loader's output between
     prompts while a Speaker made from it stays cached; the loader then runs again. It returns
     the handle that is still alive (no second copy of the weights, no speaker on a stale copy),

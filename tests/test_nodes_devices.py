@@ -27,7 +27,7 @@ def run(N, node, **inputs):
     return comfy_env.run_node(N[node], **inputs)
 
 
-def test_auto_dtype_is_comfyuis_choice(N, monkeypatch, codec):
+def test_auto_dtype_is_comfyuis_choice(N, monkeypatch):
     import comfy.model_management as mm
 
     asked = []
@@ -71,7 +71,7 @@ def test_auto_dtype_refuses_bf16_that_the_gpu_only_emulates(rt, monkeypatch):
     assert dtype == torch.float16 and why.endswith("(ComfyUI chose bf16, which this GPU only emulates)")
 
 
-def test_cuda_graphs_option_is_last_optional_and_on_by_default(N, codec):
+def test_cuda_graphs_option_is_last_optional_and_on_by_default(N):
     inputs = N["QwenTTSModelLoader"].define_schema().inputs
     assert [i.id for i in inputs] == ["model_name", "dtype", "device", "cuda_graphs"]
     assert inputs[-1].optional and inputs[-1].default is True
@@ -85,7 +85,7 @@ def test_cuda_graphs_option_is_last_optional_and_on_by_default(N, codec):
     assert on.tts.cuda_graphs is True
 
 
-def test_moving_the_weights_releases_kept_steps(N, codec):
+def test_moving_the_weights_releases_kept_steps(N):
     """ComfyUI offloads a model by moving its container (ModelPatcher.unpatch_model/detach);
     kept static steps and CUDA graphs hold the old addresses and caches, so they go."""
     model = run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="fp32", device="cpu")[0]
@@ -96,7 +96,7 @@ def test_moving_the_weights_releases_kept_steps(N, codec):
     assert tts.steps.steps == {}
 
 
-def test_cancel_during_decoding_stops_between_chunks(N, rt, monkeypatch, codec):
+def test_cancel_during_decoding_stops_between_chunks(N, rt, monkeypatch):
     import comfy.model_management as mm
 
     model = run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="fp32", device="cpu")[0]
