@@ -1,7 +1,6 @@
 """Long-form text: sentence boundaries in the ten languages, chunking (any text, any length,
 nothing lost), and normalisation of numbers, dates and units."""
 import re
-import time
 
 import pytest
 
@@ -10,7 +9,7 @@ from qwen_tts_core.duration import expected_seconds
 from qwen_tts_core.longform import normalize as norm
 from qwen_tts_core.longform.languages import guess_language
 from qwen_tts_core.longform.normalize import Normalization, chinese_number, normalize_text
-from qwen_tts_core.longform.text import chunk_text, split_sentences
+from qwen_tts_core.longform.text import DEFAULT_MAX_SECONDS, chunk_text, split_sentences
 
 pytestmark = pytest.mark.core
 
@@ -108,23 +107,21 @@ def test_bad_language_and_limits():
         chunk_text("Hello.", "english", max_seconds=1)
 
 
-def test_megabyte_text_is_chunked_in_linear_time():
+def test_megabyte_text_is_chunked_whole():
+    """A 1 MB text (abbreviations, decimals, quotes, ellipses) becomes thousands of chunks that
+    keep every word, in order, each within the length limit; text without punctuation is cut
+    too. How long that takes is measured by bench/longform_text.py, not asserted here."""
     base = ("Mr. Smith paid $3.14 for it. Then he left... \"Stop!\" she said, and J. R. R. Tolkien "
             "wrote e.g. this; it was No. 5 on the list.\n\n")
     big = (base * (1_000_000 // len(base) + 1))[:1_000_000]
-    t = time.perf_counter()
     chunks = chunk_text(big, "english")
-    seconds = time.perf_counter() - t
-    quarter = time.perf_counter()
-    chunk_text(big[:250_000], "english")
-    quarter = time.perf_counter() - quarter
-    print(f"1 MB: {len(chunks)} chunks in {seconds:.2f} s (250 kB: {quarter:.2f} s)")
-    assert seconds < 30 and seconds < 8 * quarter + 1   # linear (x4 text), with slack for a busy CPU
     assert len(chunks) > 5000
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert " ".join(c.text for c in chunks).split() == big.split()
+    assert max(c.seconds for c in chunks) <= DEFAULT_MAX_SECONDS
     no_punctuation = "word " * 200_000
-    t = time.perf_counter()
-    assert len(chunk_text(no_punctuation, "english")) > 1000
-    assert time.perf_counter() - t < 30
+    cut = chunk_text(no_punctuation, "english")
+    assert len(cut) > 1000 and sum(len(c.text.split()) for c in cut) == 200_000
 
 
 def test_auto_language_guess():

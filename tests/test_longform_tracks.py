@@ -2,7 +2,6 @@
 memory over a 30-minute text, subtitle-timed tracks whose onsets land on the cue times (measured
 from the audio), speed-ups that keep the pitch, multi-speaker scripts, and every bad input."""
 import math
-import time
 import wave
 
 import pytest
@@ -116,13 +115,13 @@ def test_a_script_line_without_words_is_refused_before_anything_is_said():
 def test_a_megabyte_text_is_refused_in_memory_at_once_and_streams_to_a_file(tmp_path):
     """Decision: in memory (what a node returns) a text longer than 3 hours of speech is refused
     before any work, with the estimate and the way out; written to a file, any length runs, one
-    chunk at a time (a 1 MB text streams in ~9 s of loop overhead; here 100 kB, for speed)."""
+    chunk at a time (here 100 kB, for speed)."""
     paragraph = "It was a bright cold day in April, and the clocks were striking thirteen. " * 10 + "\n\n"
     big = (paragraph * (1_000_000 // len(paragraph) + 1))[:1_000_000]
-    t = time.perf_counter()
+    speaker = ToneSpeaker()
     with pytest.raises(InputError, match=r"about 1\d\.\d hours of speech.*limited to 3 hours.*WavSink"):
-        narrate(big, ToneSpeaker())
-    refused = time.perf_counter() - t
+        narrate(big, speaker)
+    assert speaker.spoken == []                           # refused before any chunk was spoken
 
     class Instant:                                        # 0.1 s per chunk: measures the loop itself
         language = "english"
@@ -131,11 +130,8 @@ def test_a_megabyte_text_is_refused_in_memory_at_once_and_streams_to_a_file(tmp_
         def speak(self, text, style=None):
             return self.take
 
-    t = time.perf_counter()
     out = narrate(big[:100_000], Instant(), sink=WavSink(tmp_path / "book.wav"))
-    streamed = time.perf_counter() - t
-    print(f"1 MB text refused in {refused:.2f} s; 100 kB: {len(out.chunks)} chunks streamed in {streamed:.1f} s")
-    assert refused < 5 and len(out.chunks) > 250
+    assert len(out.chunks) > 250
     with wave.open(str(out.audio)) as w:
         assert w.getnframes() > len(out.chunks) * 0.5 * SR   # every chunk and pause is in the file
 
