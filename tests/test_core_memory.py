@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT
 
@@ -73,3 +74,27 @@ def test_memory_estimate_covers_a_batch_and_is_not_absurd():
           f"estimate {r['estimate'] / 2**20:.0f} MiB, measured peak RSS {r['measured'] / 2**20:.0f} MiB, "
           f"ratio {ratio:.2f}")
     assert r["measured"] <= r["estimate"] <= 2.5 * r["measured"]
+
+
+@pytest.mark.parametrize("dtype,batch,cache_len", [(torch.float32, 1, 256), (torch.bfloat16, 3, 300)])
+def test_step_estimate_is_the_size_of_the_step_it_sizes(dtype, batch, cache_len):
+    """generate.step_bytes (what memory_estimate reserves for the KV caches and frame state) is,
+    byte for byte, the size of the per-prompt buffers of the FrameStep it sizes (talker and code
+    predictor caches, the noise row, the seen-codes and key masks, the hidden state and the text
+    entry), plus one more hidden state (a step's new one before it is copied in) and the
+    prefill's transient activations. A wrong factor would have ComfyUI free too little memory."""
+    from conftest import tiny_model
+    from qwen_tts_core.generate import FrameStep, step_bytes
+    from qwen_tts_core.sampling import Sampling
+
+    talker = tiny_model("Tiny-CustomVoice", speech_tokenizer=False).model.talker
+    step = FrameStep(talker, batch, cache_len, Sampling(), Sampling(), dtype, "cpu")
+
+    def size(t):
+        return t.numel() * t.element_size()
+
+    caches = sum(size(getattr(c, kv)) for c in step.caches + step.sub_caches for kv in "kv")
+    state = sum(size(t) for t in (step.noise_row, step.seen, step.valid_keys, step.hidden, step.text))
+    assert step.noise_row.dtype == torch.float32 and step.hidden.dtype == dtype
+    prefill = talker.model.prefill_bytes(batch, cache_len, dtype)
+    assert step_bytes(talker, batch, cache_len, dtype) == caches + state + size(step.hidden) + prefill

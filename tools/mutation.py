@@ -43,7 +43,8 @@ MODULES = {
         "tests/test_nodes.py::test_load_voice_errors", "tests/test_nodes.py::test_save_voice_rejects_path_tricks"]),
     "generate": ("qwen_tts_core/generate.py", [
         "tests/test_core_generate.py", "tests/test_parity.py::test_greedy_codes_identical",
-        "tests/test_core_static.py", "tests/test_core_stream.py", "tests/test_core_sampling.py"]),
+        "tests/test_core_static.py", "tests/test_core_stream.py", "tests/test_core_sampling.py",
+        "tests/test_core_devices.py", "tests/test_core_memory.py::test_step_estimate_is_the_size_of_the_step_it_sizes"]),
     "prompt": ("qwen_tts_core/prompt.py", [
         "tests/test_parity.py::test_prompt_ids_and_embeddings", "tests/test_parity.py::test_greedy_codes_identical",
         "tests/test_core_inputs.py", "tests/test_longform_synthesis.py"]),
