@@ -264,6 +264,7 @@ def test_graph_captured_once_per_bucket_and_replayed_for_later_prompts(fake_grap
      "RuntimeError: CUDA error: operation not permitted when stream is capturing"),
     (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
      "OutOfMemoryError: out of GPU memory during capture"),
+    (AssertionError(), "AssertionError: AssertionError"),     # no message: its type names it
 ])
 def test_capture_failure_falls_back_to_the_eager_step_with_one_log_line(fake_graphs, monkeypatch, caplog, error, said):
     tts = fake_graphs
