@@ -220,13 +220,15 @@ class FakeGraph:
     checking that every buffer the step reads is still the tensor it was at capture (a real
     graph keeps reading the captured addresses; a replaced buffer would be silently ignored)."""
     captures = 0
+    replays = 0
 
     def __init__(self, state):
-        FakeGraph.captures += 1
         self.state = state
         self.addresses = {k: v.data_ptr() for k, v in state.buffers().items()}
+        FakeGraph.captures += 1
 
     def replay(self):
+        FakeGraph.replays += 1
         now = {k: v.data_ptr() for k, v in self.state.buffers().items()}
         assert now == self.addresses, [k for k in now if now[k] != self.addresses.get(k)]
         self.state.step()
@@ -235,7 +237,7 @@ class FakeGraph:
 @pytest.fixture
 def fake_graphs(monkeypatch):
     """CUDA graphs 'on' for a CPU model, with FakeGraph as the captured graph."""
-    FakeGraph.captures = 0
+    FakeGraph.captures = FakeGraph.replays = 0
     monkeypatch.setattr(generate.GraphedStep, "_side_stream", lambda self: None)
     monkeypatch.setattr(generate.GraphedStep, "_eager_on_side_stream", lambda self: self.state.step())
     monkeypatch.setattr(generate.GraphedStep, "_capture", lambda self: FakeGraph(self.state))
@@ -246,12 +248,16 @@ def fake_graphs(monkeypatch):
 
 def test_graph_captured_once_per_bucket_and_replayed_for_later_prompts(fake_graphs):
     tts = fake_graphs
+    frames = 0
     for case in ("cv_batch", "cv_batch"):
         _, reqs = requests_of(case)
         out = tts.generate(reqs, max_frames=official_max_frames(case), sampling=greedy(tts), sub_sampling=GREEDY_SUB)
         for i, codes in enumerate(out.codes):
             assert torch.equal(codes, GOLDEN[f"{case}.codes.{i}"])
-    assert FakeGraph.captures == 1
+        frames += max(c.shape[0] for c in out.codes)
+    # captured once (a failed capture would fall back to the eager step: same codes), and every
+    # frame after the 2 warm-up frames of the first prompt is a replay
+    assert FakeGraph.captures == 1 and FakeGraph.replays == frames - 2
     # sampled: graphs (kept step, replayed) == the dynamic step
     _, reqs = requests_of("cv_batch")
     graphed = tts.generate(reqs, max_frames=25, seed=5)
