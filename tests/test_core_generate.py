@@ -78,3 +78,16 @@ def test_an_item_without_end_of_speech_runs_to_the_frame_limit():
     out, frames = run_steered(tts, {**never_before(7), 2: {0: 1e4, 1: -1e4}}, max_frames=7)
     assert [c.shape[0] for c in out.codes] == [2, 7] and out.stopped == [True, False]
     assert frames == list(range(7))
+
+
+def test_only_the_control_ids_but_end_of_speech_are_never_chosen():
+    """suppressed_ids: the top 1024 ids of the codec vocabulary (think/language/speaker tags,
+    pad, bos) are never sampled as audio; end-of-speech, one of them, is; every audio code is."""
+    from qwen_tts_core.generate import suppressed_ids
+
+    c = tiny_model("Tiny-CustomVoice", speech_tokenizer=False).config.talker
+    mask = suppressed_ids(c)
+    assert mask.dtype == torch.bool and mask.shape == (c.vocab_size,)
+    controls = set(range(c.vocab_size - 1024, c.vocab_size)) - {c.codec_eos_token_id}
+    assert set(mask.nonzero().flatten().tolist()) == controls
+    assert c.vocab_size - 1024 == 2048 and c.codec_eos_token_id in range(2048, c.vocab_size)
