@@ -9,6 +9,7 @@ surviving mutant (out/mutation/<name>/survivors.txt).
 
     bash tools/mutation.sh sampling speech_codes voice
     bash tools/mutation.sh --list
+    bash tools/mutation.sh --resume generate     # continue a stopped run
 """
 from __future__ import annotations
 
@@ -120,9 +121,15 @@ def mutmut(work: Path, *args: str, env: dict, log=None) -> subprocess.CompletedP
                           stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def run(name: str, jobs: int, env: dict) -> dict:
+def run(name: str, jobs: int, env: dict, resume: bool = False) -> dict:
     source, tests = MODULES[name]
-    work = prepare(name, source, tests)
+    work = OUT / name.replace("/", "-")
+    if resume and (work / "setup.cfg").is_file():
+        # mutmut keeps each tested mutant's result in mutants/; it tests only the rest, in the
+        # copy of the tree (and with the tests) the run was started with
+        print(f"== {name}: resuming the run in {work}", flush=True)
+    else:
+        work = prepare(name, source, tests)
     print(f"== {name}: mutating {source}; tests: {' '.join(tests)}", flush=True)
     start = time.monotonic()
     with open(work / "mutmut-run.log", "w") as log:
@@ -156,6 +163,9 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", "2")),
                     help="mutants tested at once (default 2, or $MUTATION_JOBS)")
     ap.add_argument("--list", action="store_true", help="list the modules and their tests")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue a stopped run of each module where it was (its copy of the tree, its "
+                         "results so far) instead of starting afresh; the wall time is this part's")
     args = ap.parse_args()
     if args.list or not args.modules:
         for name, (source, tests) in MODULES.items():
@@ -170,7 +180,7 @@ def main() -> int:
     # a test that cannot run here skips and mutmut counts it as passing, which a survivor shows
     env = dict(os.environ, QWEN_TTS_TEST_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     env.pop("CI", None)
-    summaries = [run(name, args.jobs, env) for name in names]
+    summaries = [run(name, args.jobs, env, args.resume) for name in names]
     (OUT / "last-run.json").write_text(json.dumps(summaries, indent=2) + "\n")
     return 0
 
