@@ -252,3 +252,8 @@ def test_a_slow_or_foreign_tokenizer_is_refused_with_what_is_wrong():
             ChatTokenizer(Foreign(missing))
     chat = ChatTokenizer(Foreign(None))     # the same tokenizer with both: the ids of the real one
     assert (chat.im_start, chat.im_end, chat.newline) == (151644, 151645, [198])
+    # built here, not taken from a cached model: the plain tokenizer keeps the real one's NFC
+    # normalizer (a decomposed "ö" reads as the composed one) and its pre-tokenizer (words apart)
+    for s in ("Ko\u0308ln, Cafe\u0301", "Hello world, how are you?"):
+        assert chat.text(s) == real(s, add_special_tokens=False)["input_ids"], s
+    assert chat.text("Ko\u0308ln") == chat.text("K\u00f6ln")
