@@ -3,6 +3,7 @@ the bad inputs of issue #6, interrupts, offloading (the effect of each input on 
 test_node_inputs.py)."""
 import logging
 import math
+import re
 
 import pytest
 import torch
@@ -225,9 +226,39 @@ def test_voice_from_audio_needs_a_base_model(N, rt):
 
 
 def test_empty_voice_description(N, rt):
-    with pytest.raises(InputError, match="voice description is empty"):
+    with pytest.raises(InputError, match=re.escape(
+            "The voice description is empty; describe the voice, e.g. 'a young woman with a bright, "
+            "cheerful voice'.")):
         run(N, "QwenTTSVoiceDesign", model=no_codec_model(rt, DESIGN), text="Hi", language="Auto",
             voice_description="  ", **SAMPLING)
+
+
+@pytest.mark.parametrize("node, inputs, message", [
+    ("QwenTTSCustomVoice", dict(model=None, speaker="Vivian", instruction=""),
+     "Connect a Qwen3-TTS Model Loader to 'model'."),
+    ("QwenTTSVoiceDesign", dict(model="not a model", voice_description="A narrator."),
+     "Connect a Qwen3-TTS Model Loader to 'model'."),
+    ("QwenTTSCustomVoice", dict(model=CUSTOM, speaker=" ", instruction=""), "Choose a speaker."),
+    ("QwenTTSVoiceClone", dict(model=BASE, voice=None),
+     "Connect a voice from 'Make Voice from Reference Audio' or 'Load Voice'."),
+])
+def test_a_generation_node_without_what_it_needs_says_what_to_connect(N, rt, node, inputs, message):
+    if inputs["model"] in FIXTURE:
+        inputs = dict(inputs, model=no_codec_model(rt, inputs["model"]))
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        run(N, node, text="Hi", language="Auto", **inputs, **SAMPLING)
+
+
+def test_a_clip_cut_at_max_seconds_is_named_in_the_log(N, caplog):
+    """Clips that reach the frame limit before their end-of-speech are named (1-based), with
+    what to do; the tiny model never ends within 0.16 s (2 frames)."""
+    with caplog.at_level(logging.WARNING, logger="qwen_tts_nodes"):
+        run(N, "QwenTTSCustomVoice", model=loaded(N, CUSTOM)[0], text="First line.\nSecond line.",
+            language="English", speaker="Vivian", instruction="", **{**SAMPLING, "one_text_per_line": True,
+                                                                     "max_seconds": 0.16})
+    assert [r.getMessage() for r in caplog.records if r.name == "qwen_tts_nodes"] == [
+        f"Qwen3-TTS: clip {i} reached the length limit before the speech ended; raise max_seconds if it "
+        "was cut." for i in (1, 2)]
 
 
 @pytest.mark.parametrize("field, value", [("top_p", 0.0), ("temperature", -1.0), ("top_k", -1),
