@@ -113,3 +113,25 @@ def test_sampling_draws_from_the_filtered_distribution():
     expected = filter_logits(logits[:1], s).softmax(-1)[0]
     assert freq[3:].sum() == 0                      # outside the top-k: never drawn
     assert (freq - expected).abs().max() < 0.01     # 40k draws: ~0.0025 standard error
+
+
+def test_fresh_noise_every_frame_when_only_one_side_samples():
+    """With sampling on for the talker only, or for the code predictor only, every frame draws
+    fresh noise. Talker only: the codes equal those of a run whose code predictor 'samples'
+    with top_k = 1 (its argmax; the same draws are made either way), so noise drawn once and
+    reused would show. Code predictor only: its codes depend on the seed (with no fresh noise
+    it would pick the argmax every time)."""
+    tts = tiny_model("Tiny-CustomVoice", speech_tokenizer=False)
+    on, argmax, greedy = Sampling(temperature=1.0, top_k=0), Sampling(top_k=1), Sampling(do_sample=False)
+
+    def run(sampling, sub_sampling, seed=3):
+        return tts.generate_custom_voice(["Fresh noise for every frame.", "Two."], "ryan", max_frames=12,
+                                         seed=seed, sampling=sampling, sub_sampling=sub_sampling).codes
+
+    talker_only, reference = run(on, greedy), run(on, argmax)
+    assert all(torch.equal(a, b) for a, b in zip(talker_only, reference))
+    assert not all(torch.equal(a, b) for a, b in zip(talker_only, run(on, greedy, seed=4)))
+    sub_only, other_seed = run(greedy, on), run(greedy, on, seed=4)
+    for a, b in zip(sub_only, other_seed):
+        n = min(len(a), len(b))
+        assert (a[:n, 1:] != b[:n, 1:]).float().mean() > 0.5
