@@ -18,7 +18,7 @@ from torch import nn
 
 from . import audio as audio_io
 from .config import read_json
-from .errors import InputError, ModelFolderError, QwenTTSError
+from .errors import InputError, ModelFolderError
 
 TOKENIZER_MODEL_TYPE = "qwen3_tts_tokenizer_12hz"
 NUM_CODEBOOKS = 16
@@ -74,13 +74,9 @@ def tokenizer_folder(path: str | Path) -> Path:
 
 def load_speech_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32,
                           device: str | torch.device = "cpu"):
-    folder = tokenizer_folder(path)
-    try:
-        from .codec import SpeechTokenizer
-    except ImportError as e:
-        raise QwenTTSError(f"The speech tokenizer code (qwen_tts_core.codec) is missing from this "
-                           f"install ({e}); reinstall the node pack.") from None
-    return SpeechTokenizer.from_pretrained(folder, dtype=dtype, device=device)
+    from .codec import SpeechTokenizer
+
+    return SpeechTokenizer.from_pretrained(tokenizer_folder(path), dtype=dtype, device=device)
 
 
 def modules(tokenizer) -> nn.Module:

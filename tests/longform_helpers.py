@@ -1,6 +1,6 @@
 """Stand-ins and measurements for the long-form tests: speakers that make known audio (a tone
-whose length follows the text, or espeak-ng speech), a decode function for codes until the codec
-lands, an onset measure independent of the one under test, and peak-memory measurement."""
+whose length follows the text, or espeak-ng speech), a cheap stand-in for the codec's decode, an
+onset measure independent of the one under test, and peak-memory measurement."""
 import ctypes
 import math
 import shutil
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import unavailable
 from qwen_tts_core.audio import prepare, read_wav
 from qwen_tts_core.duration import expected_seconds
 from qwen_tts_core.longform.synthesis import ChunkReport, Take
@@ -62,7 +63,7 @@ def espeak_available() -> bool:
 def espeak(text: str, voice: str = "en") -> torch.Tensor:
     """espeak-ng speech at 24 kHz (mono float32)."""
     if not espeak_available():
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+        unavailable("espeak-ng is not installed (apt-get install espeak-ng; .ci/run installs it)")
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "s.wav"
         subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True, capture_output=True)
@@ -89,7 +90,7 @@ class EspeakSpeaker:
 
 
 def fake_decode(codes_list, voices):
-    """Codes -> audio until the real codec lands: 1920 samples per frame of a 200 Hz tone whose
+    """Codes -> audio, far cheaper than the codec (for loops of many chunks): 1920 samples per frame of a 200 Hz tone whose
     loudness follows codebook 0 (so different codes give different audio)."""
     out = []
     for codes in codes_list:

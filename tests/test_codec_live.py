@@ -1,29 +1,18 @@
 """Live comparison with the official qwen-tts package on freshly generated random tokenizers of
-other shapes. Runs only where `qwen_tts` is importable (the oracle environment, see
-tools/oracle/setup_venv.sh); everywhere else the whole module is skipped with the reason shown.
-
-    PYTHONPATH=<pytest> .venv-oracle/bin/python -m pytest tests/test_codec_live.py -q -rs
+other shapes. Runs where `qwen_tts` is importable: tools/test.sh installs it in the
+transformers-4.57.3 overlay, and these tests are `core`, so they run in that pass. Elsewhere they
+skip with the reason shown; under CI=true a pass that should have the package fails instead.
 """
 from __future__ import annotations
-
-import importlib.util
 
 import pytest
 import torch
 
-if importlib.util.find_spec("qwen_tts") is None:   # checked first: the stubs below are global
-    pytest.skip("official qwen-tts is not installed here; live codec comparison skipped",
-                allow_module_level=True)
-try:
-    import official_oracle
-
-    official_oracle.stub_unused_imports()
-    from qwen_tts import Qwen3TTSTokenizer
-except Exception as e:  # noqa: BLE001  (any import problem means: no oracle here)
-    pytest.skip(f"official qwen-tts is not importable ({type(e).__name__}: {e}); live codec "
-                "comparison skipped", allow_module_level=True)
-
+import official_oracle
+from conftest import import_official
 from qwen_tts_core.codec import SpeechTokenizer
+
+pytestmark = pytest.mark.core
 
 SHAPES = {
     "fixture-shape": {},
@@ -46,6 +35,7 @@ def speechlike(seconds: float, seed: int) -> torch.Tensor:
 
 @pytest.fixture(scope="module", params=list(SHAPES))
 def pair(request, tmp_path_factory):
+    Qwen3TTSTokenizer = import_official().Qwen3TTSTokenizer
     folder = tmp_path_factory.mktemp(request.param)
     official_oracle.write_speech_tokenizer(folder, seed=100 + len(request.param), **SHAPES[request.param])
     return (Qwen3TTSTokenizer.from_pretrained(str(folder), dtype=torch.float32),

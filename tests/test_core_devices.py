@@ -41,7 +41,7 @@ class DtypeRecorder(TorchDispatchMode):
         return out
 
 
-def test_no_float64_op_in_generation_and_decoding_after_load(codec):
+def test_no_float64_op_in_generation_and_decoding_after_load():
     """MPS, XPU and DirectML have no float64: after loading, a sampled generation and its
     decode run no float64 op at all (the rotary tables are made in float64 once, at load)."""
     tts = tiny_model("Tiny-CustomVoice")
@@ -252,7 +252,7 @@ def test_a_generation_while_a_loop_of_its_shape_runs_gets_a_step_of_its_own(grap
         list(loop)
 
 
-def test_an_abandoned_stream_frees_its_kept_step_and_an_unfinished_one_blocks_nothing(codec):
+def test_an_abandoned_stream_frees_its_kept_step_and_an_unfinished_one_blocks_nothing():
     """A stream read only in part holds its kept step: meanwhile a generation of the same shape
     runs in a step of its own (same codes, not refused); once the stream is dropped, the kept
     step serves the next generation again."""
@@ -278,13 +278,15 @@ class FakeGraph:
     checking that every buffer the step reads is still the tensor it was at capture (a real
     graph keeps reading the captured addresses; a replaced buffer would be silently ignored)."""
     captures = 0
+    replays = 0
 
     def __init__(self, state):
-        FakeGraph.captures += 1
         self.state = state
         self.addresses = {k: v.data_ptr() for k, v in state.buffers().items()}
+        FakeGraph.captures += 1
 
     def replay(self):
+        FakeGraph.replays += 1
         now = {k: v.data_ptr() for k, v in self.state.buffers().items()}
         assert now == self.addresses, [k for k in now if now[k] != self.addresses.get(k)]
         self.state.step()
@@ -293,7 +295,7 @@ class FakeGraph:
 @pytest.fixture
 def fake_graphs(monkeypatch):
     """CUDA graphs 'on' for a CPU model, with FakeGraph as the captured graph."""
-    FakeGraph.captures = 0
+    FakeGraph.captures = FakeGraph.replays = 0
     monkeypatch.setattr(generate.GraphedStep, "_side_stream", lambda self: None)
     monkeypatch.setattr(generate.GraphedStep, "_eager_on_side_stream", lambda self: self.state.step())
     monkeypatch.setattr(generate.GraphedStep, "_capture", lambda self: FakeGraph(self.state))
@@ -316,12 +318,16 @@ def test_the_graph_stand_in_sees_a_replaced_code_predictor_cache(fake_graphs):
 
 def test_graph_captured_once_per_bucket_and_replayed_for_later_prompts(fake_graphs):
     tts = fake_graphs
+    frames = 0
     for case in ("cv_batch", "cv_batch"):
         _, reqs = requests_of(case)
         out = tts.generate(reqs, max_frames=official_max_frames(case), sampling=greedy(tts), sub_sampling=GREEDY_SUB)
         for i, codes in enumerate(out.codes):
             assert torch.equal(codes, GOLDEN[f"{case}.codes.{i}"])
-    assert FakeGraph.captures == 1
+        frames += max(c.shape[0] for c in out.codes)
+    # captured once (a failed capture would fall back to the eager step: same codes), and every
+    # frame after the 2 warm-up frames of the first prompt is a replay
+    assert FakeGraph.captures == 1 and FakeGraph.replays == frames - 2
     # sampled: graphs (kept step, replayed) == the dynamic step
     _, reqs = requests_of("cv_batch")
     graphed = tts.generate(reqs, max_frames=25, seed=5)
@@ -342,23 +348,27 @@ def capture_lines(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if "capture" in r.getMessage()]
 
 
+@pytest.mark.parametrize("error,said", [
+    (RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore"),
+     "RuntimeError: CUDA error: operation not permitted when stream is capturing"),
+    (AssertionError(), "AssertionError: AssertionError"),     # no message: its type names it
+])
 def test_a_capture_that_cannot_be_done_falls_back_to_the_eager_step_for_good_with_one_log_line(
-        fake_graphs, monkeypatch, caplog):
+        fake_graphs, monkeypatch, caplog, error, said):
     tts = fake_graphs
     attempts = []
 
     def fail(self):
         attempts.append(1)
-        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore")
+        raise error
 
     monkeypatch.setattr(generate.GraphedStep, "_capture", fail)
     with caplog.at_level(logging.WARNING, logger="qwen_tts_core"):
         generate_golden_cv_batch(tts, 3)
     assert len(attempts) == 1                                   # not tried again for that bucket
     assert capture_lines(caplog) == [
-        "CUDA graph capture failed (RuntimeError: CUDA error: operation not permitted when stream is "
-        "capturing); this batch shape runs the eager step instead (slower, same codes). Turn cuda_graphs "
-        "off to skip the attempt."]
+        f"CUDA graph capture failed ({said}); this batch shape runs the eager step instead (slower, same "
+        "codes). Turn cuda_graphs off to skip the attempt."]
 
 
 def test_a_capture_out_of_memory_is_tried_again_by_the_next_generation(fake_graphs, monkeypatch, caplog):
@@ -408,7 +418,7 @@ def test_interrupt_stops_a_graphed_generation_and_the_next_one_works(fake_graphs
 
 
 # ----------------------------------------------------------------------------- decoding
-def test_decode_checks_between_chunks_and_stops_when_asked(codec, monkeypatch):
+def test_decode_checks_between_chunks_and_stops_when_asked(monkeypatch):
     tts = tiny_model("Tiny-CustomVoice")
     codes = [torch.randint(0, 2048, (70, 16)), torch.randint(0, 2048, (40, 16))]
     whole = tts.decode(codes)
@@ -430,7 +440,7 @@ def test_decode_checks_between_chunks_and_stops_when_asked(codec, monkeypatch):
         tts.decode(codes, on_chunk=stop)
 
 
-def test_decode_chunk_bounds_the_batch_memory(codec):
+def test_decode_chunk_bounds_the_batch_memory():
     tok = tiny_model("Tiny-CustomVoice").codec
     per_frame = tok.decoder.activation_bytes(1, tok.dtype)
     assert tok.decode_chunk_frames(1) == 300                    # tiny decoder: the official 300
@@ -442,7 +452,7 @@ def test_decode_chunk_bounds_the_batch_memory(codec):
 
 
 
-def test_decode_chunk_on_cuda_follows_the_free_memory(codec, monkeypatch):
+def test_decode_chunk_on_cuda_follows_the_free_memory(monkeypatch):
     """On CUDA the budget is half of the memory free there (the driver's free memory plus what
     torch's allocator holds unused); if CUDA cannot say, the constant. CUDA's answers are
     stood in for here (no GPU)."""
@@ -530,7 +540,7 @@ def test_the_step_kept_after_an_overflow_serves_the_next_generation():
     assert len(out.codes[0]) > 0 and torch.equal(out.codes[0], fresh.codes[0])
 
 
-def test_out_of_memory_while_generating_or_decoding(codec, monkeypatch):
+def test_out_of_memory_while_generating_or_decoding(monkeypatch):
     from qwen_tts_core.errors import OutOfMemory
 
     tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu")

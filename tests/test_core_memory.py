@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT
 
@@ -118,3 +119,30 @@ def test_memory_estimate_at_the_released_1_7b_shape(batch):
         print(f"1.7B bf16, batch {batch}, {device}: estimate {estimate / 2**30:.2f} GiB, of which KV caches "
               f"{kv / 2**30:.2f} GiB, the rest {rest / 2**20:.0f} MiB")
         assert prefill_scores < rest <= batch * 64 * 2**20         # at most 64 MiB an item besides the caches
+
+
+@pytest.mark.parametrize("dtype,batch,prompt_len,cache_len", [(torch.float32, 1, 40, 256), (torch.bfloat16, 3, 200, 300)])
+def test_step_estimate_is_the_size_of_the_step_it_sizes(dtype, batch, prompt_len, cache_len):
+    """generate.step_bytes (what memory_estimate reserves for the KV caches and frame state) is,
+    byte for byte, the size of the per-prompt buffers of the FrameStep it sizes (talker and code
+    predictor caches, the noise row, the seen-codes and key masks, the hidden state and the text
+    entry), plus one more hidden state (a step's new one before it is copied in) and the larger
+    of the prefill's transient (over the prompt) and one frame's (over the whole cache). A wrong factor would have ComfyUI free too little memory."""
+    from conftest import tiny_model
+    from qwen_tts_core.generate import FrameStep, step_bytes
+    from qwen_tts_core.sampling import Sampling
+
+    talker = tiny_model("Tiny-CustomVoice", speech_tokenizer=False).model.talker
+    step = FrameStep(talker, batch, cache_len, Sampling(), Sampling(), dtype, "cpu")
+
+    def size(t):
+        return t.numel() * t.element_size()
+
+    caches = sum(size(getattr(c, kv)) for c in step.caches + step.sub_caches for kv in "kv")
+    state = sum(size(t) for t in (step.noise_row, step.seen, step.valid_keys, step.hidden, step.text))
+    assert step.noise_row.dtype == torch.float32 and step.hidden.dtype == dtype
+    prefill = talker.model.forward_bytes(batch, prompt_len, dtype)
+    frame = talker.model.forward_bytes(batch, 1, dtype, keys=cache_len) \
+        + talker.code_predictor.model.forward_bytes(batch, 2, dtype, keys=talker.cfg.num_code_groups)
+    assert step_bytes(talker, batch, prompt_len, cache_len, dtype) == \
+        caches + state + size(step.hidden) + max(prefill, frame)

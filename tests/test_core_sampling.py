@@ -11,11 +11,13 @@ from qwen_tts_core.sampling import Sampling, filter_logits, penalize_repeats
 pytestmark = pytest.mark.core
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [(0.9, 50, 1.0), (0.7, 5, 0.8), (1.0, 0, 0.5), (1.3, 1, 1.0)])
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.9, 50, 1.0), (0.7, 5, 0.8), (1.0, 0, 0.5), (1.3, 1, 1.0),
+                                                    (2.0, 0, 1.0), (1.0, 0, 0.01)])
 def test_filters_match_transformers(temperature, top_k, top_p):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 2048, generator=g) * 3
-    ours = filter_logits(logits, Sampling(True, temperature, top_k, top_p)).softmax(-1)
+    filtered = filter_logits(logits, Sampling(True, temperature, top_k, top_p))
+    ours = filtered.softmax(-1)
     ref = logits.clone()
     ids = torch.zeros(3, 0, dtype=torch.long)
     if temperature != 1.0:
@@ -24,16 +26,28 @@ def test_filters_match_transformers(temperature, top_k, top_p):
         ref = TopKLogitsWarper(top_k)(ids, ref)
     if top_p < 1.0:
         ref = TopPLogitsWarper(top_p)(ids, ref)
+    assert torch.equal(torch.isfinite(filtered), torch.isfinite(ref))      # the same ids are kept
     assert torch.allclose(ours, ref.softmax(-1), atol=1e-7)
 
 
-def test_repetition_penalty_matches_transformers():
+def test_top_p_drops_ids_whose_cumulative_share_reaches_the_cut_exactly():
+    """Four equally likely ids (exact shares 0.25): top_p 0.5 keeps two, as transformers does."""
+    logits = torch.zeros(1, 4)
+    ours = filter_logits(logits, Sampling(True, 1.0, 0, 0.5))
+    ref = TopPLogitsWarper(0.5)(torch.zeros(1, 0, dtype=torch.long), logits.clone())
+    assert int(torch.isfinite(ours).sum()) == 2
+    assert torch.equal(torch.isfinite(ours), torch.isfinite(ref))
+
+
+@pytest.mark.parametrize("penalty", [1.05, 2.0])
+def test_repetition_penalty_matches_transformers(penalty):
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(2, 100, generator=g)
     history = torch.tensor([[3, 7, 7, 50], [0, 99, 1, 2]])
     seen = torch.zeros(2, 100, dtype=torch.bool).scatter(1, history, True)
-    ref = RepetitionPenaltyLogitsProcessor(1.05)(history, logits.clone())
-    assert torch.equal(penalize_repeats(logits, seen, 1.05), ref)
+    ref = RepetitionPenaltyLogitsProcessor(penalty)(history, logits.clone())
+    assert torch.equal(penalize_repeats(logits, seen, penalty), ref)
+    assert not torch.equal(ref, logits)
 
 
 def test_seeded_sampling_is_reproducible_and_seed_dependent():
@@ -80,15 +94,23 @@ def test_sampled_codes_are_audio_codes_only():
     assert codes.numel() > 0 and codes.min() >= 0 and codes.max() < 2048
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=0.0), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1),
-                                 dict(repetition_penalty=0.0)])
-def test_bad_sampling_settings_are_rejected(bad):
+@pytest.mark.parametrize("bad, message", [
+    (dict(temperature=0.0), r"^Talker temperature must be > 0 \(got 0.0\); turn sampling off for greedy decoding.$"),
+    (dict(top_p=0.0), r"^Talker top_p must be in \(0, 1\] \(got 0.0\).$"),
+    (dict(top_p=1.5), r"^Talker top_p must be in \(0, 1\] \(got 1.5\).$"),
+    (dict(top_k=-1), r"^Talker top_k must be >= 0 \(got -1; 0 disables it\).$"),
+    (dict(repetition_penalty=0.0), r"^Talker repetition penalty must be > 0 \(got 0.0\).$")])
+def test_bad_sampling_settings_are_rejected(bad, message):
     from qwen_tts_core import InputError
 
     tts = tiny_model("Tiny-VoiceDesign", speech_tokenizer=False)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=message):
         tts.generate_voice_design("Hi.", "Any voice.", max_frames=3, sampling=Sampling(True, **{
             "temperature": 0.9, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.05, **bad}))
+    with pytest.raises(InputError, match=message.replace("Talker", "Code predictor")):
+        tts.generate_voice_design("Hi.", "Any voice.", max_frames=3, sub_sampling=Sampling(True, **{
+            "temperature": 0.9, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.05, **bad}))
+    assert Sampling(False, temperature=0.0).check("Talker").do_sample is False   # greedy needs no temperature
 
 
 def test_on_frame_can_end_generation_early():
@@ -110,7 +132,30 @@ def test_sampling_draws_from_the_filtered_distribution():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -8.0]]).repeat(40000, 1)
     s = Sampling(True, temperature=1.0, top_k=3, top_p=1.0)
     ids = choose(logits, s, torch.Generator().manual_seed(0))
+    assert torch.equal(ids, choose(logits, s, torch.Generator().manual_seed(0)))   # the generator draws
     freq = torch.bincount(ids, minlength=5).float() / len(ids)
     expected = filter_logits(logits[:1], s).softmax(-1)[0]
     assert freq[3:].sum() == 0                      # outside the top-k: never drawn
     assert (freq - expected).abs().max() < 0.01     # 40k draws: ~0.0025 standard error
+
+
+def test_fresh_noise_every_frame_when_only_one_side_samples():
+    """With sampling on for the talker only, or for the code predictor only, every frame draws
+    fresh noise. Talker only: the codes equal those of a run whose code predictor 'samples'
+    with top_k = 1 (its argmax; the same draws are made either way), so noise drawn once and
+    reused would show. Code predictor only: its codes depend on the seed (with no fresh noise
+    it would pick the argmax every time)."""
+    tts = tiny_model("Tiny-CustomVoice", speech_tokenizer=False)
+    on, argmax, greedy = Sampling(temperature=1.0, top_k=0), Sampling(top_k=1), Sampling(do_sample=False)
+
+    def run(sampling, sub_sampling, seed=3):
+        return tts.generate_custom_voice(["Fresh noise for every frame.", "Two."], "ryan", max_frames=12,
+                                         seed=seed, sampling=sampling, sub_sampling=sub_sampling).codes
+
+    talker_only, reference = run(on, greedy), run(on, argmax)
+    assert all(torch.equal(a, b) for a, b in zip(talker_only, reference))
+    assert not all(torch.equal(a, b) for a, b in zip(talker_only, run(on, greedy, seed=4)))
+    sub_only, other_seed = run(greedy, on), run(greedy, on, seed=4)
+    for a, b in zip(sub_only, other_seed):
+        n = min(len(a), len(b))
+        assert (a[:n, 1:] != b[:n, 1:]).float().mean() > 0.5

@@ -129,6 +129,21 @@ def test_no_end_of_speech_and_too_short_are_retried():
     assert "no end of speech" in take.report.problems[0] and "ended too early" in take.report.problems[1]
 
 
+@pytest.mark.parametrize("sampling, sub_sampling, first", [
+    (Sampling(do_sample=False), Sampling(do_sample=False), "attempt 1 (greedy): "),
+    (Sampling(do_sample=False), None, f"attempt 1 (seed {seed_for(5, 0, 0)}): "),  # the code predictor samples
+    (Sampling(), Sampling(do_sample=False), f"attempt 1 (seed {seed_for(5, 0, 0)}): "),
+])
+def test_a_report_names_the_seed_only_where_it_decided_the_take(sampling, sub_sampling, first):
+    """Under greedy decoding any seed gives the same take, so the report says 'greedy' (a seed
+    there would suggest that another one could help); a retry samples, and names its seed."""
+    tts = ScriptedTTS({seed_for(5, 0, 0): (speech_like(30).tolist(), False),
+                       seed_for(5, 0, 1): (speech_like(30).tolist(), True)})
+    take = Speaker(VoiceSpec.custom(tts, "vivian", "english"), seed=5, sampling=sampling,
+                   sub_sampling=sub_sampling).speak("Hello there.")
+    assert take.report.problems == [first + "no end of speech (stopped at the frame limit, 2.4 s)"]
+
+
 def test_on_frame_sees_every_frame_and_can_interrupt():
     tts = ScriptedTTS({seed_for(0, 0, 0): (speech_like(30).tolist(), True)})
     seen = []

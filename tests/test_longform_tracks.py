@@ -262,7 +262,8 @@ def test_all_problems_are_listed_at_once():
 
 def test_voice_over_onsets_land_on_the_subtitle_times():
     """Real speech (espeak-ng) with a random lead-in of near-silence per line: each line's speech
-    onset, measured in the finished track, is within 20 ms of its cue."""
+    onset, measured in the finished track, is on its cue to within 2 ms (measured: -0.7 to -0.1 ms;
+    without the onset correction lines start ~20 ms late)."""
     cues = parse_subtitles(
         "1\n00:00:00,500 --> 00:00:02,500\nGood evening.\n\n"
         "2\n00:00:03,250 --> 00:00:05,000\nSeven silver swans swam south.\n\n"
@@ -275,8 +276,21 @@ def test_voice_over_onsets_land_on_the_subtitle_times():
     errors_ms = [1000 * (o - c.start) for o, c in zip(onsets, cues)]
     print("onset errors (ms):", [round(e, 1) for e in errors_ms], "lead-ins (s):",
           [round(x, 2) for x in speaker.leads])
-    assert all(abs(e) < 20 for e in errors_ms)
-    assert not track.flags
+    assert all(abs(e) < 2 for e in errors_ms)
+    assert [line.speedup for line in track.lines] == [1.0] * 4 and not track.flags
+
+
+def test_a_sped_up_line_starts_on_its_cue_too():
+    """A line sped up to fit its slot: its onset is found again in the stretched audio, which the
+    phase vocoder smears by a few milliseconds (measured +6.6..7.7 ms at this -50 dBFS measure,
+    -1.9 ms at -60 dBFS); without the onset correction it starts ~19 ms late."""
+    cues = timed_lines([(0.5, "Seven silver swans swam south."), (2.15, "Thank you.")])
+    for seed in (3, 4):
+        track = voice_over(cues, EspeakSpeaker(seed=seed), video_seconds=4.0)
+        assert 1.1 < track.lines[0].speedup < 1.3 and not track.flags
+        (onset,) = measured_onsets(track.audio, [0.5])
+        print(f"sped up {track.lines[0].speedup:.3f}x: onset error {1000 * (onset - 0.5):.1f} ms")
+        assert abs(onset - 0.5) < 0.010
 
 
 def test_a_long_line_is_sped_up_with_its_pitch_kept():

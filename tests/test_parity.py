@@ -155,3 +155,30 @@ def test_end_to_end_text_to_audio():
     out = tts.generate(reqs, max_frames=official_max_frames(case), sampling=greedy,
                        sub_sampling=Sampling(do_sample=False), decode=True)
     assert (out.audio[0] - GOLDEN[f"{case}.wav.0"]).abs().max() < TOL
+
+
+def test_streaming_in_context_prompt_when_the_text_outlasts_the_reference():
+    """Streaming in-context cloning with a text longer than the reference codes (no golden has
+    one: the official cases' references outlast their texts): the first len(reference) + 1
+    text positions sit on the codec bos and reference frames, and the rest of the text is fed
+    one per frame. Checked against the non-streaming prompt of the same request, which holds
+    the same text and codec rows one after the other (its parity is pinned by the goldens)."""
+    _, (req,) = requests_of("base_icl")
+    voice = VoicePrompt(req.voice.speaker_embedding, req.voice.ref_codes[:3], req.voice.ref_text)
+    text = "A longer target text than the three reference frames can carry, fed one per frame."
+    tts = tiny_model("Tiny-Base", speech_tokenizer=False)
+    streaming, whole = tts.build_prompts([Request(text, "english", voice=voice, non_streaming_text=s)
+                                          for s in (False, True)])
+    talker = tts.model.talker
+    tts_pad = talker.embed_text(torch.tensor([tts.config.tts_pad_token_id]))          # [1, D]
+    codec_pad = talker.embed_codes(torch.tensor([tts.config.talker.codec_pad_id]))    # [1, D]
+    n_cod = voice.ref_codes.shape[0] + 1                                              # bos + frames
+    prefix = streaming.embeds.shape[0] - n_cod
+    n_txt = whole.embeds.shape[0] - prefix - n_cod                                    # ref + target text, eos
+    assert n_txt > n_cod + 10
+    assert torch.equal(streaming.embeds[:prefix], whole.embeds[:prefix])
+    txt = whole.embeds[prefix:prefix + n_txt] - codec_pad                            # [T1, D]
+    cod = whole.embeds[prefix + n_txt:] - tts_pad                                    # [T2, D]
+    assert torch.allclose(streaming.embeds[prefix:], txt[:n_cod] + cod, atol=1e-5)
+    assert torch.allclose(streaming.trailing, txt[n_cod:], atol=1e-5)
+    assert torch.allclose(whole.trailing, tts_pad)

@@ -217,3 +217,43 @@ def test_subtitle_lines_are_plain_text(restore_builders):
     check_prompts(cv, prompts, instructs=["<|im_end|>Slow", None])     # both voices share the model
     # subtitle markup (<i>, <v Name>, ...) is not spoken: tag-like strings go before the prompt
     assert [r.text for r, _ in prompts] == ["Look up .", "It is user beautiful."]
+
+
+# ------------------------------------------------------------------ a tokenizer that is not Qwen's
+def test_a_slow_or_foreign_tokenizer_is_refused_with_what_is_wrong():
+    import re
+
+    from qwen_tts_core.errors import ModelFolderError
+    from qwen_tts_core.prompt import ChatTokenizer
+
+    class SlowTokenizer:            # a Python ("slow") tokenizer: no backend_tokenizer
+        pass
+
+    with pytest.raises(ModelFolderError, match=re.escape(
+            "The text tokenizer (SlowTokenizer) is not a fast (tokenizers) tokenizer; Qwen3-TTS needs "
+            "its vocab.json and merges.txt.")):
+        ChatTokenizer(SlowTokenizer())
+
+    real = tiny_model("Tiny-CustomVoice", speech_tokenizer=False).tokenizer
+
+    class Foreign:                  # a fast tokenizer without Qwen's chat tokens
+        backend_tokenizer = real.backend_tokenizer
+
+        def __init__(self, missing):
+            self.missing = missing
+
+        def convert_tokens_to_ids(self, token):
+            return None if token == self.missing else real.convert_tokens_to_ids(token)
+
+    for missing in ("<|im_start|>", "<|im_end|>"):
+        with pytest.raises(ModelFolderError, match=re.escape(
+                "The text tokenizer has no <|im_start|> / <|im_end|> tokens; it is not the Qwen "
+                "tokenizer of a Qwen3-TTS checkpoint.")):
+            ChatTokenizer(Foreign(missing))
+    chat = ChatTokenizer(Foreign(None))     # the same tokenizer with both: the ids of the real one
+    assert (chat.im_start, chat.im_end, chat.newline) == (151644, 151645, [198])
+    # built here, not taken from a cached model: the plain tokenizer keeps the real one's NFC
+    # normalizer (a decomposed "ö" reads as the composed one) and its pre-tokenizer (words apart)
+    for s in ("Ko\u0308ln, Cafe\u0301", "Hello world, how are you?"):
+        assert chat.text(s) == real(s, add_special_tokens=False)["input_ids"], s
+    assert chat.text("Ko\u0308ln") == chat.text("K\u00f6ln")

@@ -79,7 +79,7 @@ def wf_values(wf, nid):
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
-def test_workflow_runs(path, codec):
+def test_workflow_runs(path):
     import folder_paths
 
     out_dir = comfy_env.Path(folder_paths.get_output_directory())
@@ -116,7 +116,7 @@ def test_workflow_runs(path, codec):
             assert w.getnframes() <= meta["frames"] / meta["fps"] * 24000
 
 
-def test_two_prompts_back_to_back(codec):
+def test_two_prompts_back_to_back():
     prompt = comfy_env.limit_length(comfy_env.to_api(comfy_env.load_workflow(comfy_env.WORKFLOWS / "custom_voice.json")))
     first = comfy_env.run_prompt(prompt)
     second = comfy_env.run_prompt(prompt)

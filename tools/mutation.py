@@ -1,0 +1,190 @@
+"""Mutation testing of the modules that carry behaviour, with mutmut 3, one module at a time
+(run it through tools/mutation.sh, which installs mutmut). Not part of CI: it takes long.
+
+For each module: a fresh copy of the working tree in out/mutation/<name>/, a mutmut config that
+mutates that one file and selects the tests below (fast and relevant ones; mutmut then runs, per
+mutant, only those of them that call the mutated function, stopping at the first failure), a
+per-mutant CPU-time limit, and a summary: counts, score, wall time, and the diff of every
+surviving mutant (out/mutation/<name>/survivors.txt).
+
+    bash tools/mutation.sh sampling speech_codes voice
+    bash tools/mutation.sh --list
+    bash tools/mutation.sh --resume generate     # continue a stopped run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "out" / "mutation"
+PACK = "qwen_tts_pack"          # the name tests/comfy_env.py imports the pack under
+
+# name -> (file to mutate, the tests that cover it: pytest node ids or files)
+NODE_INPUTS = "tests/test_node_inputs.py"
+MODULES = {
+    "sampling": ("qwen_tts_core/sampling.py", [
+        "tests/test_core_sampling.py", "tests/test_core_generate.py",
+        "tests/test_parity.py::test_greedy_codes_identical[cv_batch]",
+        "tests/test_parity.py::test_greedy_codes_identical[base_icl]"]),
+    "speech_codes": ("qwen_tts_core/speech_codes.py", [
+        "tests/test_speech_codes.py", "tests/test_parity.py::test_decoded_audio_matches_official",
+        "tests/test_nodes.py::test_tokenizer_loader_encode_decode",
+        "tests/test_nodes.py::test_clone_in_context_and_decode_matches",
+        "tests/test_nodes.py::test_offload_and_reload"]),
+    "voice": ("qwen_tts_core/voice.py", [
+        "tests/test_voice_file.py", "tests/test_nodes.py::test_save_and_load_voice",
+        "tests/test_nodes.py::test_load_voice_errors", "tests/test_nodes.py::test_save_voice_rejects_path_tricks"]),
+    "generate": ("qwen_tts_core/generate.py", [
+        "tests/test_core_generate.py", "tests/test_parity.py::test_greedy_codes_identical",
+        "tests/test_core_static.py", "tests/test_core_stream.py", "tests/test_core_sampling.py",
+        "tests/test_core_devices.py", "tests/test_core_memory.py::test_step_estimate_is_the_size_of_the_step_it_sizes"]),
+    "prompt": ("qwen_tts_core/prompt.py", [
+        "tests/test_parity.py::test_prompt_ids_and_embeddings", "tests/test_parity.py::test_greedy_codes_identical",
+        "tests/test_core_inputs.py", "tests/test_longform_synthesis.py", "tests/test_prompt_safety.py",
+        "tests/test_core_devices.py::test_half_precision_first_step_logits_and_no_overflow"]),
+    "longform/track": ("qwen_tts_core/longform/track.py", [
+        "tests/test_longform_tracks.py", "tests/test_longform_codec.py"]),
+    "longform/synthesis": ("qwen_tts_core/longform/synthesis.py", [
+        "tests/test_longform_synthesis.py", "tests/test_longform_runaway.py"]),
+    "longform/runaway": ("qwen_tts_core/longform/runaway.py", ["tests/test_longform_runaway.py"]),
+    "longform/text": ("qwen_tts_core/longform/text.py", ["tests/test_longform_text.py"]),
+    "longform/normalize": ("qwen_tts_core/longform/normalize.py", ["tests/test_longform_text.py"]),
+    "longform/languages": ("qwen_tts_core/longform/languages.py", ["tests/test_longform_text.py"]),
+    "longform/subtitles": ("qwen_tts_core/longform/subtitles.py", ["tests/test_longform_tracks.py"]),
+    "longform/script": ("qwen_tts_core/longform/script.py", ["tests/test_longform_tracks.py"]),
+    "longform/edit": ("qwen_tts_core/longform/edit.py", ["tests/test_longform_tracks.py"]),
+    "nodes/generate": ("nodes/generate.py", [NODE_INPUTS, "tests/test_nodes.py"]),
+    "nodes/types": ("nodes/types.py", [NODE_INPUTS, "tests/test_nodes.py"]),
+    "nodes/voices": ("nodes/voices.py", [NODE_INPUTS, "tests/test_nodes.py"]),
+    "nodes/longform": ("nodes/longform.py", [NODE_INPUTS, "tests/test_longform_nodes.py"]),
+    "nodes/codec": ("nodes/codec.py", ["tests/test_nodes.py"]),
+    "nodes/loader": ("nodes/loader.py", ["tests/test_nodes.py"]),
+    "nodes/runtime": ("nodes/runtime.py", ["tests/test_nodes.py", "tests/test_longform_nodes.py"]),
+}
+GROUPS = {"longform": [m for m in MODULES if m.startswith("longform/")],
+          "nodes": [m for m in MODULES if m.startswith("nodes/")]}
+STATUSES = ["killed", "timeout", "survived", "suspicious", "no tests", "skipped", "segfault",
+            "check was interrupted by user", "caught by type check"]
+
+
+def working_tree_files() -> list[str]:
+    """Tracked and untracked-but-not-ignored files: what the tests see in this checkout."""
+    out = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, check=True).stdout
+    return [p for p in out.decode().split("\0") if p and (ROOT / p).is_file()]
+
+
+def prepare(name: str, source: str, tests: list[str]) -> Path:
+    """out/mutation/<name>/ with a copy of the tree and a setup.cfg for mutmut. Core modules are
+    imported as `qwen_tts_core.*` (the tree's root on sys.path); the nodes as `qwen_tts_pack.nodes.*`
+    (tests/comfy_env.py loads the pack under that name), so for them the tree goes one level
+    down, into qwen_tts_pack/, where mutmut's module names (from paths) match."""
+    work = OUT / name.replace("/", "-")
+    shutil.rmtree(work, ignore_errors=True)
+    nested = source.startswith("nodes/")
+    tree = work / PACK if nested else work
+    for rel in working_tree_files():
+        target = tree / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, target)
+    prefix = f"{PACK}/" if nested else ""
+    lines = ["[mutmut]",
+             f"source_paths = {prefix}{source.split('/')[0]}",
+             f"only_mutate = {prefix}{source}",
+             "also_copy =", f"    {PACK}/" if nested else "    __init__.py\n    nodes/",
+             "pytest_add_cli_args_test_selection ="] + [f"    {prefix}{t}" for t in tests] + [
+             "pytest_add_cli_args =\n    -p\n    no:cacheprovider",
+             # a mutant counts as a timeout after (its tests' time + 10 s) x 10 s of wall time
+             # (x 20 of CPU time): generous, as a busy machine slows the tests several times
+             "timeout_multiplier = 10.0", "timeout_constant = 10.0",
+             # with node tests: each mutant in a process forked from a server that only collected
+             # the tests (the node tests cache base runs and models, and share comfy_env's
+             # folders, which two mutants tested side by side must not); core tests alone: forked
+             # from mutmut's own process after the clean run (faster: the fixture models stay
+             # loaded; the mutated functions all run at test time, not at load)
+             f"process_isolation = {'forkserver' if nested or any('node' in t for t in tests) else 'fork'}",
+             "use_git_change_detection = false", ""]
+    (work / "setup.cfg").write_text("\n".join(lines))
+    return work
+
+
+def mutmut(work: Path, *args: str, env: dict, log=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "import sys; from mutmut.__main__ import cli; "
+                           "sys.argv[0] = 'mutmut'; cli()", *args], cwd=work, env=env, text=True,
+                          stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def run(name: str, jobs: int, env: dict, resume: bool = False) -> dict:
+    source, tests = MODULES[name]
+    work = OUT / name.replace("/", "-")
+    if resume and (work / "setup.cfg").is_file():
+        # mutmut keeps each tested mutant's result in mutants/; it tests only the rest, in the
+        # copy of the tree (and with the tests) the run was started with
+        print(f"== {name}: resuming the run in {work}", flush=True)
+    else:
+        work = prepare(name, source, tests)
+    print(f"== {name}: mutating {source}; tests: {' '.join(tests)}", flush=True)
+    start = time.monotonic()
+    with open(work / "mutmut-run.log", "w") as log:
+        done = mutmut(work, "run", "--max-children", str(jobs), env=env, log=log)
+    seconds = time.monotonic() - start
+    results = mutmut(work, "results", "--all", "true", env=env).stdout
+    status = dict(re.findall(r"^\s+(\S+): (.+)$", results, re.M))
+    counts = {s: sum(1 for v in status.values() if v == s) for s in STATUSES}
+    counts = {k: v for k, v in counts.items() if v}
+    survivors = sorted(k for k, v in status.items() if v in ("survived", "suspicious", "no tests"))
+    with open(work / "survivors.txt", "w") as f:
+        for key in survivors:
+            f.write(mutmut(work, "show", key, env=env).stdout + "\n")
+    decided = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("survived", 0)
+    summary = {"module": name, "file": source, "tests": tests, "mutants": len(status),
+               "counts": counts, "score": round((decided - counts.get("survived", 0)) / decided, 4) if decided else None,
+               "wall_seconds": round(seconds), "jobs": jobs, "exit_code": done.returncode,
+               "survivors": survivors}
+    (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    score = f"{100 * summary['score']:.1f}%" if summary["score"] is not None else "n/a"
+    print(f"   {len(status)} mutants {counts}; killed {score} of the decided ones; {seconds / 60:.1f} min "
+          f"({jobs} jobs); survivors: {work / 'survivors.txt'}", flush=True)
+    if done.returncode != 0:
+        print(f"   mutmut exited {done.returncode}: see {work / 'mutmut-run.log'}", flush=True)
+    return summary
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("modules", nargs="*", help=f"modules ({', '.join(MODULES)}) or groups ({', '.join(GROUPS)})")
+    ap.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", "2")),
+                    help="mutants tested at once (default 2, or $MUTATION_JOBS)")
+    ap.add_argument("--list", action="store_true", help="list the modules and their tests")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue a stopped run of each module where it was (its copy of the tree, its "
+                         "results so far) instead of starting afresh; the wall time is this part's")
+    args = ap.parse_args()
+    if args.list or not args.modules:
+        for name, (source, tests) in MODULES.items():
+            print(f"{name:20s} {source:40s} {' '.join(tests)}")
+        return 0
+    names = [m for arg in args.modules for m in GROUPS.get(arg, [arg])]
+    unknown = [m for m in names if m not in MODULES]
+    if unknown:
+        print(f"unknown module(s): {', '.join(unknown)}; see --list", file=sys.stderr)
+        return 2
+    # one torch thread per mutant process (the jobs run side by side); CI's strictness is off:
+    # a test that cannot run here skips and mutmut counts it as passing, which a survivor shows
+    env = dict(os.environ, QWEN_TTS_TEST_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+    env.pop("CI", None)
+    summaries = [run(name, args.jobs, env, args.resume) for name in names]
+    (OUT / "last-run.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
