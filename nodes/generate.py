@@ -81,7 +81,7 @@ class QwenTTSCustomVoice(io.ComfyNode):
                 top_k, top_p, repetition_penalty, max_seconds, speaker_name=None) -> io.NodeOutput:
         texts = split_texts(text, one_text_per_line)
         if speaker_name is not None:                    # a wired name (e.g. Train Voice's) wins
-            speaker = speaker_name
+            speaker = speaker_name.strip()
         return _generate(model, "generate_custom_voice", texts, language, seed, temperature, top_k, top_p,
                          repetition_penalty, max_seconds, speaker=speaker,
                          instruct=(instruction or "").strip() or None)

@@ -254,13 +254,15 @@ def test_empty_voice_description(N, rt):
      "Connect a Qwen3-TTS Model Loader to 'model'."),
     ("QwenTTSVoiceDesign", dict(model="not a model", voice_description="A narrator."),
      "Connect a Qwen3-TTS Model Loader to 'model'."),
-    ("QwenTTSCustomVoice", dict(model=CUSTOM, speaker=" ", instruction=""), "Choose a speaker."),
+    ("QwenTTSCustomVoice", dict(model=CUSTOM, speaker="Vivian", speaker_name=" ", instruction=""),
+     "Choose a speaker: {speakers}."),                        # a wired name that is blank
     ("QwenTTSVoiceClone", dict(model=BASE, voice=None),
      "Connect a voice from 'Make Voice from Reference Audio' or 'Load Voice'."),
 ])
 def test_a_generation_node_without_what_it_needs_says_what_to_connect(N, rt, node, inputs, message):
     if inputs["model"] in FIXTURE:
         inputs = dict(inputs, model=no_codec_model(rt, inputs["model"]))
+        message = message.format(speakers=", ".join(inputs["model"].tts.speakers))
     with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
         run(N, node, text="Hi", language="Auto", **inputs, **SAMPLING)
 
