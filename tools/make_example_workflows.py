@@ -92,7 +92,7 @@ class Graph:
 
 
 def loader(g: Graph, name: str, pos=(0, 0)) -> dict:
-    return g.add("QwenTTSModelLoader", pos, {"model_name": name}, size=(320, 130))
+    return g.add("QwenTTSModelLoader", pos, {"model_name": name}, size=(320, 170))
 
 
 def custom_voice():
@@ -105,7 +105,7 @@ def custom_voice():
     save = g.add("SaveAudio", (800, 0), {"filename_prefix": "audio/qwen_tts_custom_voice"}, size=(320, 200))
     g.link(m, 0, gen, "model")
     g.link(gen, 0, save, "audio")
-    g.note((0, 180), "**Custom voice**: a built-in speaker of a CustomVoice checkpoint, with an optional "
+    g.note((0, 220), "**Custom voice**: a built-in speaker of a CustomVoice checkpoint, with an optional "
                      "style instruction. Put the checkpoint in `models/qwen-tts/Qwen3-TTS-12Hz-1.7B-CustomVoice`.")
     g.save("custom_voice")
 
@@ -121,7 +121,7 @@ def voice_design():
     save = g.add("SaveAudio", (800, 0), {"filename_prefix": "audio/qwen_tts_voice_design"}, size=(320, 200))
     g.link(m, 0, gen, "model")
     g.link(gen, 0, save, "audio")
-    g.note((0, 180), "**Voice design**: describe the voice in words (VoiceDesign checkpoint). To keep a "
+    g.note((0, 220), "**Voice design**: describe the voice in words (VoiceDesign checkpoint). To keep a "
                      "designed voice for many lines, see *design_then_clone*.")
     g.save("voice_design")
 
@@ -129,7 +129,7 @@ def voice_design():
 def voice_clone():
     g = Graph()
     m = loader(g, BASE)
-    ref = g.add("LoadAudio", (0, 180), {"audio": REFERENCE}, size=(320, 200))
+    ref = g.add("LoadAudio", (0, 220), {"audio": REFERENCE}, size=(320, 200))
     # the transcript is left empty (auto: x-vector only); a placeholder here would be sent as the transcript
     voice = g.add("QwenTTSVoiceFromAudio", (370, 0), {"reference_text": "", "mode": "auto"}, size=(340, 260))
     gen = g.add("QwenTTSVoiceClone", (760, 0), {
@@ -143,7 +143,7 @@ def voice_clone():
     g.link(voice, 0, gen, "voice")
     g.link(gen, 0, save, "audio")
     g.link(voice, 0, keep, "voice")
-    g.note((0, 430), f"**Voice clone** (Base checkpoint): put a 3-10 s clip in ComfyUI's input folder "
+    g.note((0, 470), f"**Voice clone** (Base checkpoint): put a 3-10 s clip in ComfyUI's input folder "
                      f"(here `{REFERENCE}`) and type exactly what it says into `reference_text` for the "
                      "closest likeness (left empty, mode auto clones from the x-vector alone). Save Voice "
                      "keeps the voice in `models/qwen-tts-voices/` for the Load Voice node.", size=(320, 220))
@@ -154,7 +154,7 @@ def design_then_clone():
     line = "Hello, I am the narrator of this audiobook, and I will read every chapter for you."
     g = Graph()
     md = loader(g, DESIGN)
-    mb = loader(g, BASE, (0, 180))
+    mb = loader(g, BASE, (0, 220))
     design = g.add("QwenTTSVoiceDesign", (370, 0), {
         "text": line, "language": "English",
         "voice_description": "A young woman, clear and friendly voice, medium pace, neutral American accent."},
@@ -173,7 +173,7 @@ def design_then_clone():
     g.link(voice, 0, gen, "voice")
     g.link(gen, 1, save, "audio")
     g.link(voice, 0, keep, "voice")
-    g.note((0, 360), "**Design a voice once, reuse it**: the VoiceDesign model speaks one line in the "
+    g.note((0, 440), "**Design a voice once, reuse it**: the VoiceDesign model speaks one line in the "
                      "described voice; a Base model clones that clip (in-context: the clip plus its text) and "
                      "speaks every line in the same voice. `audio_list` saves one file per line. "
                      "Save Voice keeps it for later sessions (Load Voice).", size=(320, 260))
@@ -236,7 +236,7 @@ def long_text_narration():
     g.link(m, 0, spk, "model")
     g.link(spk, 0, nar, "speaker")
     g.link(nar, 0, save, "audio")
-    g.note((0, 180), "**Long text**: any length in one voice. The text is split at sentences (about "
+    g.note((0, 220), "**Long text**: any length in one voice. The text is split at sentences (about "
                      "`chunk_seconds` per piece), every piece is spoken by the same speaker, pieces that loop "
                      "or never end are cut and retried, and the report lists what happened. Numbers, dates "
                      "and units are spelled out (normalize_text).", size=(320, 260))
@@ -278,16 +278,16 @@ def subtitle_voice_over():
 def dialogue_script():
     g = Graph()
     mc = loader(g, CUSTOM)
-    md = loader(g, DESIGN, (0, 180))
-    mb = loader(g, BASE, (0, 360))
-    ref = g.add("LoadAudio", (0, 540), {"audio": REFERENCE}, size=(320, 200))
-    voice = g.add("QwenTTSVoiceFromAudio", (370, 540), {"reference_text": "", "mode": "auto"}, size=(340, 260))
+    md = loader(g, DESIGN, (0, 220))
+    mb = loader(g, BASE, (0, 440))
+    ref = g.add("LoadAudio", (0, 660), {"audio": REFERENCE}, size=(320, 200))
+    voice = g.add("QwenTTSVoiceFromAudio", (370, 600), {"reference_text": "", "mode": "auto"}, size=(340, 260))
     anna = g.add("QwenTTSSpeakerBuiltIn", (370, 0), {"speaker": "Serena", "language": "English",
                                                     "name": "Anna"}, size=(340, 250))
-    narrator = g.add("QwenTTSSpeakerDesigned", (370, 280), {
+    narrator = g.add("QwenTTSSpeakerDesigned", (370, 310), {
         "voice_description": "An old storyteller, deep and slow.", "language": "English",
         "name": "Narrator"}, size=(340, 230))
-    ben = g.add("QwenTTSSpeakerCloned", (760, 540), {"language": "English", "name": "Ben"}, size=(340, 170))
+    ben = g.add("QwenTTSSpeakerCloned", (760, 600), {"language": "English", "name": "Ben"}, size=(340, 170))
     script = ("Narrator: It was late when the phone rang.\nAnna: Hello? Who is this?\n"
               "Ben: It's me. I'm at the station.\n\nNarrator: She put on her coat and went out into the rain.")
     play = g.add("QwenTTSScript", (1150, 0), {"script": script}, size=(420, 700))
@@ -311,7 +311,7 @@ def dialogue_script():
 def train_voice():
     g = Graph()
     m = loader(g, BASE)
-    data = g.add("QwenTTSVoiceDataset", (0, 180), {"folder": comfy_env.DATASET_FOLDER, "language": "English"},
+    data = g.add("QwenTTSVoiceDataset", (0, 220), {"folder": comfy_env.DATASET_FOLDER, "language": "English"},
                  size=(320, 170))
     train = g.add("QwenTTSTrainVoice", (370, 0), {"speaker_name": "my_voice", "method": "lora", "epochs": 3,
                                                   "if_exists": "resume"}, size=(360, 480))
@@ -324,7 +324,7 @@ def train_voice():
     g.link(train, 0, speak, "model")
     g.link(train, 1, speak, "speaker_name")
     g.link(speak, 0, save, "audio")
-    g.note((0, 400), f"**Train a voice**: put your recordings in ComfyUI's input folder (here "
+    g.note((0, 440), f"**Train a voice**: put your recordings in ComfyUI's input folder (here "
                      f"`{comfy_env.DATASET_FOLDER}/`): `name.wav` + `name.txt` with what is said, 1-30 s each, "
                      "5-30 minutes in all. Train Voice turns a Base model into a CustomVoice model with your "
                      "voice as a new speaker, saved as `models/qwen-tts/my_voice` after every epoch (Cancel keeps "
