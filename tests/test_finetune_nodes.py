@@ -24,12 +24,6 @@ TRAIN = dict(speaker_name="Narrator", output_name="", method="lora", epochs=3, l
 
 
 @pytest.fixture(scope="module")
-def N():
-    comfy_env.pack()
-    return comfy_env.node_classes()
-
-
-@pytest.fixture(scope="module")
 def rt():
     """The runtime; the model folders these tests train are removed afterwards (other test modules
     list the models folder)."""

@@ -13,12 +13,6 @@ LONG = dict(seed=3, temperature=0.9, top_k=50, top_p=1.0, repetition_penalty=1.0
             chunk_seconds=6.0, normalize_text=True)
 
 
-@pytest.fixture(scope="module")
-def N():
-    comfy_env.pack()
-    return comfy_env.node_classes()
-
-
 def model(N, name):
     return loaded(N, name)[0]
 

@@ -21,16 +21,9 @@ from unittest import mock
 import pytest
 import torch
 
-import comfy_env
 from test_nodes import BASE, CUSTOM, DESIGN, loaded, ref_audio, run
 
 CHUNK_FRAMES = 6       # frame limit of a long-form chunk in these tests
-
-
-@pytest.fixture(scope="module")
-def N():
-    comfy_env.pack()
-    return comfy_env.node_classes()
 
 
 def _model(N, name):

@@ -22,17 +22,6 @@ SAMPLING = dict(one_text_per_line=False, seed=1, temperature=0.9, top_k=50, top_
                 repetition_penalty=1.05, max_seconds=0.3)
 
 
-@pytest.fixture(scope="module")
-def N():
-    comfy_env.pack()
-    return comfy_env.node_classes()
-
-
-@pytest.fixture(scope="module")
-def rt():
-    return comfy_env.pack().nodes.runtime
-
-
 def run(N, node, **inputs):
     return comfy_env.run_node(N[node], **inputs)
 
@@ -187,7 +176,7 @@ def test_every_text_node_refuses_text_without_words_alike(N, rt, text):
     for node, inputs in runs.items():
         with pytest.raises(InputError, match=message):
             run(N, node, text=text, language="Auto", **inputs, **SAMPLING)
-        with pytest.raises(InputError, match=f"Line 3 has nothing to say"):
+        with pytest.raises(InputError, match="Line 3 has nothing to say"):
             run(N, node, text=f"One.\n\n{text}\nFour.", language="Auto", **inputs,
                 **{**SAMPLING, "one_text_per_line": True})
     speaker = run(N, "QwenTTSSpeakerBuiltIn", model=no_codec_model(rt, CUSTOM), speaker="Ryan",

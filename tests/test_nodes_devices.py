@@ -12,17 +12,6 @@ SAMPLING = dict(one_text_per_line=False, seed=1, temperature=0.9, top_k=50, top_
                 repetition_penalty=1.05, max_seconds=0.3)
 
 
-@pytest.fixture(scope="module")
-def N():
-    comfy_env.pack()
-    return comfy_env.node_classes()
-
-
-@pytest.fixture(scope="module")
-def rt():
-    return comfy_env.pack().nodes.runtime
-
-
 def run(N, node, **inputs):
     return comfy_env.run_node(N[node], **inputs)
 

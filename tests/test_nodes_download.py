@@ -23,17 +23,6 @@ ALL_MODEL_ENTRIES = ["Qwen3-TTS-12Hz-1.7B-CustomVoice (download, 4.5 GB)",
 LOAD = dict(dtype="auto", device="auto")
 
 
-@pytest.fixture(scope="module")
-def N():
-    comfy_env.pack()
-    return comfy_env.node_classes()
-
-
-@pytest.fixture(scope="module")
-def rt():
-    return comfy_env.pack().nodes.runtime
-
-
 @pytest.fixture
 def root(tmp_path):
     """An empty models/qwen-tts as the only model folder."""
