@@ -8,13 +8,13 @@
 # browse` to look through them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${QWEN_TTS_VENV:-.venv}
+VENV=$(realpath -m "${QWEN_TTS_VENV:-.venv}")      # absolute: mutmut runs inside out/mutation/<module>
 PY="$VENV/bin/python"
 if [ ! -x "$PY" ]; then
     echo "tools/mutation.sh: no test venv at $VENV; run tools/test.sh once first (or set QWEN_TTS_VENV)" >&2
     exit 1
 fi
-MUTMUT_DIR=${MUTMUT_DIR:-$VENV/mutmut}
+MUTMUT_DIR=$(realpath -m "${MUTMUT_DIR:-$VENV/mutmut}")
 MUTMUT_VERSION="3.8.1"
 if ! PYTHONPATH="$MUTMUT_DIR" "$PY" -c "import mutmut, sys; sys.exit(mutmut.__version__ != '$MUTMUT_VERSION')" 2>/dev/null; then
     rm -rf "$MUTMUT_DIR"
