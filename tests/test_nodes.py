@@ -626,3 +626,15 @@ def test_loader_run_again_after_the_cache_dropped_it(N, rt, monkeypatch):
         assert torch.equal(audio["waveform"], run(N, "QwenTTSCustomVoice", model=fresh, **say)[0]["waveform"])
     finally:
         shutil.rmtree(root / name)
+
+
+def test_speak_with_cloned_voice_refuses_a_voice_of_another_model_width(N, rt):
+    """A voice made with a model of another size (its x-vector has another length) is refused
+    by the node with the voice's own message, before anything is generated."""
+    model = no_codec_model(rt, BASE)
+    width = model.tts.config.talker.hidden_size
+    voice = Voice(VoicePrompt(torch.randn(width + 8)), "base", "0b6", width + 8, "narrator")
+    with pytest.raises(VoiceFileError, match=re.escape(
+            f"The voice 'narrator' was made with a 0.6B model (x-vector of {width + 8} values) but the "
+            f"loaded model {model.tts.folder.name} is")):
+        run(N, "QwenTTSVoiceClone", model=model, voice=voice, text="Hi", language="English", **SAMPLING)
