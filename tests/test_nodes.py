@@ -73,6 +73,10 @@ def test_every_node_has_id_category_and_tooltips(N, rt):
             assert inp.tooltip and len(inp.tooltip) > 15, (s.node_id, inp.id)
         for out in s.outputs:
             assert out.tooltip, (s.node_id, out.id)
+        assert s.description and len(s.description) > 20, s.node_id       # the node's help text
+        for inp in s.inputs:                                                # what a user types at length
+            if inp.id in ("text", "voice_description", "instruction", "script", "subtitles"):
+                assert inp.multiline is True and isinstance(inp.default, str), (s.node_id, inp.id)
 
 
 def test_loader_lists_checkpoints_by_their_real_names(N):
