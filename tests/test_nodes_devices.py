@@ -142,57 +142,51 @@ def test_freeing_memory_without_moving_the_container_releases_kept_steps(N, monk
     assert len(tts.steps.steps) == 1 and torch.equal(again.codes[0], first.codes[0])
 
 
-def test_cancel_during_decoding_stops_between_chunks(N, rt, monkeypatch):
+def cancel_while_the_first_chunk_decodes(monkeypatch, decoder, run_node) -> list[int]:
+    """Runs `run_node` with Cancel pressed while the decoder's first chunk runs; checks it stops
+    with ComfyUI's interrupt (no other error behind it, the flag cleared) and returns the frame
+    counts of the chunks decoded. The decoder is restored afterwards."""
     import comfy.model_management as mm
 
+    calls, original = [], decoder.forward
+
+    def forward(frames, state=None):
+        calls.append(frames.shape[-1])
+        mm.interrupt_current_processing(True)
+        return original(frames, state)
+
+    monkeypatch.setattr(decoder, "forward", forward)
+    with pytest.raises(mm.InterruptProcessingException) as e:
+        run_node()
+    assert e.value.__context__ is None and not mm.processing_interrupted()
+    monkeypatch.setattr(decoder, "forward", original)
+    return calls
+
+
+def test_cancel_during_decoding_stops_between_chunks(N, rt, monkeypatch):
     model = run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="fp32", device="cpu")[0]
     codec_cls = type(model.tts.codec)
     monkeypatch.setattr(codec_cls, "decode_chunk_frames", lambda self, batch, device=None: 1)
     inputs = dict(model=model, text="Cancel me while decoding.", language="English", speaker="Ryan",
                   instruction="", **{**SAMPLING, "max_seconds": 0.5})
     whole, _, whole_codes = run(N, "QwenTTSCustomVoice", **inputs)    # the same prompt, not cancelled
-    decoder = model.tts.codec.decoder
-    calls = []
-    original = decoder.forward
-
-    def forward(codes, state=None):
-        calls.append(codes.shape[-1])
-        mm.interrupt_current_processing(True)                   # Cancel while the first chunk decodes
-        return original(codes, state)
-
-    monkeypatch.setattr(decoder, "forward", forward)
-    with pytest.raises(mm.InterruptProcessingException) as e:
-        run(N, "QwenTTSCustomVoice", **inputs)
+    calls = cancel_while_the_first_chunk_decodes(monkeypatch, model.tts.codec.decoder,
+                                                 lambda: run(N, "QwenTTSCustomVoice", **inputs))
     assert calls == [1]                                          # stopped before the second chunk
-    assert e.value.__context__ is None and not mm.processing_interrupted()
-    monkeypatch.setattr(decoder, "forward", original)
     audio, _, codes = run(N, "QwenTTSCustomVoice", **inputs)     # nothing left over from the Cancel
     assert torch.equal(codes.items[0], whole_codes.items[0]) and whole_codes.items[0].shape[0] > 1
     assert torch.equal(audio["waveform"], whole["waveform"])
 
 
 def test_cancel_in_decode_codes_stops_between_chunks(N, monkeypatch):
-    import comfy.model_management as mm
     from qwen_tts_core.speech_codes import SpeechCodes
 
     (tok,) = run(N, "QwenTTSSpeechTokenizerLoader", tokenizer_name=CUSTOM, dtype="fp32", device="cpu")
     monkeypatch.setattr(type(tok.tokenizer), "decode_chunk_frames", lambda self, batch, device=None: 2)
     codes = SpeechCodes([torch.randint(0, 2048, (6, 16), generator=torch.Generator().manual_seed(0))])
     whole, _ = run(N, "QwenTTSDecodeCodes", speech_tokenizer=tok, codes=codes)   # 3 chunks, not cancelled
-    decoder = tok.tokenizer.decoder
-    calls = []
-    original = decoder.forward
-
-    def forward(frames, state=None):
-        calls.append(frames.shape[-1])
-        mm.interrupt_current_processing(True)                   # Cancel while the first chunk decodes
-        return original(frames, state)
-
-    monkeypatch.setattr(decoder, "forward", forward)
-    with pytest.raises(mm.InterruptProcessingException) as e:
-        run(N, "QwenTTSDecodeCodes", speech_tokenizer=tok, codes=codes)
+    calls = cancel_while_the_first_chunk_decodes(monkeypatch, tok.tokenizer.decoder,
+                                                 lambda: run(N, "QwenTTSDecodeCodes", speech_tokenizer=tok, codes=codes))
     assert calls == [2]                                          # stopped before the second chunk
-    assert e.value.__context__ is None and not mm.processing_interrupted()
-    monkeypatch.setattr(decoder, "forward", original)
     again, _ = run(N, "QwenTTSDecodeCodes", speech_tokenizer=tok, codes=codes)
     assert torch.equal(again["waveform"], whole["waveform"]) and whole["waveform"].shape[-1] == 6 * 1920
