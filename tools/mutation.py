@@ -102,9 +102,10 @@ def prepare(name: str, source: str, tests: list[str]) -> Path:
              "also_copy =", f"    {PACK}/" if nested else "    __init__.py\n    nodes/",
              "pytest_add_cli_args_test_selection ="] + [f"    {prefix}{t}" for t in tests] + [
              "pytest_add_cli_args =\n    -p\n    no:cacheprovider",
-             # a mutant counts as a timeout after (its tests' time + 10 s) x 10 s of wall time
-             # (x 20 of CPU time): generous, as a busy machine slows the tests several times
-             "timeout_multiplier = 10.0", "timeout_constant = 10.0",
+             # mutmut stops a mutant's tests after (their usual time + 10 s) x 2 x this multiplier
+             # seconds of CPU time (not wall time: a busy machine does not cause timeouts), so a
+             # mutant that loops forever costs ~4x its tests' time, not an hour
+             "timeout_multiplier = 2.0", "timeout_constant = 10.0",
              # with node tests: each mutant in a process forked from a server that only collected
              # the tests (the node tests cache base runs and models, and share comfy_env's
              # folders, which two mutants tested side by side must not); core tests alone: forked
