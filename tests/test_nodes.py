@@ -497,8 +497,9 @@ def memory_asked(monkeypatch):
 
 
 def test_comfyui_is_told_the_memory_of_the_frame_limit_the_generation_uses(N, memory_asked):
-    """max_seconds 0: the automatic limit from the text (the same number the generation uses,
-    not a fixed 2048 frames); max_seconds set: its frames. Encoding a reference: no generation."""
+    """max_seconds 0: the automatic limit from the text and its language (the same number the
+    generation uses, not a fixed 2048 frames); max_seconds set: its frames. Encoding a reference:
+    no generation. Spanish: a language whose speech rate differs from Auto's."""
     import comfy.model_management as mm
 
     asked, limits = memory_asked
@@ -506,9 +507,11 @@ def test_comfyui_is_told_the_memory_of_the_frame_limit_the_generation_uses(N, me
     lines = "Short.\nA second line, a good deal longer than the first one, with a clause."
     for seconds in (0.0, 0.3):
         with pytest.raises(mm.InterruptProcessingException):
-            run(N, "QwenTTSCustomVoice", model=model, text=lines, language="English", speaker="Ryan",
+            run(N, "QwenTTSCustomVoice", model=model, text=lines, language="Spanish", speaker="Ryan",
                 instruction="", **{**SAMPLING, "one_text_per_line": True, "max_seconds": seconds})
-    assert limits == [(2, model.tts.auto_max_frames(lines.splitlines(), "English")), (2, 4)]
+    auto_limit = model.tts.auto_max_frames(lines.splitlines(), "Spanish")
+    assert auto_limit != model.tts.auto_max_frames(lines.splitlines(), "auto")
+    assert limits == [(2, auto_limit), (2, 4)]
     assert 40 < limits[0][1] < 2047
     assert asked == [model.memory_estimate(batch, frames) for batch, frames in limits]
     asked.clear()
