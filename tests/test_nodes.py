@@ -520,6 +520,26 @@ def test_comfyui_is_told_the_memory_of_the_frame_limit_the_generation_uses(N, me
     assert asked == [0]                                              # encoding only: no generation estimate
 
 
+def test_a_generation_loads_the_speech_tokenizer_with_the_model_and_a_voice_only_when_it_encodes(N, monkeypatch):
+    """What each node puts on the load device: a generation node the talker and the speech
+    tokenizer (it decodes); Voice from Audio the tokenizer only for an in-context voice (it encodes
+    the reference), not for an x-vector-only one. On a GPU a tokenizer left behind decodes on the
+    CPU or fails on mixed devices; here the patchers ComfyUI is asked to load are recorded."""
+    rt = comfy_env.pack().nodes.runtime
+    loads = []
+    load = rt.load_to_device
+    monkeypatch.setattr(rt, "load_to_device", lambda patchers, memory_required=0:
+                        loads.append(list(patchers)) or load(patchers, memory_required))
+    custom, base = loaded(N, CUSTOM)[0], loaded(N, BASE)[0]
+    run(N, "QwenTTSCustomVoice", model=custom, text="Hello.", language="English", speaker="Ryan",
+        instruction="", **{**SAMPLING, "max_seconds": 0.1})
+    assert loads == [[custom.patcher, custom.codec_patcher]]
+    loads.clear()
+    for mode, text in (("in-context", "Hello there."), ("x-vector only", "")):
+        run(N, "QwenTTSVoiceFromAudio", model=base, reference_audio=ref_audio(), reference_text=text, mode=mode)
+    assert loads == [[base.patcher, base.codec_patcher], [base.patcher]]
+
+
 def test_seed_and_sampling_settings(N):
     model = loaded(N, CUSTOM)[0]
 
