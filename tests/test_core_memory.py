@@ -121,7 +121,8 @@ def test_memory_estimate_at_the_released_1_7b_shape(batch):
         assert prefill_scores < rest <= batch * 64 * 2**20         # at most 64 MiB an item besides the caches
 
 
-@pytest.mark.parametrize("dtype,batch,prompt_len,cache_len", [(torch.float32, 1, 40, 256), (torch.bfloat16, 3, 200, 300)])
+@pytest.mark.parametrize("dtype,batch,prompt_len,cache_len", [(torch.float32, 1, 40, 256), (torch.bfloat16, 3, 200, 300),
+                                                               (torch.float32, 2, 1, 4096)])
 def test_step_estimate_is_the_size_of_the_step_it_sizes(dtype, batch, prompt_len, cache_len):
     """generate.step_bytes (what memory_estimate reserves for the KV caches and frame state) is,
     byte for byte, the size of the per-prompt buffers of the FrameStep it sizes (talker and code
@@ -144,5 +145,6 @@ def test_step_estimate_is_the_size_of_the_step_it_sizes(dtype, batch, prompt_len
     prefill = talker.model.forward_bytes(batch, prompt_len, dtype)
     frame = talker.model.forward_bytes(batch, 1, dtype, keys=cache_len) \
         + talker.code_predictor.model.forward_bytes(batch, 2, dtype, keys=talker.cfg.num_code_groups)
+    assert (frame > prefill) == (prompt_len == 1)        # the last case sizes the frame's transient
     assert step_bytes(talker, batch, prompt_len, cache_len, dtype) == \
         caches + state + size(step.hidden) + max(prefill, frame)
