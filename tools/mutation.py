@@ -10,6 +10,7 @@ surviving mutant (out/mutation/<name>/survivors.txt).
     bash tools/mutation.sh sampling speech_codes voice
     bash tools/mutation.sh --list
     bash tools/mutation.sh --resume generate     # continue a stopped run
+    bash tools/mutation.sh --recheck generate    # its survivors again, with the tests added since
 """
 from __future__ import annotations
 
@@ -89,12 +90,24 @@ def prepare(name: str, source: str, tests: list[str]) -> Path:
     down, into qwen_tts_pack/, where mutmut's module names (from paths) match."""
     work = OUT / name.replace("/", "-")
     shutil.rmtree(work, ignore_errors=True)
-    nested = source.startswith("nodes/")
-    tree = work / PACK if nested else work
+    copy_tree(work, source)
+    write_config(work, source, tests)
+    return work
+
+
+def tree_of(work: Path, source: str) -> Path:
+    return work / PACK if source.startswith("nodes/") else work
+
+
+def copy_tree(work: Path, source: str) -> None:
     for rel in working_tree_files():
-        target = tree / rel
+        target = tree_of(work, source) / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, target)
+
+
+def write_config(work: Path, source: str, tests: list[str]) -> None:
+    nested = source.startswith("nodes/")
     prefix = f"{PACK}/" if nested else ""
     lines = ["[mutmut]",
              f"source_paths = {prefix}{source.split('/')[0]}",
@@ -114,7 +127,6 @@ def prepare(name: str, source: str, tests: list[str]) -> Path:
              f"process_isolation = {'forkserver' if nested or any('node' in t for t in tests) else 'fork'}",
              "use_git_change_detection = false", ""]
     (work / "setup.cfg").write_text("\n".join(lines))
-    return work
 
 
 def mutmut(work: Path, *args: str, env: dict, log=None) -> subprocess.CompletedProcess:
@@ -123,10 +135,29 @@ def mutmut(work: Path, *args: str, env: dict, log=None) -> subprocess.CompletedP
                           stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def run(name: str, jobs: int, env: dict, resume: bool = False) -> dict:
+def statuses(work: Path, env: dict) -> dict[str, str]:
+    """mutant name -> mutmut's status of it (killed, survived, ...) in the run in `work`."""
+    return dict(re.findall(r"^\s+(\S+): (.+)$", mutmut(work, "results", "--all", "true", env=env).stdout, re.M))
+
+
+def run(name: str, jobs: int, env: dict, resume: bool = False, recheck: bool = False) -> dict:
     source, tests = MODULES[name]
     work = OUT / name.replace("/", "-")
-    if resume and (work / "setup.cfg").is_file():
+    rechecked = []
+    if recheck:
+        # the survivors of a finished or stopped run, tested again with the current tests: the
+        # module itself must be the one the run mutated, the rest of the tree (tests included) is
+        # brought up to date, and mutmut's map of which test calls which function is rebuilt
+        if not (work / "setup.cfg").is_file():
+            raise SystemExit(f"{name}: no run in {work} to recheck")
+        if (tree_of(work, source) / source).read_bytes() != (ROOT / source).read_bytes():
+            raise SystemExit(f"{name}: {source} changed since the run in {work}; run it afresh")
+        rechecked = sorted(k for k, v in statuses(work, env).items() if v == "survived")
+        copy_tree(work, source)
+        write_config(work, source, tests)
+        (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+        print(f"== {name}: testing the {len(rechecked)} survivors again with the current tests", flush=True)
+    elif resume and (work / "setup.cfg").is_file():
         # mutmut keeps each tested mutant's result in mutants/; it tests only the rest, in the
         # copy of the tree (and with the tests) the run was started with
         print(f"== {name}: resuming the run in {work}", flush=True)
@@ -134,11 +165,13 @@ def run(name: str, jobs: int, env: dict, resume: bool = False) -> dict:
         work = prepare(name, source, tests)
     print(f"== {name}: mutating {source}; tests: {' '.join(tests)}", flush=True)
     start = time.monotonic()
-    with open(work / "mutmut-run.log", "w") as log:
-        done = mutmut(work, "run", "--max-children", str(jobs), env=env, log=log)
+    if recheck and not rechecked:
+        done = subprocess.CompletedProcess([], 0)
+    else:
+        with open(work / ("mutmut-recheck.log" if recheck else "mutmut-run.log"), "w") as log:
+            done = mutmut(work, "run", "--max-children", str(jobs), *rechecked, env=env, log=log)
     seconds = time.monotonic() - start
-    results = mutmut(work, "results", "--all", "true", env=env).stdout
-    status = dict(re.findall(r"^\s+(\S+): (.+)$", results, re.M))
+    status = statuses(work, env)
     counts = {s: sum(1 for v in status.values() if v == s) for s in STATUSES}
     counts = {k: v for k, v in counts.items() if v}
     survivors = sorted(k for k, v in status.items() if v in ("survived", "suspicious", "no tests"))
@@ -150,6 +183,9 @@ def run(name: str, jobs: int, env: dict, resume: bool = False) -> dict:
                "counts": counts, "score": round((decided - counts.get("survived", 0)) / decided, 4) if decided else None,
                "wall_seconds": round(seconds), "jobs": jobs, "exit_code": done.returncode,
                "survivors": survivors}
+    if recheck:
+        summary["rechecked"] = {"survivors_before": len(rechecked),
+                                "killed_now": sum(1 for k in rechecked if status.get(k) != "survived")}
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     score = f"{100 * summary['score']:.1f}%" if summary["score"] is not None else "n/a"
     print(f"   {len(status)} mutants {counts}; killed {score} of the decided ones; {seconds / 60:.1f} min "
@@ -165,6 +201,9 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", "2")),
                     help="mutants tested at once (default 2, or $MUTATION_JOBS)")
     ap.add_argument("--list", action="store_true", help="list the modules and their tests")
+    ap.add_argument("--recheck", action="store_true",
+                    help="test the survivors of each module's last run again with the current tests "
+                         "(after tests were added for them); the module's code must be unchanged")
     ap.add_argument("--resume", action="store_true",
                     help="continue a stopped run of each module where it was (its copy of the tree, its "
                          "results so far) instead of starting afresh; the wall time is this part's")
@@ -182,7 +221,7 @@ def main() -> int:
     # a test that cannot run here skips and mutmut counts it as passing, which a survivor shows
     env = dict(os.environ, QWEN_TTS_TEST_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     env.pop("CI", None)
-    summaries = [run(name, args.jobs, env, args.resume) for name in names]
+    summaries = [run(name, args.jobs, env, args.resume, args.recheck) for name in names]
     (OUT / "last-run.json").write_text(json.dumps(summaries, indent=2) + "\n")
     return 0
 
