@@ -203,6 +203,7 @@ ROWS = [(case, "node", name, value, "differs") for case in ("CustomVoice", "Voic
         for name, value in GENERATION_ROWS] + [
     ("CustomVoice", "node", "language", "Auto", "differs"),
     ("CustomVoice", "node", "speaker", "Serena", "differs"),
+    ("CustomVoice", "node", "speaker_name", " Serena ", "differs"),   # a wired name (Train Voice's) wins
     ("CustomVoice", "node", "instruction", "", "differs"),
     ("VoiceDesign", "node", "language", "Auto", "differs"),
     ("VoiceDesign", "node", "voice_description", "A bright young girl.", "differs"),
