@@ -395,6 +395,9 @@ def test_a_capture_out_of_memory_is_tried_again_by_the_next_generation(fake_grap
     out_of_memory["on"] = False                                 # memory was freed meanwhile
     generate_golden_cv_batch(tts, 2)
     assert len(attempts) == 3 and FakeGraph.captures == 1       # captured once, then replayed
+    # at the first frame of the generation after the failed one: every frame since is a replay
+    frames = max(GOLDEN[f"cv_batch.codes.{i}"].shape[0] for i in range(len(requests_of("cv_batch")[1])))
+    assert FakeGraph.replays == 2 * frames
     (kept,) = tts.steps.steps.values()
     assert kept.graph is not None and kept.failed is None
 
