@@ -223,12 +223,14 @@ def test_static_and_dynamic_steps_give_the_same_sampled_codes_in_fp32():
 
 
 @pytest.mark.parametrize("graphs", [False, True])
-def test_a_generation_while_a_loop_of_its_shape_runs_gets_a_step_of_its_own(graphs, request):
+def test_a_generation_while_a_loop_of_its_shape_runs_gets_a_step_of_its_own(graphs, request, caplog):
     """A second generation of the same shape bucket, started while the first is between two
     frames (a stream being read), must not re-start the first one's kept step: it runs in a
-    fresh step, and both get their golden codes. The kept step is free again afterwards."""
+    fresh step (saying so in the log), and both get their golden codes. The kept step is free
+    again afterwards."""
     tts = request.getfixturevalue("fake_graphs") if graphs else api.QwenTTS.from_pretrained(
         MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu", speech_tokenizer=False)
+    caplog.set_level(logging.INFO, logger="qwen_tts_core")
     _, reqs = requests_of("cv_batch")
     n, others = official_max_frames("cv_batch"), []
     loop = tts.frame_loop(reqs, n, greedy(tts), GREEDY_SUB, static=True)
@@ -242,6 +244,9 @@ def test_a_generation_while_a_loop_of_its_shape_runs_gets_a_step_of_its_own(grap
     first = generate.collect(loop, interleave)
     second_state, second = others
     assert second_state is not loop.state and list(tts.steps.steps.values())[-1] is not second_state
+    assert [r.getMessage() for r in caplog.records if "still running" in r.getMessage()] == [
+        "A generation of this shape is still running (a stream not read to the end); this one runs in a "
+        "step of its own"]
     for i, codes in enumerate(first.codes):
         assert torch.equal(codes, GOLDEN[f"cv_batch.codes.{i}"]), f"first, item {i}"
     for codes, i in zip(second.codes, [2, 1, 0]):
