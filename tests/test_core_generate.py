@@ -1,7 +1,8 @@
 """The generation loop (qwen_tts_core.generate) on the fixture model with its codebook-0 logits
 steered by a hook, so that end-of-speech comes exactly where a test wants it: an item's first
 end-of-speech is where it ends (a later one changes nothing), end-of-speech is never taken before
-the second frame, and the loop stops as soon as every item has ended."""
+the second frame, and the loop stops as soon as every item has ended. Also how prompts of
+different lengths are batched (`collate`)."""
 import pytest
 import torch
 
@@ -91,3 +92,26 @@ def test_only_the_control_ids_but_end_of_speech_are_never_chosen():
     controls = set(range(c.vocab_size - 1024, c.vocab_size)) - {c.codec_eos_token_id}
     assert set(mask.nonzero().flatten().tolist()) == controls
     assert c.vocab_size - 1024 == 2048 and c.codec_eos_token_id in range(2048, c.vocab_size)
+
+
+def test_collate_left_pads_the_prompts_and_fills_the_text_tracks_with_tts_pad():
+    """A batch of prompts of different lengths: each prompt right-aligned after zero rows (its
+    pad count in `pads`), each text track at the start of its row and tts_pad after it, as long as
+    the longest track (here longer than the model width, which an index mix-up would not notice
+    with short tracks)."""
+    from qwen_tts_core.generate import collate
+    from qwen_tts_core.prompt import TalkerPrompt
+
+    d = 8
+    g = torch.Generator().manual_seed(0)
+    a = TalkerPrompt(torch.randn(3, d, generator=g), torch.randn(40, d, generator=g))
+    b = TalkerPrompt(torch.randn(5, d, generator=g), torch.randn(2, d, generator=g))
+    pad = torch.randn(1, 1, d, generator=g)
+    batch = collate([a, b], pad)
+    assert batch.pads.tolist() == [2, 0] and batch.embeds.shape == (2, 5, d)
+    assert torch.equal(batch.embeds[0, 2:], a.embeds) and not batch.embeds[0, :2].any()
+    assert torch.equal(batch.embeds[1], b.embeds)
+    assert batch.trailing.shape == (2, 40, d) and torch.equal(batch.trailing[0], a.trailing)
+    assert torch.equal(batch.trailing[1, :2], b.trailing)
+    assert torch.equal(batch.trailing[1, 2:], pad.reshape(1, d).expand(38, d))
+    assert torch.equal(batch.pad, pad.reshape(d))
