@@ -520,6 +520,36 @@ def test_overflow_stops_generation_with_a_message():
                             "a GPU that has it) and run again.")
 
 
+def test_an_overflow_in_one_codebook_of_one_item_names_that_item():
+    """The overflow check keeps what it saw within a frame: inf in one item's logits for
+    codebook 3 (code predictor head 2) on frame 1 stops generation although the later heads of
+    that frame are finite again, and names that item only."""
+    tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp16", device="cpu", speech_tokenizer=False)
+    calls = []
+
+    def overflow_on_frame_1(module, inputs, logits):
+        calls.append(1)
+        if len(calls) == 2:                       # head 2's call on frame 1 (frame 0 was the first)
+            logits = logits.clone()
+            logits[1] = float("inf")
+            return logits
+
+    tts.model.talker.code_predictor.lm_head[2].register_forward_hook(overflow_on_frame_1)
+    with pytest.raises(generate.NonFinite, match=r"for batch item\(s\) 2: float16"):
+        tts.generate_custom_voice(["One.", "Two.", "Three."], "ryan", max_frames=5, seed=1)
+
+
+def test_a_frame_loop_refuses_a_step_another_loop_holds():
+    """A step serves one loop at a time (StepBuckets hands a second generation a fresh step; a
+    loop made directly on a held step is refused, with the reason)."""
+    tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu", speech_tokenizer=False)
+    _, reqs = requests_of("cv_batch")
+    loop = tts.frame_loop(reqs, 3, greedy(tts), GREEDY_SUB, static=True)
+    with pytest.raises(RuntimeError) as e:
+        generate.FrameLoop(loop.state, loop.batch, 3, loop.generators)
+    assert str(e.value) == "This frame step is in use by another generation that has not ended."
+
+
 def test_the_step_kept_after_an_overflow_serves_the_next_generation():
     """An fp16 overflow stops a static generation with inf/NaN in its kept step's KV caches,
     and masked positions still poison attention (0 * inf = NaN): the caches are cleared, so the
