@@ -28,6 +28,13 @@ def test_static_step_sampling_matches_dynamic():
     runs = [tts.generate(reqs, max_frames=25, seed=11, static=static) for static in (False, True)]
     assert [c.shape for c in runs[0].codes] == [c.shape for c in runs[1].codes]
     assert all(torch.equal(a, b) for a, b in zip(runs[0].codes, runs[1].codes))
+    # and the two really are the two kinds of step: the dynamic one sized for this prompt, the
+    # static one for its cache bucket (kept for later prompts)
+    sampling = (Sampling(do_sample=False), Sampling(do_sample=False))
+    dynamic, static = (tts.frame_loop(reqs, 25, *sampling, static=s).state for s in (False, True))
+    prompt_len = max(len(p.embeds) for p in tts.build_prompts(reqs))
+    assert (dynamic.static, dynamic.cache_len) == (False, prompt_len + 25)
+    assert (static.static, static.cache_len) == (True, 256) and static in tts.steps.steps.values()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graph capture)")
