@@ -140,6 +140,17 @@ def statuses(work: Path, env: dict) -> dict[str, str]:
     return dict(re.findall(r"^\s+(\S+): (.+)$", mutmut(work, "results", "--all", "true", env=env).stdout, re.M))
 
 
+def judged_equivalent(name: str) -> dict[str, str]:
+    """Survivors of `name`'s run judged equivalent (no behaviour differs) or harmless (display
+    text), from tools/mutation_equivalent/<name>.txt: one `mutant name  # why` a line. Names are
+    mutmut's, valid for the module as it was mutated; a changed module needs a new list."""
+    path = ROOT / "tools" / "mutation_equivalent" / (name.replace("/", "-") + ".txt")
+    if not path.is_file():
+        return {}
+    lines = (line.split("#", 1) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#"))
+    return {parts[0].strip(): parts[1].strip() if len(parts) > 1 else "" for parts in lines}
+
+
 def run(name: str, jobs: int, env: dict, resume: bool = False, recheck: bool = False) -> dict:
     source, tests = MODULES[name]
     work = OUT / name.replace("/", "-")
@@ -152,7 +163,8 @@ def run(name: str, jobs: int, env: dict, resume: bool = False, recheck: bool = F
             raise SystemExit(f"{name}: no run in {work} to recheck")
         if (tree_of(work, source) / source).read_bytes() != (ROOT / source).read_bytes():
             raise SystemExit(f"{name}: {source} changed since the run in {work}; run it afresh")
-        rechecked = sorted(k for k, v in statuses(work, env).items() if v == "survived")
+        equivalent = judged_equivalent(name)
+        rechecked = sorted(k for k, v in statuses(work, env).items() if v == "survived" and k not in equivalent)
         copy_tree(work, source)
         write_config(work, source, tests)
         (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
@@ -186,10 +198,19 @@ def run(name: str, jobs: int, env: dict, resume: bool = False, recheck: bool = F
     if recheck:
         summary["rechecked"] = {"survivors_before": len(rechecked),
                                 "killed_now": sum(1 for k in rechecked if status.get(k) != "survived")}
+    # the score that counts: killed among the mutants that change behaviour
+    equivalent = [k for k, v in status.items() if v == "survived" and k in judged_equivalent(name)]
+    non_equivalent = decided - len(equivalent)
+    summary["judged_equivalent_or_harmless"] = len(equivalent)
+    summary["non_equivalent_killed"] = [decided - counts.get("survived", 0), non_equivalent]
+    summary["survivors_not_judged"] = sorted(k for k, v in status.items()
+                                             if v == "survived" and k not in equivalent)
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     score = f"{100 * summary['score']:.1f}%" if summary["score"] is not None else "n/a"
-    print(f"   {len(status)} mutants {counts}; killed {score} of the decided ones; {seconds / 60:.1f} min "
-          f"({jobs} jobs); survivors: {work / 'survivors.txt'}", flush=True)
+    real = f"{100 * (decided - counts.get('survived', 0)) / non_equivalent:.1f}%" if non_equivalent else "n/a"
+    print(f"   {len(status)} mutants {counts}; killed {score} of the decided ones, {real} of the "
+          f"non-equivalent ones ({len(equivalent)} survivors judged equivalent or harmless); "
+          f"{seconds / 60:.1f} min ({jobs} jobs); survivors: {work / 'survivors.txt'}", flush=True)
     if done.returncode != 0:
         print(f"   mutmut exited {done.returncode}: see {work / 'mutmut-run.log'}", flush=True)
     return summary
@@ -203,7 +224,8 @@ def main() -> int:
     ap.add_argument("--list", action="store_true", help="list the modules and their tests")
     ap.add_argument("--recheck", action="store_true",
                     help="test the survivors of each module's last run again with the current tests "
-                         "(after tests were added for them); the module's code must be unchanged")
+                         "(after tests were added for them), but those judged equivalent in "
+                         "tools/mutation_equivalent/; the module's code must be unchanged")
     ap.add_argument("--resume", action="store_true",
                     help="continue a stopped run of each module where it was (its copy of the tree, its "
                          "results so far) instead of starting afresh; the wall time is this part's")
