@@ -2,6 +2,7 @@
 the dtype rules (capability queries monkeypatched), clear errors for a missing or busy device
 and a dtype the device cannot run, per-item seeds, shape buckets kept between generations and
 the CUDA-graph bookkeeping (with a stand-in for the graph), interruptible decoding."""
+import copy
 import logging
 
 import pytest
@@ -538,6 +539,33 @@ def test_an_overflow_in_one_codebook_of_one_item_names_that_item():
     tts.model.talker.code_predictor.lm_head[2].register_forward_hook(overflow_on_frame_1)
     with pytest.raises(generate.NonFinite, match=r"for batch item\(s\) 2: float16"):
         tts.generate_custom_voice(["One.", "Two.", "Three."], "ryan", max_frames=5, seed=1)
+
+
+def test_a_frame_step_and_its_batch_are_made_on_the_device_asked_for():
+    """Every buffer of a FrameStep (KV caches, masks, noise, counters, state), a collated batch
+    and a loop's lengths are made on the model's device, never on the default one. On a CPU-only
+    machine the 'meta' device stands in for a GPU: allocation works there, so a tensor made on
+    the default device shows up as a CPU tensor."""
+    from qwen_tts_core.generate import FrameLoop, FrameStep, collate, prefill
+    from qwen_tts_core.prompt import TalkerPrompt
+    from qwen_tts_core.sampling import Sampling
+
+    talker = tiny_model("Tiny-CustomVoice", speech_tokenizer=False).model.talker
+    meta = torch.device("meta")
+    for static in (False, True):
+        step = FrameStep(talker, 2, 64, Sampling(), Sampling(), torch.float32, meta, static=static)
+        assert {name: t.device for name, t in step.buffers().items() if t.device != meta} == {}
+        assert len(step.buffers()) > 20
+    d = talker.cfg.hidden_size
+    prompts = [TalkerPrompt(torch.zeros(n, d, device=meta), torch.zeros(m, d, device=meta)) for n, m in ((3, 4), (5, 1))]
+    batch = collate(prompts, torch.zeros(d, device=meta))
+    assert [t.device for t in (batch.embeds, batch.pads, batch.trailing, batch.pad)] == [meta] * 4
+    assert FrameLoop(step, batch, 4, [None, None]).length.device == meta
+    # the prefill's positions and masks too (a talker moved to meta computes shapes only; a CPU
+    # tensor among meta ones is an error)
+    meta_talker = copy.deepcopy(talker).to(meta)
+    hidden = prefill(meta_talker, batch, meta_talker.model.new_caches(2, 16, torch.float32, meta))
+    assert hidden.device == meta and hidden.shape == (2, d)
 
 
 def test_a_frame_loop_refuses_a_step_another_loop_holds():
