@@ -62,7 +62,7 @@ MODULES = {
     "longform/subtitles": ("qwen_tts_core/longform/subtitles.py", ["tests/test_longform_tracks.py"]),
     "longform/script": ("qwen_tts_core/longform/script.py", ["tests/test_longform_tracks.py"]),
     "longform/edit": ("qwen_tts_core/longform/edit.py", ["tests/test_longform_tracks.py"]),
-    "nodes/generate": ("nodes/generate.py", [NODE_INPUTS, "tests/test_nodes.py"]),
+    "nodes/generate": ("nodes/generate.py", [NODE_INPUTS, "tests/test_nodes.py", "tests/test_nodes_devices.py"]),
     "nodes/types": ("nodes/types.py", [NODE_INPUTS, "tests/test_nodes.py"]),
     "nodes/voices": ("nodes/voices.py", [NODE_INPUTS, "tests/test_nodes.py"]),
     "nodes/longform": ("nodes/longform.py", [NODE_INPUTS, "tests/test_longform_nodes.py"]),
