@@ -84,10 +84,14 @@ def test_every_node_has_id_category_and_tooltips(N, rt):
         # choice list has its default among its options (but the lists of files on disk)
         params = inspect.signature(cls.execute).parameters
         takes_more = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        named = {n for n, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD}
+        assert named <= set(inputs), s.node_id                               # and every parameter is an input
         for inp in s.inputs:
             assert inp.id in params or takes_more, (s.node_id, inp.id)
             if isinstance(inp, io.Combo.Input) and inp.id not in ("model_name", "tokenizer_name", "voice_name"):
                 assert inp.default in inp.options, (s.node_id, inp.id)
+    for node in ("QwenTTSCustomVoice", "QwenTTSVoiceDesign", "QwenTTSVoiceClone"):   # what execute returns
+        assert [o.id for o in N[node].define_schema().outputs] == ["audio", "audio_list", "codes"], node
     # a speaker name from a wire (Train Voice's output) is an optional socket, not a text box
     (name,) = [i for i in N["QwenTTSCustomVoice"].define_schema().inputs if i.id == "speaker_name"]
     assert name.optional is True and name.force_input is True
