@@ -452,9 +452,8 @@ def collect(loop: FrameLoop, on_frame: Callable[[int, torch.Tensor], bool | None
                 break
     finally:
         running.close()   # stopped early or by an exception from on_frame: the step is free again
-    b = loop.length.shape[0]
     stopped = (loop.length >= 0).tolist()
     length = torch.where(loop.length < 0, len(frames), loop.length).tolist()
-    groups = loop.state.frame.shape[1]
-    all_codes = torch.stack(frames, dim=1).cpu() if frames else torch.zeros(b, 0, groups, dtype=torch.long)
+    # [B, T, 16]; T >= 1: max_frames >= 1 and end-of-speech is banned on frame 0
+    all_codes = torch.stack(frames, dim=1).cpu()
     return Frames([all_codes[i, :n] for i, n in enumerate(length)], stopped)
