@@ -453,3 +453,69 @@ def test_a_script_mixing_built_in_designed_and_cloned_voices():
     assert out.notes == [] and voices["Guest"].carry is not None
     noted = perform_script("Clone (angry): Hi.", voices)   # a style on a cloned voice: noted, not applied
     assert "style (angry) was not applied" in noted.notes[0]
+
+
+def test_line_reports_say_where_each_line_landed_and_what_was_cut():
+    """The numbers behind the flags, against the track itself: where the onset landed
+    (`placed_at`, on the audio's first sound), how late (`late_by` = placed_at - cue time), the
+    speech kept (`speech_seconds`: with overflow="cut", from the onset to the slot's hard end or
+    the video's end, the rest counted in `cut_seconds`), and the flag texts word for word."""
+    cues = timed_lines([(0.4, "A line far too long for its tiny slot of time, it goes on."), (2.0, "Next."),
+                        (3.5, "And a last one.")])
+    tracks = {o: voice_over(cues, ToneSpeaker(), max_speedup=1.25, overflow=o, video_seconds=end)
+              for o, end in (("shift", 6.0), ("cut", 4.2))}
+    for track in tracks.values():
+        first = track.lines[0]
+        assert first.placed_at == pytest.approx(0.4, abs=1 / SR)
+        assert sounding(track.audio)[0][0] == pytest.approx(0.4, abs=0.01)
+        assert first.slot_seconds == pytest.approx(2.0 - 0.1 - 0.4) and first.speedup == 1.25
+    # shift: the long line runs on whole, the next two start late
+    first, second, third = tracks["shift"].lines
+    assert first.cut_seconds == 0.0 and first.speech_seconds > first.slot_seconds + 0.5
+    for line, cue_time in ((second, 2.0), (third, 3.5)):
+        assert line.late_by == pytest.approx(line.placed_at - cue_time, abs=1 / SR) and line.late_by > 0.1
+    assert sounding(tracks["shift"].audio)[1][0] == pytest.approx(second.placed_at, abs=0.01)
+    assert tracks["shift"].flags == [
+        f"cue 1 at 00:00:00,400 runs {first.speech_seconds - first.slot_seconds:.2f} s past its time even at 1.25x",
+        f"cue 2 at 00:00:02,000 starts {second.late_by:.2f} s late: the line before it runs long",
+        f"cue 3 at 00:00:03,500 starts {third.late_by:.2f} s late: the line before it runs long"]
+    # cut: the long line ends at its slot's end, faded out, and what was cut adds up to the whole
+    cut_first, cut_second, cut_third = tracks["cut"].lines
+    assert cut_first.placed_at + cut_first.speech_seconds == pytest.approx(1.9, abs=1 / SR)
+    assert cut_first.cut_seconds + cut_first.speech_seconds == pytest.approx(first.speech_seconds, abs=2 / SR)
+    assert cut_second.late_by == 0.0 and cut_second.placed_at == pytest.approx(2.0, abs=1 / SR)
+    assert sounding(tracks["cut"].audio)[1][0] == pytest.approx(2.0, abs=0.01)
+    # the last line is cut at the video's end (4.2 s), faded too
+    assert cut_third.placed_at + cut_third.speech_seconds == pytest.approx(4.2, abs=1 / SR) and cut_third.cut_seconds > 0.1
+    assert tracks["cut"].flags == [
+        f"cue 1 at 00:00:00,400: {cut_first.cut_seconds:.2f} s cut off even at 1.25x; shorten the line or give it more time",
+        f"cue 3 at 00:00:03,500: {cut_third.cut_seconds:.2f} s cut off even at {cut_third.speedup:.2f}x; shorten the "
+        "line or give it more time"]
+    # with overflow="shift" too, nothing runs past the video's end: the last line is cut there
+    last = voice_over(cues, ToneSpeaker(), max_speedup=1.25, overflow="shift", video_seconds=4.6).lines[2]
+    assert last.placed_at + last.speech_seconds == pytest.approx(4.6, abs=1 / SR) and last.cut_seconds > 0.1
+    for end in (1.9, 4.2):
+        faded = tracks["cut"].audio[round(end * SR) - round(0.03 * SR): round(end * SR)]
+        assert faded[-50:].abs().max() < 0.05 * faded[:50].abs().max()    # faded out, not chopped
+
+
+def test_voice_over_setting_messages_word_for_word():
+    cues = timed_lines([(1, "a"), (2, "b")])
+    for kwargs, message in [
+            (dict(overflow="squeeze"), "overflow must be 'shift' or 'cut' (got 'squeeze')."),
+            (dict(fit_to="middle"), "fit_to must be 'next_cue' or 'cue_end' (got 'middle')."),
+            (dict(max_speedup=2.5), "max_speedup must be between 1.0 (never speed up) and 2.0 (got 2.5)."),
+            (dict(video_seconds=0), "The video duration must be a positive number of seconds (got 0)."),
+            (dict(video_seconds=2), "cue 2 starts at 00:00:02,000, after the video ends (00:00:02,000): 1 cue(s) "
+                                    "beyond the end.")]:
+        with pytest.raises(InputError) as e:
+            voice_over(cues, ToneSpeaker(), **kwargs)
+        assert str(e.value) == message
+    for bad_cues, message in [([], "No subtitle lines to speak."),
+                              (timed_lines([(1, "[Music]")]), "None of the subtitle lines has words to speak.")]:
+        with pytest.raises(InputError) as e:
+            voice_over(bad_cues, ToneSpeaker())
+        assert str(e.value) == message
+    # the edges of the allowed ranges are allowed
+    assert voice_over(cues, ToneSpeaker(), max_speedup=1.0, video_seconds=2.5).lines[0].speedup == 1.0
+    assert voice_over(cues, ToneSpeaker(), max_speedup=2.0, video_seconds=2.5).audio.numel() == round(2.5 * SR)
