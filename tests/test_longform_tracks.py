@@ -14,6 +14,7 @@ from qwen_tts_core import InputError
 from qwen_tts_core.longform import (Pauses, Speaker, VoiceSpec, WavSink, narrate, parse_script,
                                     parse_subtitles, perform_script, timed_lines, voice_over)
 from qwen_tts_core.longform.edit import speech_bounds
+from qwen_tts_core.longform.subtitles import format_time
 
 pytestmark = pytest.mark.core
 
@@ -258,6 +259,70 @@ def test_all_problems_are_listed_at_once():
         timed_lines([(1, "ok"), ("a", "b", "c", "d")])
     with pytest.raises(InputError, match="line 1: Not a time: 'soon'"):
         timed_lines([("soon", "text")])
+
+
+def test_subtitle_times_with_hours_and_the_edges_of_what_is_allowed():
+    """Hours, minutes and milliseconds both ways; a cue that starts where the previous one ends
+    and one that starts with it are fine (touching is not overlapping; equal starts are in order);
+    a byte-order mark, text before the WEBVTT header's indentation, speakers of timed-line dicts."""
+    cues = parse_subtitles("\ufeff1\n01:02:03,450 --> 01:02:05,000\nOne.\n\n"
+                           "2\n01:02:05,000 --> 01:02:06,000\nTwo.\n")
+    assert [c.start for c in cues] == [pytest.approx(3723.45), 3725.0] and [c.end for c in cues] == [3725.0, 3726.0]
+    assert [c.start for c in timed_lines([(1, "a"), (1, "b")])] == [1.0, 1.0]
+    assert format_time(3723.45) == "01:02:03,450" and format_time(-61.5) == "-00:01:01,500"
+    assert format_time(0) == "00:00:00,000" and format_time(0.5) == "00:00:00,500"
+    assert format_time(59.999) == "00:00:59,999" and format_time(3599.0) == "00:59:59,000"
+    assert format_time(3600) == "01:00:00,000" and format_time(60) == "00:01:00,000"
+    vtt = parse_subtitles("  WEBVTT\n\n00:01.000 --> 00:02.000\n<v Anna>Hi.\n")
+    assert [(c.start, c.end, c.text, c.speaker) for c in vtt] == [(1.0, 2.0, "Hi.", "Anna")]
+    lines = timed_lines([{"start": "00:00:01,000", "end": 2, "text": " Hello   there. ", "speaker": "Anna"},
+                         {"start": 3, "text": "Bye."}])
+    assert [(c.start, c.end, c.text, c.speaker) for c in lines] == [(1.0, 2.0, "Hello there.", "Anna"),
+                                                                    (3.0, None, "Bye.", None)]
+    with pytest.raises(InputError) as e:       # 10 problems: the first 8 shown
+        timed_lines([(1.0, 1.0, "ends as it starts"), (-0.5, "early"), (0.5, 0.2, "x"), (0.6, 0.8, "y"),
+                     (0.7, 0.9, "z"), (2, "a"), (3, "b"), (2.5, "c"), (4, 5, ""), (6, "d"), (5.5, "e"),
+                     (7, ""), (8, "")])
+    assert str(e.value) == (
+        "The subtitles have 10 problem(s):\n"
+        "- cue 1: ends at 00:00:01,000, not after its start 00:00:01,000\n"
+        "- cue 2: negative time -00:00:00,500\n"
+        "- cue 2 starts at -00:00:00,500, before cue 1 (00:00:01,000): cues must be in time order\n"
+        "- cue 3: ends at 00:00:00,200, not after its start 00:00:00,500\n"
+        "- cue 5 starts at 00:00:00,700 while cue 4 lasts until 00:00:00,800 (overlap 0.100 s): one voice "
+        "cannot say two lines at once; end cue 4 earlier or start cue 5 later\n"
+        "- cue 8 starts at 00:00:02,500, before cue 7 (00:00:03,000): cues must be in time order\n"
+        "- cue 9 at 00:00:04,000 has no text\n"
+        "- cue 11 starts at 00:00:05,500, before cue 10 (00:00:06,000): cues must be in time order\n"
+        "- ... and 2 more")
+    for bad, message in [([], "The subtitles have 1 problem(s):\n- no lines given"),
+                         ("text", "Timed lines must be a list of (start, text), (start, end, text) or "
+                                  "{'start', 'end', 'text', 'speaker'} items."),
+                         ([(1, 2, 3, 4), (1, 5)], "The subtitles have 2 problem(s):\n- line 1: (1, 2, 3, 4) is not "
+                          "(start, text), (start, end, text) or a dict with 'start' and 'text'\n- line 2: the "
+                          "text must be a string, got int")]:
+        with pytest.raises(InputError) as e:
+            timed_lines(bad)
+        assert str(e.value) == message
+    for bad, message in [("  ", "The subtitles are empty; paste an SRT or WebVTT file's text."),
+                         ("hello\n", "The subtitles have 1 problem(s):\n- line 1: 'hello' is not a cue: expected "
+                                     "a time line like '00:00:01,000 --> 00:00:03,500'"),
+                         ("WEBVTT\n", "The subtitles have 1 problem(s):\n- no cues found: expected blocks of a "
+                                      "number, a time line (00:00:01,000 --> 00:00:03,500) and text"),
+                         ("1\n00:00:01,000 --> 00:00:02,000\nA.\n\nB\n00:00:03,000 --> 00:00:04,000\nC.\n\n"
+                          "3\n1 --> 2\nD.\n",
+                          "The subtitles have 2 problem(s):\n- line 5: 'B' before the time line is not a cue number"
+                          "\n- line 10: cannot read the times in '1 --> 2'; write them as 00:00:01,000 --> "
+                          "00:00:03,500"),
+                         ("1\n00:00:01,000 --> 00:00:02,000\nA.\nB.\n00:00:03,000 --> 00:00:04,000\nC.\n",
+                          "The subtitles have 1 problem(s):\n- line 5: a second time line in the cue of line 2: a "
+                          "blank line is missing between two cues"),
+                         ("1\n00:00:01,000 --> 00:00:02,000\nA.\n\nB.\n\n2\n00:00:03,000 --> 00:00:04,000\nC.\n",
+                          "The subtitles have 1 problem(s):\n- line 5: 'B.' is not a cue: expected a time line like "
+                          "'00:00:01,000 --> 00:00:03,500' (or a blank line is missing between two cues)")]:
+        with pytest.raises(InputError) as e:
+            parse_subtitles(bad)
+        assert str(e.value) == message
 
 
 def test_voice_over_onsets_land_on_the_subtitle_times():

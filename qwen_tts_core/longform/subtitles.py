@@ -106,7 +106,7 @@ def parse_subtitles(text: str) -> list[Cue]:
     vtt = text.lstrip().startswith("WEBVTT")
     cues, problems = [], []
     for first, lines in _blocks(text):
-        if vtt and (lines[0].startswith("WEBVTT") or re.match(r"(NOTE|STYLE|REGION)\b", lines[0])):
+        if vtt and re.match(r"\s*(WEBVTT|NOTE|STYLE|REGION)\b", lines[0]):
             continue
         timing = next((i for i, line in enumerate(lines[:3]) if "-->" in line), None)
         if timing is None:
@@ -122,6 +122,11 @@ def parse_subtitles(text: str) -> list[Cue]:
             continue
         if timing and not vtt and not lines[0].strip().isdigit():
             problems.append(f"line {first}: {lines[0][:60]!r} before the time line is not a cue number")
+        again = next((i for i, line in enumerate(lines[timing + 1:], timing + 1) if _TIMING.match(line)), None)
+        if again is not None:           # else the next cue's number and times would be spoken as text
+            problems.append(f"line {first + again}: a second time line in the cue of line {line_no}: a "
+                            "blank line is missing between two cues")
+            continue
         body, speaker = _clean(lines[timing + 1:])
         cues.append(Cue(len(cues) + 1, _seconds(m.groups()[:5]), _seconds(m.groups()[5:]), body,
                         speaker, line_no))
