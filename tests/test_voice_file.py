@@ -403,3 +403,22 @@ def test_links_pointing_outside_the_folder_are_not_listed_and_say_why(tmp_path, 
     with pytest.raises(InputError, match="symbolic link"):                       # never written through
         save_voice(in_context_voice(base), voices, "linked", overwrite=True)
     assert load_voice(outside).prompt.ref_codes is None                          # the target is untouched
+
+
+def test_a_temporary_name_that_is_taken_is_drawn_again(tmp_path, monkeypatch):
+    """Saving writes to a fresh temporary file first: a name already there (another save at the
+    same moment) is skipped for the next draw; after 10 taken names it gives up with the folder."""
+    import secrets
+
+    from qwen_tts_core import voice
+
+    (tmp_path / ".tmp-taken.part").write_bytes(b"")
+    draws = iter(["taken", "taken", "free"])
+    monkeypatch.setattr(secrets, "token_hex", lambda n: next(draws))
+    name, mode = voice._new_file(tmp_path, ".tmp-", ".part")
+    assert name == str(tmp_path / ".tmp-free.part") and os.path.getsize(name) == 0
+    assert mode == stat.S_IMODE(os.stat(name).st_mode)
+    monkeypatch.setattr(secrets, "token_hex", lambda n: "taken")
+    with pytest.raises(FileExistsError) as e:
+        voice._new_file(tmp_path, ".tmp-", ".part")
+    assert str(e.value) == f"Could not create a temporary file in {tmp_path}."
