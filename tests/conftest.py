@@ -106,3 +106,23 @@ def rt():
     import comfy_env
 
     return comfy_env.pack().nodes.runtime
+
+
+@pytest.fixture
+def progress(rt, monkeypatch):
+    """What a node shows: (value, total) of every update of its progress bar, and the text lines
+    it shows under the node."""
+    import comfy.utils
+
+    bar, texts = [], []
+
+    class Bar:
+        def __init__(self, total):
+            pass
+
+        def update_absolute(self, value, total=None, preview=None):
+            bar.append((value, total))
+
+    monkeypatch.setattr(comfy.utils, "ProgressBar", Bar)
+    monkeypatch.setattr(rt, "show_text", texts.append)
+    return bar, texts

@@ -78,25 +78,6 @@ def test_voice_dataset_reports_clips_minutes_and_rejects(N, dataset_folder):
         run(N, "QwenTTSVoiceDataset", folder="voice_nodes", language="Auto", reference_clip="clip_00.txt")
 
 
-@pytest.fixture
-def progress(rt, monkeypatch):
-    """What the node shows: (value, total) of its progress bar and the text lines under it."""
-    import comfy.utils
-
-    bar, texts = [], []
-
-    class Bar:
-        def __init__(self, total):
-            pass
-
-        def update_absolute(self, value, total=None, preview=None):
-            bar.append((value, total))
-
-    monkeypatch.setattr(comfy.utils, "ProgressBar", Bar)
-    monkeypatch.setattr(rt, "show_text", texts.append)
-    return bar, texts
-
-
 def test_train_voice_then_speak_the_training_codes(N, rt, dataset_folder, progress):
     data, _ = run(N, "QwenTTSVoiceDataset", folder="voice_nodes", language="Auto", reference_clip="")
     (base, *_) = run(N, "QwenTTSModelLoader", model_name=BASE, dtype="fp32", device="cpu")

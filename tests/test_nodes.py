@@ -558,21 +558,10 @@ def test_a_generation_loads_the_speech_tokenizer_with_the_model_and_a_voice_only
     assert loads == [[base.patcher, base.codec_patcher], [base.patcher]]
 
 
-def test_a_generation_node_counts_frames_on_its_progress_bar(N, monkeypatch):
+def test_a_generation_node_counts_frames_on_its_progress_bar(N, progress):
     """The bar starts at 0 of the frame limit (max_seconds 0.3 -> 4 frames at 12.5 Hz) and
     moves one step a generated frame."""
-    import comfy.utils
-
-    bar = []
-
-    class Bar:
-        def __init__(self, total):
-            pass
-
-        def update_absolute(self, value, total=None, preview=None):
-            bar.append((value, total))
-
-    monkeypatch.setattr(comfy.utils, "ProgressBar", Bar)
+    bar, _ = progress
     out = run(N, "QwenTTSCustomVoice", model=loaded(N, CUSTOM)[0], text="Hello there.", language="English",
               speaker="Ryan", instruction="", **SAMPLING)
     frames = out[2].items[0].shape[0]
