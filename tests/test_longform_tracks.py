@@ -584,3 +584,31 @@ def test_voice_over_setting_messages_word_for_word():
     # the edges of the allowed ranges are allowed
     assert voice_over(cues, ToneSpeaker(), max_speedup=1.0, video_seconds=2.5).lines[0].speedup == 1.0
     assert voice_over(cues, ToneSpeaker(), max_speedup=2.0, video_seconds=2.5).audio.numel() == round(2.5 * SR)
+
+
+def test_a_script_parses_to_lines_with_their_speaker_style_and_break():
+    """Every line of a script: its speaker, text, style, line number and the break before it
+    (start, turn to another speaker, same speaker, or a new paragraph of the same speaker after a
+    blank line or a direction); a line without a name continues the line before it (Windows line
+    ends too)."""
+    from qwen_tts_core.longform.script import ScriptLine
+
+    script = ("Anna (softly): Hello Ben.\r\nI missed you.\r\n\r\nIt has been long.\r\n"
+              "Ben: Hi Anna.\r\nben: Me too.\r\n[pause]\r\nStill here.\r\nAnna: Good.")
+    assert parse_script(script, ["Anna", " Ben "]) == [
+        ScriptLine(0, "Anna", "Hello Ben. I missed you.", "softly", 1, "start"),
+        ScriptLine(1, "Anna", "It has been long.", "softly", 4, "paragraph"),
+        ScriptLine(2, " Ben ", "Hi Anna.", None, 5, "turn"),
+        ScriptLine(3, " Ben ", "Me too.", None, 6, "same"),
+        ScriptLine(4, " Ben ", "Still here.", None, 8, "paragraph"),
+        ScriptLine(5, "Anna", "Good.", None, 9, "turn")]
+    for script, speakers, message in [
+            ("  ", ["Anna"], "The script is empty; write lines like 'Anna: Hello!'."),
+            ("Anna: Hi.", [], "No voices given for the script; give each speaker a voice."),
+            ("[music]\n(door)", ["Anna"], "The script has no spoken lines, only directions."),
+            ("Hello there, how are you doing today my friend?", ["Anna"],
+             "Line 1 has no speaker: start it with a name and a colon, e.g. 'Anna: Hello there, how are you "
+             "doing'.")]:
+        with pytest.raises(InputError) as e:
+            parse_script(script, speakers)
+        assert str(e.value) == message
