@@ -612,3 +612,34 @@ def test_a_script_parses_to_lines_with_their_speaker_style_and_break():
         with pytest.raises(InputError) as e:
             parse_script(script, speakers)
         assert str(e.value) == message
+
+
+def test_fades_crossfades_trims_and_speech_bounds_by_their_numbers():
+    """The edit primitives on signals whose answer is known: a raised-cosine fade of exactly
+    in_ms / out_ms, an equal-power crossfade (a constant signal into itself peaks at sqrt 2 in the
+    middle), and a tone in silence whose speech bounds are its first and last sample (to a 10 ms
+    frame at the end), kept with 20 ms before and 80 ms after by trim."""
+    from qwen_tts_core.longform import edit
+
+    ones = torch.ones(SR)
+    faded = edit.fade(ones, in_ms=5, out_ms=20)
+    assert faded[0] == 0 and faded[-1] == 0 and faded[119] == 1 and faded[-480] == 1
+    assert 0 < faded[1] < faded[60] < faded[118] < 1 and 0 < faded[-2] < faded[-240] < faded[-479] < 1
+    assert torch.equal(faded[120:-480], ones[120:-480])
+    short = edit.fade(torch.ones(100), in_ms=5, out_ms=20)       # ramps of at most half the clip each
+    assert torch.equal(short[[0, 49, 50, 99]], torch.tensor([0., 1., 1., 0.])) and 0.45 < short[25] < 0.6
+    default = edit.fade(ones)                                      # 5 ms in, 20 ms out
+    assert default[118] < 1 == default[119] and default[-479] < 1 == default[-480]
+    mixed = edit.crossfade(torch.ones(101), torch.ones(101))
+    assert mixed[0] == 1 and mixed[-1] == pytest.approx(1) and mixed[50] == pytest.approx(math.sqrt(2))
+    assert edit.crossfade(torch.ones(101), torch.zeros(101))[[0, 50]].tolist() == pytest.approx([1, math.cos(math.pi / 4)])
+    audio = torch.cat([torch.zeros(SR // 2), 0.5 * torch.ones(SR), torch.zeros(SR // 2)])
+    first, last = edit.speech_bounds(audio)
+    assert first == SR // 2 and 3 * SR // 2 - 1 <= last < 3 * SR // 2 + SR // 100
+    blip = audio.clone()                                           # 30 ms of sound is the onset already
+    blip[SR // 4: SR // 4 + round(0.03 * SR)] = 0.5
+    assert edit.speech_bounds(blip)[0] == SR // 4
+    kept, onset = edit.trim(audio)
+    assert onset == round(0.02 * SR) and kept.numel() == (last + 1 + round(0.08 * SR)) - (first - onset)
+    silent, onset = edit.trim(torch.zeros(SR))
+    assert edit.speech_bounds(torch.zeros(SR)) is None and silent.numel() == 0 and onset == 0
