@@ -99,6 +99,15 @@ def test_windows_device_names_are_rejected(tmp_path, xvector_voice, name):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_windows_device_name_message_word_for_word(tmp_path, xvector_voice):
+    with pytest.raises(InputError) as e:
+        save_voice(xvector_voice, tmp_path, "Lpt1.wav")
+    assert str(e.value) == (
+        "Invalid voice name 'Lpt1.wav': LPT1 is a device name that Windows reserves (CON, PRN, AUX, NUL, "
+        "COM0-COM9, LPT0-LPT9, also with an extension such as 'con.txt'); such a file cannot be made or "
+        "opened there. Choose another name.")
+
+
 def test_existing_voice_is_kept_unless_overwrite(tmp_path, base, xvector_voice):
     path = save_voice(xvector_voice, tmp_path, "v")
     before = path.read_bytes()
