@@ -110,8 +110,13 @@ def prepare(name: str, source: str, tests: list[str]) -> Path:
     return work
 
 
+def nested(source: str) -> bool:
+    """Whether `source` is a node module (tested as part of the pack, one folder down)."""
+    return source.startswith("nodes/")
+
+
 def tree_of(work: Path, source: str) -> Path:
-    return work / PACK if source.startswith("nodes/") else work
+    return work / PACK if nested(source) else work
 
 
 def copy_tree(work: Path, source: str) -> None:
@@ -122,12 +127,11 @@ def copy_tree(work: Path, source: str) -> None:
 
 
 def write_config(work: Path, source: str, tests: list[str]) -> None:
-    nested = source.startswith("nodes/")
-    prefix = f"{PACK}/" if nested else ""
+    prefix = f"{PACK}/" if nested(source) else ""
     lines = ["[mutmut]",
              f"source_paths = {prefix}{source.split('/')[0]}",
              f"only_mutate = {prefix}{source}",
-             "also_copy =", f"    {PACK}/" if nested else "    __init__.py\n    nodes/",
+             "also_copy =", f"    {PACK}/" if nested(source) else "    __init__.py\n    nodes/",
              "pytest_add_cli_args_test_selection ="] + [f"    {prefix}{t}" for t in tests] + [
              "pytest_add_cli_args =\n    -p\n    no:cacheprovider",
              # mutmut stops a mutant's tests after (their usual time + 10 s) x 2 x this multiplier
@@ -139,7 +143,7 @@ def write_config(work: Path, source: str, tests: list[str]) -> None:
              # folders, which two mutants tested side by side must not); core tests alone: forked
              # from mutmut's own process after the clean run (faster: the fixture models stay
              # loaded; the mutated functions all run at test time, not at load)
-             f"process_isolation = {'forkserver' if nested or any('node' in t for t in tests) else 'fork'}",
+             f"process_isolation = {'forkserver' if nested(source) or any('node' in t for t in tests) else 'fork'}",
              "use_git_change_detection = false", ""]
     (work / "setup.cfg").write_text("\n".join(lines))
 
@@ -170,6 +174,7 @@ def run(name: str, jobs: int, env: dict, resume: bool = False, recheck: bool = F
     source, tests = MODULES[name]
     work = OUT / name.replace("/", "-")
     rechecked = []
+    equivalent = judged_equivalent(name)
     if recheck:
         # the survivors of a finished or stopped run, tested again with the current tests: the
         # module itself must be the one the run mutated, the rest of the tree (tests included) is
@@ -178,7 +183,6 @@ def run(name: str, jobs: int, env: dict, resume: bool = False, recheck: bool = F
             raise SystemExit(f"{name}: no run in {work} to recheck")
         if (tree_of(work, source) / source).read_bytes() != (ROOT / source).read_bytes():
             raise SystemExit(f"{name}: {source} changed since the run in {work}; run it afresh")
-        equivalent = judged_equivalent(name)
         rechecked = sorted(k for k, v in statuses(work, env).items() if v == "survived" and k not in equivalent)
         copy_tree(work, source)
         write_config(work, source, tests)
@@ -192,10 +196,11 @@ def run(name: str, jobs: int, env: dict, resume: bool = False, recheck: bool = F
         work = prepare(name, source, tests)
     print(f"== {name}: mutating {source}; tests: {' '.join(tests)}", flush=True)
     start = time.monotonic()
+    log_path = work / ("mutmut-recheck.log" if recheck else "mutmut-run.log")
     if recheck and not rechecked:
         done = subprocess.CompletedProcess([], 0)
     else:
-        with open(work / ("mutmut-recheck.log" if recheck else "mutmut-run.log"), "w") as log:
+        with open(log_path, "w") as log:
             done = mutmut(work, "run", "--max-children", str(jobs), *rechecked, env=env, log=log)
     seconds = time.monotonic() - start
     status = statuses(work, env)
@@ -214,9 +219,9 @@ def run(name: str, jobs: int, env: dict, resume: bool = False, recheck: bool = F
         summary["rechecked"] = {"survivors_before": len(rechecked),
                                 "killed_now": sum(1 for k in rechecked if status.get(k) != "survived")}
     # the score that counts: killed among the mutants that change behaviour
-    equivalent = [k for k, v in status.items() if v == "survived" and k in judged_equivalent(name)]
-    non_equivalent = decided - len(equivalent)
-    summary["judged_equivalent_or_harmless"] = len(equivalent)
+    judged = sum(1 for k, v in status.items() if v == "survived" and k in equivalent)
+    non_equivalent = decided - judged
+    summary["judged_equivalent_or_harmless"] = judged
     summary["non_equivalent_killed"] = [decided - counts.get("survived", 0), non_equivalent]
     summary["survivors_not_judged"] = sorted(k for k, v in status.items()
                                              if v == "survived" and k not in equivalent)
@@ -224,10 +229,10 @@ def run(name: str, jobs: int, env: dict, resume: bool = False, recheck: bool = F
     score = f"{100 * summary['score']:.1f}%" if summary["score"] is not None else "n/a"
     real = f"{100 * (decided - counts.get('survived', 0)) / non_equivalent:.1f}%" if non_equivalent else "n/a"
     print(f"   {len(status)} mutants {counts}; killed {score} of the decided ones, {real} of the "
-          f"non-equivalent ones ({len(equivalent)} survivors judged equivalent or harmless); "
+          f"non-equivalent ones ({judged} survivors judged equivalent or harmless); "
           f"{seconds / 60:.1f} min ({jobs} jobs); survivors: {work / 'survivors.txt'}", flush=True)
     if done.returncode != 0:
-        print(f"   mutmut exited {done.returncode}: see {work / 'mutmut-run.log'}", flush=True)
+        print(f"   mutmut exited {done.returncode}: see {log_path}", flush=True)
     return summary
 
 
