@@ -498,12 +498,11 @@ def test_custom_voice_single_and_batch(N):
 
 
 @pytest.fixture
-def memory_asked(monkeypatch):
+def memory_asked(rt, monkeypatch):
     """(memory_required of every load, (batch, frame limit) of every generation) as they happen;
     every generation is cancelled at its first frame (the frame limit is what counts here)."""
     import comfy.model_management as mm
 
-    rt = comfy_env.pack().nodes.runtime
     asked, limits = [], []
     load, frame_loop = rt.load_to_device, rt.QwenTTS.frame_loop
     monkeypatch.setattr(rt, "load_to_device", lambda patchers, memory_required=0:
@@ -538,12 +537,11 @@ def test_comfyui_is_told_the_memory_of_the_frame_limit_the_generation_uses(N, me
     assert asked == [0]                                              # encoding only: no generation estimate
 
 
-def test_a_generation_loads_the_speech_tokenizer_with_the_model_and_a_voice_only_when_it_encodes(N, monkeypatch):
+def test_a_generation_loads_the_speech_tokenizer_with_the_model_and_a_voice_only_when_it_encodes(N, rt, monkeypatch):
     """What each node puts on the load device: a generation node the talker and the speech
     tokenizer (it decodes); Voice from Audio the tokenizer only for an in-context voice (it encodes
     the reference), not for an x-vector-only one. On a GPU a tokenizer left behind decodes on the
     CPU or fails on mixed devices; here the patchers ComfyUI is asked to load are recorded."""
-    rt = comfy_env.pack().nodes.runtime
     loads = []
     load = rt.load_to_device
     monkeypatch.setattr(rt, "load_to_device", lambda patchers, memory_required=0:
