@@ -175,8 +175,10 @@ def test_an_item_gets_the_same_codes_alone_as_in_a_batch():
 
 
 def test_item_seeds_wrap_at_2_to_the_64():
-    gens = generate.item_generators(2 ** 64 - 1, 2, "cpu")
-    assert gens[0].initial_seed() == 2 ** 64 - 1 and gens[1].initial_seed() == 0
+    keys = generate.item_keys(2 ** 64 - 1, 2)
+    assert keys == [generate.item_keys(2 ** 64 - 1, 1)[0], generate.item_keys(0, 1)[0]]
+    assert len(set(generate.item_keys(0, 1000))) == 1000       # one key per seed
+    assert generate.item_keys(2 ** 32, 1) != generate.item_keys(0, 1)   # the high half counts
 
 
 # ----------------------------------------------------------------------------- shape buckets
@@ -560,7 +562,7 @@ def test_a_frame_step_and_its_batch_are_made_on_the_device_asked_for():
     prompts = [TalkerPrompt(torch.zeros(n, d, device=meta), torch.zeros(m, d, device=meta)) for n, m in ((3, 4), (5, 1))]
     batch = collate(prompts, torch.zeros(d, device=meta))
     assert [t.device for t in (batch.embeds, batch.pads, batch.trailing, batch.pad)] == [meta] * 4
-    assert FrameLoop(step, batch, 4, [None, None]).length.device == meta
+    assert step.length.device == meta and FrameLoop(step, batch, 4, [1, 2]).state is step
     # the prefill's positions and masks too (a talker moved to meta computes shapes only; a CPU
     # tensor among meta ones is an error)
     meta_talker = copy.deepcopy(talker).to(meta)
@@ -575,7 +577,7 @@ def test_a_frame_loop_refuses_a_step_another_loop_holds():
     _, reqs = requests_of("cv_batch")
     loop = tts.frame_loop(reqs, 3, greedy(tts), GREEDY_SUB, static=True)
     with pytest.raises(RuntimeError) as e:
-        generate.FrameLoop(loop.state, loop.batch, 3, loop.generators)
+        generate.FrameLoop(loop.state, loop.batch, 3, loop.item_keys)
     assert str(e.value) == "This frame step is in use by another generation that has not ended."
 
 
