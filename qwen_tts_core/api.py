@@ -447,6 +447,11 @@ class QwenTTS:
 
         return self.steps.get(key, weights_key(talker), make)
 
+    def graph_fallbacks(self) -> list[str]:
+        """Kept shapes whose CUDA graph capture failed, and why ("batch 2, cache 512: ...")."""
+        return [f"batch {key[0]}, cache {key[1]}: {step.failed}" for key, step in self.steps.steps.items()
+                if isinstance(step, GraphedStep) and step.failed is not None]
+
     def release_steps(self) -> None:
         """Frees the kept static steps and CUDA graphs (their KV caches); the next generation of
         each shape builds (captures) them again. ComfyUI calls this when it offloads the model."""

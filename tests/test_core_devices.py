@@ -343,6 +343,90 @@ def test_graph_captured_once_per_bucket_and_replayed_for_later_prompts(fake_grap
     assert all(torch.equal(a, b) for a, b in zip(graphed.codes, eager.codes))
 
 
+def test_a_generation_says_whether_its_frames_replayed_a_graph(fake_graphs, monkeypatch):
+    """GenerationResult.ran / replayed say what really ran (not whether graphs were asked for):
+    the first generation of a shape warms up on 2 frames and replays the rest, the next one
+    replays every frame; without graphs the eager step; a shape whose capture failed says so,
+    and why, in the result and in graph_fallbacks (the loader's info line)."""
+    tts = fake_graphs
+    _, reqs = requests_of("cv_batch")
+    options = dict(max_frames=10, sampling=greedy(tts), sub_sampling=GREEDY_SUB)
+    first, second = (tts.generate(reqs, **options) for _ in range(2))
+    frames = max(len(c) for c in first.codes)
+    assert (first.replayed, first.cuda_graph) == (frames - 2, True)
+    assert first.ran == f"CUDA graph ({frames - 2} of {frames} frames replayed)"
+    assert second.ran == f"CUDA graph ({frames} of {frames} frames replayed)"
+    eager = tts.generate(reqs, cuda_graphs=False, **options)
+    assert (eager.ran, eager.replayed, eager.cuda_graph) == ("eager step (dynamic shapes)", 0, False)
+    assert tts.generate(reqs, cuda_graphs=False, static=True, **options).ran == "eager step (static shapes)"
+    assert tts.graph_fallbacks() == []
+
+    def fail(self):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(generate.GraphedStep, "_capture", fail)
+    failed = tts.generate(reqs[:2], **options)
+    assert (failed.replayed, failed.cuda_graph) == (0, False)
+    assert failed.ran == ("eager step (CUDA graph capture failed: RuntimeError: CUDA error: operation not "
+                          "permitted when stream is capturing)")
+    assert tts.graph_fallbacks() == ["batch 2, cache 256: RuntimeError: CUDA error: operation not permitted "
+                                     "when stream is capturing"]
+
+
+def test_a_gpu_that_stops_answering_gets_a_message_that_says_what_to_do(caplog):
+    """A CUDA error in the middle of generation (a driver reset, a GPU off the bus) names the
+    device and what to do, and drops the kept steps; other errors keep their own message."""
+    tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu", speech_tokenizer=False)
+    tts.generate_custom_voice("Kept.", "ryan", max_frames=3, static=True)
+
+    def lost(index, frame):
+        raise torch.AcceleratorError("CUDA error: unspecified launch failure\nCUDA kernel errors might be ...")
+
+    with pytest.raises(DeviceError) as e:
+        tts.generate_custom_voice("Hello.", "ryan", max_frames=5, on_frame=lost)
+    assert str(e.value) == (
+        "The device cpu stopped working (CUDA error: unspecified launch failure); its driver may have reset "
+        "or the GPU may have failed. Nothing more can run on it in this process: save your work, restart "
+        "ComfyUI (check the GPU with nvidia-smi first), or choose device cpu.")
+    assert tts.steps.steps == {}
+
+    def other(index, frame):
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="^shape mismatch$"):
+        tts.generate_custom_voice("Hello.", "ryan", max_frames=5, on_frame=other)
+
+
+def test_the_device_reads_back_every_few_frames_and_runs_at_most_one_block_ahead():
+    """The loop launches `check_every` frames, then reads them back while the next block runs:
+    the frames, the end of each item and the codes are those of a loop that reads every frame,
+    and a consumer that stops (an interrupt) stops the device within 2 * check_every - 1 frames."""
+    tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu", speech_tokenizer=False)
+    _, reqs = requests_of("cv_batch")
+    n = official_max_frames("cv_batch")
+    for check_every in (1, 3, 4, 64):
+        for ahead in (True, False):
+            loop = tts.frame_loop(reqs, n, greedy(tts), GREEDY_SUB, check_every=check_every, ahead=ahead)
+            frames = generate.collect(loop)
+            assert [len(c) for c in frames.codes] == [len(GOLDEN[f"cv_batch.codes.{i}"]) for i in range(3)]
+            for i, codes in enumerate(frames.codes):
+                assert torch.equal(codes, GOLDEN[f"cv_batch.codes.{i}"]), (check_every, ahead, i)
+            longest = max(len(c) for c in frames.codes)
+            assert longest <= loop.frames_run <= min(n, longest + (2 if ahead else 1) * check_every)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_5(index, frame):
+        if index == 5:
+            raise Stop
+
+    loop = tts.frame_loop(reqs, 40, greedy(tts), GREEDY_SUB, check_every=4)
+    with pytest.raises(Stop):
+        generate.collect(loop, stop_at_5)
+    assert loop.frames_run == 12                   # frames 0-7 read back, 8-11 already launched
+
+
 def generate_golden_cv_batch(tts, times: int) -> None:
     _, reqs = requests_of("cv_batch")
     for _ in range(times):
