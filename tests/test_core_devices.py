@@ -495,6 +495,29 @@ def test_a_capture_out_of_memory_is_tried_again_by_the_next_generation(fake_grap
     assert kept.graph is not None and kept.failed is None
 
 
+def test_an_interrupt_during_capture_leaves_the_model_usable(fake_graphs, monkeypatch):
+    """An interrupt (Ctrl-C) that lands while the graph is being captured is not a capture
+    failure: it stops the generation, the step is not marked as failed, and the next
+    generation captures and gives the golden codes."""
+    tts = fake_graphs
+    real_capture, calls = generate.GraphedStep._capture, []
+
+    def interrupted_once(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real_capture(self)
+
+    monkeypatch.setattr(generate.GraphedStep, "_capture", interrupted_once)
+    _, reqs = requests_of("cv_batch")
+    with pytest.raises(KeyboardInterrupt):
+        tts.generate(reqs, max_frames=official_max_frames("cv_batch"), sampling=greedy(tts), sub_sampling=GREEDY_SUB)
+    (kept,) = tts.steps.steps.values()
+    assert kept.failed is None and kept.graph is None and not kept.state.busy
+    generate_golden_cv_batch(tts, 1)
+    assert len(calls) == 2 and kept.graph is not None and FakeGraph.captures == 1
+
+
 def test_interrupt_stops_a_graphed_generation_and_the_next_one_works(fake_graphs):
     tts = fake_graphs
     _, reqs = requests_of("cv_batch")
