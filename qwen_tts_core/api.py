@@ -18,9 +18,10 @@ from . import speech_codes
 from .checkpoint import load_into, load_text_tokenizer, weight_files
 from .config import GenerationDefaults, ModelConfig, read_json
 from .duration import FRAME_RATE, max_frames_for  # noqa: F401  (FRAME_RATE is part of the API)
-from .errors import DeviceError, InputError, ModelFolderError, OutOfMemory, UnsupportedModeError, first_line
+from .errors import (DeviceError, InputError, ModelFolderError, OutOfMemory, UnsupportedModeError, device_lost,
+                     first_line)
 from .generate import (FrameLoop, Frames, FrameStep, GraphedStep, StepBuckets, cache_bucket,
-                       collate, collect, item_generators, step_bytes, weights_key)
+                       collate, collect, item_keys, random_seed, step_bytes, weights_key)
 from .longform.languages import unsupported_script_note
 from .longform.text import check_text
 from .prompt import PromptBuilder, Request, TalkerPrompt, VoicePrompt
@@ -180,6 +181,13 @@ class GenerationResult:
     warnings: list[str] = field(default_factory=list)
     audio: list[torch.Tensor] | None = None   # per item [samples] float32 at 24 kHz
     sample_rate: int = 24000
+    ran: str = ""                             # which step ran the frames (CUDA graph or eager, and why)
+    replayed: int = 0                         # frames that replayed a CUDA graph
+
+    @property
+    def cuda_graph(self) -> bool:
+        """Whether the frames replayed a CUDA graph (not only whether graphs were asked for)."""
+        return self.replayed > 0
 
 
 class QwenTTS:
@@ -379,9 +387,10 @@ class QwenTTS:
     def frame_loop(self, requests: Sequence[Request], max_frames: int | None = None,
                    sampling: Sampling | None = None, sub_sampling: Sampling | None = None,
                    seed: int | None = None, static: bool = False,
-                   cuda_graphs: bool | None = None) -> FrameLoop:
+                   cuda_graphs: bool | None = None, check_every: int = 4, ahead: bool = True) -> FrameLoop:
         """Validates a batch and sets up its generation (an iterator of frames). Item i samples
-        from seed + i (the same codes alone as in the batch)."""
+        from seed + i (the same codes alone as in the batch); no seed: one drawn from torch's
+        global generator. `check_every`, `ahead`: see FrameLoop."""
         if not requests:
             raise InputError("Nothing to generate: no texts given.")
         default, default_sub = self.default_sampling()
@@ -407,7 +416,8 @@ class QwenTTS:
             batch = collate(prompts, tts_pad)
         step = self._frame_step(len(prompts), longest + max_frames, sampling, sub_sampling,
                                 static, self.uses_cuda_graphs(cuda_graphs))
-        return FrameLoop(step, batch, max_frames, item_generators(seed, len(prompts), self.device))
+        keys = item_keys(random_seed() if seed is None else seed, len(prompts))
+        return FrameLoop(step, batch, max_frames, keys, check_every, ahead)
 
     def auto_max_frames(self, texts: Sequence[str], language: str | Sequence[str] = "auto") -> int:
         """The frame limit a batch gets without max_frames: per text from its length and language
@@ -436,6 +446,11 @@ class QwenTTS:
             return GraphedStep(state) if graphs else state
 
         return self.steps.get(key, weights_key(talker), make)
+
+    def graph_fallbacks(self) -> list[str]:
+        """Kept shapes whose CUDA graph capture failed, and why ("batch 2, cache 512: ...")."""
+        return [f"batch {key[0]}, cache {key[1]}: {step.failed}" for key, step in self.steps.steps.items()
+                if isinstance(step, GraphedStep) and step.failed is not None]
 
     def release_steps(self) -> None:
         """Frees the kept static steps and CUDA graphs (their KV caches); the next generation of
@@ -494,7 +509,16 @@ class QwenTTS:
                 f"Out of memory on {self.device} while generating a batch of {len(requests)}. The "
                 "generation's memory was freed. Generate fewer lines at once, lower max_seconds, "
                 "or free memory (unload other models).") from None
-        result = GenerationResult(frames.codes, frames.stopped, list(warnings or []))
+        except RuntimeError as e:
+            lost = device_lost(e, self.device)
+            if lost is None:
+                raise
+            self.steps.clear()
+            raise lost from None
+        result = GenerationResult(frames.codes, frames.stopped, list(warnings or []), ran=frames.ran,
+                                  replayed=frames.replayed)
+        log.info("Generated %d clip(s), %d frames: %s", len(requests), max(len(c) for c in frames.codes),
+                 frames.ran)
         for w in result.warnings:
             log.warning(w)
         if decode:
@@ -525,7 +549,9 @@ class QwenTTS:
             raise ModelFolderError("This model was loaded without its speech tokenizer.")
         if chunk_frames < 1:
             raise InputError("chunk_frames must be >= 1.")
-        loop = self.frame_loop(requests, **options)
+        # the frames of each chunk are read back together; no read-ahead: the decoder's work on a
+        # chunk is queued right behind it, not behind the next chunk's frames (first audio sooner)
+        loop = self.frame_loop(requests, check_every=chunk_frames, ahead=False, **options)
         decoders = [self.codec.streaming_decoder(1, chunk_frames) for _ in requests]
         for d, r in zip(decoders, requests):
             if r.voice is not None and r.voice.in_context:
@@ -542,7 +568,7 @@ class QwenTTS:
                         done[i] = True
                         yield AudioChunk(i, d.flush()[0], True)
                         continue
-                    audio = d.push(frame[i, :, None][None])
+                    audio = d.push(loop.on_device(step)[i, :, None][None].clone())
                     if audio.shape[-1]:
                         yield AudioChunk(i, audio[0], False)
         finally:

@@ -47,3 +47,19 @@ class DeviceError(QwenTTSError):
 class OutOfMemory(DeviceError, torch.OutOfMemoryError):
     """Out of (GPU) memory, with what to do about it. Also a torch.OutOfMemoryError, so callers
     that free memory on out-of-memory (ComfyUI unloads its models) still do."""
+
+
+# what CUDA (and its libraries) say when the device itself stopped answering, not the model
+_DEVICE_LOST = ("CUDA error", "CUDA driver", "CUBLAS_STATUS", "CUDNN_STATUS", "cudaError",
+                "device-side assert", "NVML")
+
+
+def device_lost(error: BaseException, device) -> "DeviceError | None":
+    """A clear DeviceError for a GPU that failed during work (a driver reset, a GPU off the bus,
+    an illegal access: CUDA's own errors), else None: other errors keep their own message."""
+    if not isinstance(error, RuntimeError) or not any(m in str(error) for m in _DEVICE_LOST):
+        return None
+    return DeviceError(
+        f"The device {device} stopped working ({first_line(error)}); its driver may have reset or "
+        "the GPU may have failed. Nothing more can run on it in this process: save your work, "
+        "restart ComfyUI (check the GPU with nvidia-smi first), or choose device cpu.")

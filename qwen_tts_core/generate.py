@@ -70,41 +70,83 @@ def prefill(talker: Talker, batch: Batch, caches) -> torch.Tensor:
 class Frames:
     codes: list[torch.Tensor]  # per item [T_i, 16] int64
     stopped: list[bool]        # whether each item ended with end-of-speech (vs the frame limit)
+    ran: str = ""              # which step ran the frames (`FrameLoop.ran`)
+    replayed: int = 0          # frames that replayed a CUDA graph
 
 
-def item_generators(seed: int | None, batch: int, device) -> list[torch.Generator | None]:
-    """One random generator per batch item: item i draws from seed + i (mod 2**64), so an item
-    gets the same codes alone as at that place in a batch. None: the global generator."""
-    if seed is None:
-        return [None] * batch
-    return [torch.Generator(device=device).manual_seed((int(seed) + i) % 2 ** 64) for i in range(batch)]
+# ----------------------------------------------------------------------------- sampling noise
+# The noise of the exponential race (`sampling.choose`) is a counter-based hash, computed on
+# the device inside the step: draw d of item i is a function of (the item's seed, d, the
+# vocabulary slot) alone. No generator state, nothing from the host per frame, so a CUDA graph
+# replays it as it is; and the same seed gives the same noise on every device and batch size.
+MASK32 = 0xFFFFFFFF
+GOLDEN32 = 0x9E3779B9
 
 
-def draw_noise(noise: torch.Tensor, generators: list[torch.Generator | None]) -> None:
-    """Fills `noise` [B, ...] with Exp(1) draws in place: row i from item i's generator (seeded),
-    or the whole batch in one draw from the global generator (no seed)."""
-    if all(g is None for g in generators):
-        noise.exponential_(1.0)
-    else:
-        for row, g in zip(noise, generators):
-            row.exponential_(1.0, generator=g)
+def mul32(x, c: int):
+    """(x * c) mod 2**32 for 32-bit values held in int64 (tensors or Python ints), in two 16-bit
+    halves of c so that no product overflows int64."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & MASK32
+
+
+def mix32(x):
+    """A 32-bit integer hash (lowbias32: a bijection with full avalanche) of 32-bit values held
+    in int64 tensors or Python ints (the same numbers either way)."""
+    x = x ^ (x >> 16)
+    x = mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def item_keys(seed: int, batch: int) -> list[int]:
+    """The noise key of each batch item: item i draws from seed + i (mod 2**64), so an item gets
+    the same codes alone as at that place in a batch."""
+    keys = []
+    for i in range(batch):
+        s = (int(seed) + i) % 2 ** 64
+        keys.append(mix32(mix32((s >> 32) ^ GOLDEN32) ^ (s & MASK32)))
+    return keys
+
+
+def random_seed() -> int:
+    """A seed for an unseeded generation, from torch's global generator (torch.manual_seed
+    repeats it)."""
+    return int(torch.randint(0, 2 ** 62, (1,)).item())
+
+
+def slot_keys(n: int, device) -> torch.Tensor:
+    """[n] int64: a distinct 32-bit key per vocabulary slot of a frame's noise row."""
+    return mix32(mul32(torch.arange(n, device=device), GOLDEN32))
+
+
+def exponential_noise(keys: torch.Tensor, draw: torch.Tensor, slots: torch.Tensor, out: torch.Tensor) -> None:
+    """Writes Exp(1) noise [B, N] into `out`: row i from item key keys[i], draw number `draw`
+    (0-d int64 tensor) and slots [N]. Uniforms of 24 bits, as torch's own float32 draws."""
+    frame = mix32(keys ^ mix32(draw & MASK32))                               # [B]
+    bits = mix32(frame[:, None] ^ slots[None])                               # [B, N]
+    uniform = ((bits >> 8).float() + 0.5) * 2.0 ** -24                       # (0, 1)
+    torch.neg(torch.log(uniform), out=out)
 
 
 def step_bytes(talker: Talker, batch: int, prompt_len: int, cache_len: int, dtype: torch.dtype) -> int:
     """Device memory of a FrameStep for `batch` prompts of up to `prompt_len` positions in a
     cache of `cache_len` positions: the talker's and code predictor's KV caches and the frame
-    state (noise in fp32, masks, hidden states), held throughout, plus the larger of two
-    transients that are never live at once: the prefill's activations (over the prompt, not
-    the cache) and one frame's (one position attending over the whole cache)."""
+    state (noise in fp32 and its slot keys, masks, hidden states, the text track and the codes
+    of every frame), held throughout, plus the larger of two transients that are never live at
+    once: the prefill's activations (over the prompt, not the cache) and one frame's (one
+    position attending over the whole cache, and the noise hash's int64 temporaries)."""
     c = talker.cfg
     groups = c.num_code_groups
     caches = talker.model.cache_bytes(batch, cache_len, dtype) \
         + talker.code_predictor.model.cache_bytes(batch, groups, dtype)
-    noise = ((groups - 1) * c.code_predictor.vocab_size + c.vocab_size) * 4
-    state = batch * (noise + c.vocab_size + cache_len + 3 * c.hidden_size * dtype.itemsize)
+    slots = (groups - 1) * c.code_predictor.vocab_size + c.vocab_size
+    per_item = (slots * 4 + c.vocab_size + cache_len + 3 * c.hidden_size * dtype.itemsize
+                + (cache_len + 1) * c.hidden_size * dtype.itemsize + cache_len * groups * 8)
+    state = slots * 8 + batch * per_item
     prefill = talker.model.forward_bytes(batch, prompt_len, dtype)
     frame = talker.model.forward_bytes(batch, 1, dtype, keys=cache_len) \
-        + talker.code_predictor.model.forward_bytes(batch, 2, dtype, keys=groups)
+        + talker.code_predictor.model.forward_bytes(batch, 2, dtype, keys=groups) + 2 * batch * slots * 8
     return caches + state + max(prefill, frame)
 
 
@@ -120,18 +162,23 @@ def cache_bucket(length: int, limit: int) -> int:
 
 class FrameStep:
     """Generation state and the work of one frame: the code predictor fills codebooks 1..15 of
-    the current frame, the frame is fed back through the talker, and codebook 0 of the next
-    frame is chosen.
+    the current frame, the frame is stored and fed back through the talker with its text-track
+    entry, codebook 0 of the next frame is chosen and each item's end of speech noted.
+
+    Everything a frame needs is on the device: the noise is hashed from the items' keys and the
+    frame counter (`exponential_noise`), the text-track entry and the codes' place are indexed by
+    that counter. The host only launches the step; it reads `codes`, `length` (frames before
+    each item's end-of-speech, -1 until chosen) and `finite` back every few frames (FrameLoop).
 
     `static=False` attends over the filled part of the cache (least work; shapes change every
     frame). `static=True` keeps every shape fixed and every index a tensor, attending over the
-    whole preallocated cache under a mask: no host sync and nothing shape-dependent inside the
-    step, so it can be captured once as a CUDA graph and replayed per frame, and the same step
-    (buffers, caches, graph) serves every later prompt of its batch size and cache bucket:
-    `start` copies a prompt's prefill into the buffers, never replacing one. In float32 both give
-    the same codes; in bf16/fp16 their attention sums over differently sized key ranges and
-    rounds differently, so greedy codes agree for a while and may then part (README, Exactness).
-    Sampling noise is drawn per frame into one buffer, outside the step (`draw_noise`).
+    whole preallocated cache under a mask: no host sync, no host data and nothing
+    shape-dependent inside the step, so it can be captured once as a CUDA graph and replayed per
+    frame, and the same step (buffers, caches, graph) serves every later prompt of its batch size
+    and cache bucket: `start` copies a prompt's prefill into the buffers, never replacing one. In
+    float32 both give the same codes; in bf16/fp16 their attention sums over differently sized
+    key ranges and rounds differently, so greedy codes agree for a while and may then part
+    (README, Exactness).
     """
 
     def __init__(self, talker: Talker, batch: int, cache_len: int, sampling: Sampling,
@@ -139,12 +186,12 @@ class FrameStep:
         cfg = talker.cfg
         self.talker, self.static, self.cache_len = talker, static, cache_len
         self.sampling, self.sub_sampling = sampling, sub_sampling
+        self.sampled = sampling.do_sample or sub_sampling.do_sample
         self.caches = talker.model.new_caches(batch, cache_len, dtype, device)
         self.sub_caches = talker.code_predictor.model.new_caches(batch, cfg.num_code_groups, dtype, device)
         self.suppress = suppressed_ids(cfg).to(device)
         self.eos = cfg.codec_eos_token_id
-        self.rows = torch.arange(batch, device=device)
-        self.keys = torch.arange(cache_len, device=device)
+        self.key_positions = torch.arange(cache_len, device=device)
         # per-prompt state, in buffers a captured graph keeps reading (filled by `start`)
         self.valid_keys = torch.zeros(batch, cache_len, dtype=torch.bool, device=device)   # [B, S]
         self.seen = torch.zeros(batch, cfg.vocab_size, dtype=torch.bool, device=device)
@@ -155,14 +202,17 @@ class FrameStep:
         self.noise_row = torch.ones(batch, groups * sub_vocab + cfg.vocab_size, device=device)
         self.sub_noise = [self.noise_row[:, g * sub_vocab:(g + 1) * sub_vocab] for g in range(groups)]
         self.noise = self.noise_row[:, groups * sub_vocab:]                        # [B, V]
+        self.slots = slot_keys(self.noise_row.shape[1], device)                    # [N]
+        self.item_keys = torch.zeros(batch, dtype=torch.long, device=device)       # [B]
         self.frame_index = torch.zeros((), dtype=torch.long, device=device)
         self.write_at = torch.zeros((), dtype=torch.long, device=device)
         self.positions = torch.zeros(batch, 1, dtype=torch.long, device=device)    # [B, 1]
-        self.frame = torch.zeros(batch, cfg.num_code_groups, dtype=torch.long, device=device)
         self.hidden = torch.zeros(batch, cfg.hidden_size, dtype=dtype, device=device)
         self.code0 = torch.zeros(batch, dtype=torch.long, device=device)
-        self.text = torch.zeros(batch, 1, cfg.hidden_size, dtype=dtype, device=device)  # [B, 1, D]
-        self.batch: Batch | None = None
+        # the text track, an entry per frame (tts_pad after its end); the codes of every frame
+        self.trailing = torch.zeros(batch, cache_len + 1, cfg.hidden_size, dtype=dtype, device=device)
+        self.codes = torch.zeros(batch, cache_len, cfg.num_code_groups, dtype=torch.long, device=device)
+        self.length = torch.full((batch,), -1, dtype=torch.long, device=device)   # [B]
         self.prompt_len = 0
         self.user: weakref.ref | None = None   # the FrameLoop this step serves (set by it)
 
@@ -172,42 +222,40 @@ class FrameStep:
         (or the loop is dropped unstarted)."""
         return self.user is not None and self.user() is not None
 
-    def start(self, batch: Batch, generators: list) -> None:
-        """Prefills a prompt batch into the caches and the state buffers; draws the first
-        talker noise and chooses codebook 0 of the first frame."""
-        self.batch, self.prompt_len = batch, batch.embeds.shape[1]
-        self.valid_keys.copy_(self.keys[None] >= batch.pads[:, None])
+    def start(self, batch: Batch, item_keys: torch.Tensor) -> None:
+        """Prefills a prompt batch into the caches and the state buffers (`item_keys` [B]: the
+        items' noise keys); chooses codebook 0 of the first frame."""
+        self.prompt_len = batch.embeds.shape[1]
+        self.valid_keys.copy_(self.key_positions[None] >= batch.pads[:, None])
         self.seen.zero_()
         self.finite.fill_(True)
+        self.length.fill_(-1)
         self.frame_index.zero_()
         self.write_at.fill_(self.prompt_len)
         self.positions.copy_((self.prompt_len - batch.pads)[:, None])
+        self.item_keys.copy_(item_keys)
+        n = min(batch.trailing.shape[1], self.trailing.shape[1])   # entries past the frame limit are never read
+        self.trailing[:, :n].copy_(batch.trailing[:, :n])
+        self.trailing[:, n:].copy_(batch.pad)
         self.hidden.copy_(prefill(self.talker, batch, self.caches))
-        if self.sampling.do_sample:
-            draw_noise(self.noise, generators)
-        self.code0.copy_(self.choose_code0(self.hidden, torch.tensor(True, device=self.hidden.device)))
+        if self.sampling.do_sample:     # draw 0: the talker's, for codebook 0 of frame 0
+            exponential_noise(self.item_keys, self.frame_index, self.slots[-self.noise.shape[1]:], self.noise)
+        self.code0.copy_(self.choose_code0(self.hidden, self.frame_index))
 
-    def prepare(self, t: int, generators: list) -> None:
-        """Host-side inputs of frame t, before the step: the noise (per item: 15 code-predictor
-        draws, then the talker draw; see `draw_noise`) and the frame's text-track entry."""
-        if self.sampling.do_sample or self.sub_sampling.do_sample:
-            draw_noise(self.noise_row, generators)
-        trailing = self.batch.trailing
-        self.text.copy_((trailing[:, t] if t < trailing.shape[1] else self.batch.pad.expand_as(self.text[:, 0]))[:, None])
-
-    def choose_code0(self, hidden: torch.Tensor, early) -> torch.Tensor:
-        """codebook 0 from the talker hidden state [B, D]; `early` bans end-of-speech."""
+    def choose_code0(self, hidden: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+        """codebook 0 of frame number `frame` (0-d tensor) from the talker hidden state [B, D];
+        end-of-speech is banned before MIN_FRAMES."""
         logits = self.check_finite(self.talker.codec_head(hidden).float())
         logits = penalize_repeats(logits, self.seen, self.sampling.repetition_penalty)
-        logits[:, self.eos] = torch.where(early, float("-inf"), logits[:, self.eos])
+        logits[:, self.eos].masked_fill_(frame < MIN_FRAMES, float("-inf"))
         code = choose(logits.masked_fill(self.suppress, float("-inf")), self.sampling, noise=self.noise)
-        self.seen[self.rows, code] = True
+        self.seen.scatter_(1, code[:, None], True)
         return code
 
     def check_finite(self, logits: torch.Tensor) -> torch.Tensor:
         """In fp16, notes rows whose logits [B, V] overflowed (inf/NaN: fp16's range, 65504, is
-        too narrow for these weights); the loop reports it at its per-frame sync instead of
-        emitting garbage. bf16 and fp32 share fp32's range: no check, no cost."""
+        too narrow for these weights); the loop reports it when it reads the step's state back
+        instead of emitting garbage. bf16 and fp32 share fp32's range: no check, no cost."""
         if self.guard:
             self.finite &= torch.isfinite(logits).all(dim=-1)
         return logits
@@ -216,23 +264,29 @@ class FrameStep:
         return choose(self.check_finite(logits), self.sub_sampling, noise=self.sub_noise[group])
 
     def step(self, t: int | None = None) -> None:
-        """One frame. Reads hidden/code0/text, writes frame; then hidden/code0 of the next
-        frame. `t` (the host's frame index) is read by the dynamic step only."""
-        talker = self.talker
+        """Frame number `frame_index`: reads hidden/code0, writes its codes; then hidden/code0 of
+        the next frame. `t` (the host's frame index) is read by the dynamic step only."""
+        talker, frame_no = self.talker, self.frame_index
+        if self.sampled:   # draw frame_no + 1: the code predictor's for this frame, the talker's for the next
+            exponential_noise(self.item_keys, frame_no + 1, self.slots, self.noise_row)
         rest = talker.code_predictor.predict(self.hidden, talker.embed_codes(self.code0),
                                              self.choose_sub, self.sub_caches)
         frame = torch.cat([self.code0[:, None], rest], dim=1)                      # [B, 16]
-        self.frame.copy_(frame)
+        self.codes.index_copy_(1, frame_no[None], frame[:, None])
         if self.static:
             start, end = self.write_at, self.cache_len
-            mask = self.valid_keys & (self.keys[None] <= self.write_at)
+            mask = self.valid_keys & (self.key_positions[None] <= self.write_at)
         else:
             start, end = self.prompt_len + t, self.prompt_len + t + 1
             mask = self.valid_keys[:, :end]
-        x = talker.embed_frame(frame)[:, None] + self.text                        # [B, 1, D]
+        text = self.trailing.index_select(1, frame_no[None])                       # [B, 1, D]
+        x = talker.embed_frame(frame)[:, None] + text                             # [B, 1, D]
         hidden = talker.model(x, self.positions, mask[:, None, None], self.caches, start, end)[:, -1]
+        code0 = self.choose_code0(hidden, frame_no + 1)
+        ended = (code0 == self.eos) & (self.length < 0)
         # in place: a captured graph reads and writes the same buffers on every replay
-        self.code0.copy_(self.choose_code0(hidden, self.frame_index + 1 < MIN_FRAMES))
+        self.length.copy_(torch.where(ended, frame_no + 1, self.length))
+        self.code0.copy_(code0)
         self.hidden.copy_(hidden)
         self.positions += 1
         self.write_at += 1
@@ -269,6 +323,7 @@ class GraphedStep:
         self.state, self.warmup, self.graph = state, warmup, None
         self.failed: str | None = None     # why capture failed (the step runs eager meanwhile)
         self.retry = False                 # capture again at the next generation (it ran out of memory)
+        self.replays = 0                   # frames run by replaying the graph, in all
         self.stream = self._side_stream()
 
     def __call__(self, t: int | None = None) -> None:
@@ -276,6 +331,7 @@ class GraphedStep:
             self.failed, self.retry = None, False
         if self.graph is not None:
             self.graph.replay()
+            self.replays += 1
         elif self.failed is not None:
             self.state.step()
         elif self.warmup > 0:
@@ -289,6 +345,13 @@ class GraphedStep:
                 self.state.step()
                 return
             self.graph.replay()  # capture records the step without running it
+            self.replays += 1
+
+    def describe(self) -> str:
+        """What runs this shape's frames now."""
+        if self.failed is not None:
+            return f"eager step (CUDA graph capture failed: {self.failed})"
+        return "CUDA graph" if self.graph is not None else "eager step (CUDA graph not captured yet)"
 
     def _give_up(self, error: Exception) -> None:
         oom = isinstance(error, torch.OutOfMemoryError)
@@ -376,32 +439,90 @@ class NonFinite(DeviceError):
             "the model with dtype fp32 (or bf16 on a GPU that has it) and run again.")
 
 
+def describe_step(step: FrameStep | GraphedStep) -> str:
+    if isinstance(step, GraphedStep):
+        return step.describe()
+    return "eager step (static shapes)" if step.static else "eager step (dynamic shapes)"
+
+
+@dataclass
+class Block:
+    """Frames t0..t1-1 of a loop, on their way to the host: their codes [B, t1 - t0, 16] and the
+    step's flags (each item's `length`, then `finite`), copied without waiting into pinned memory
+    on CUDA (`done` is recorded after the copies), plainly elsewhere."""
+    t0: int
+    t1: int
+    codes: torch.Tensor
+    flags: torch.Tensor
+    done: object = None
+
+    @classmethod
+    def read(cls, state: FrameStep, t0: int, t1: int) -> "Block":
+        codes, flags = state.codes[:, t0:t1], torch.cat([state.length, state.finite.long()])
+        if codes.device.type != "cuda":
+            return cls(t0, t1, codes.cpu().clone(), flags.cpu())
+        host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in (codes, flags)]
+        for dst, src in zip(host, (codes, flags)):
+            dst.copy_(src, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return cls(t0, t1, *host, done)
+
+    def wait(self) -> tuple[list[int], list[bool]]:
+        """(length per item, finite per item), once the copies are done."""
+        if self.done is not None:
+            self.done.synchronize()
+        flags = self.flags.tolist()
+        b = len(flags) // 2
+        return flags[:b], [bool(f) for f in flags[b:]]
+
+
 class FrameLoop:
-    """Iterates (index, frame [B, 16]) as generation goes. `length[i]` becomes the number of
-    frames before item i's end-of-speech once it is chosen (-1 until then), and `ended` is its
-    host copy taken before each frame (the per-frame sync); iteration ends when every item has
-    ended or after `max_frames`. `step` runs one frame: a FrameStep (dynamic or static) or a
-    GraphedStep around a static one; `generators` are the items' random generators.
+    """Iterates (index, frame [B, 16] on the host) as generation goes. The step runs
+    `check_every` frames at a time on the device without waiting; the host then reads that
+    block's codes and flags back (one wait per block) while, with `ahead`, the device already
+    runs the next block. `ended[i]` is, for the frame last yielded (at index t), item i's number
+    of frames if its end-of-speech came at or before t, else -1; iteration ends when every item
+    has ended or after `max_frames`. So the frames and `ended` are exactly those of a loop that
+    waits after every frame; the device computes at most 2 * check_every - 1 frames past the end
+    (or past a consumer that stops: an interrupt takes effect within that many frames).
+
+    `step` runs one frame: a FrameStep (dynamic or static) or a GraphedStep around a static one;
+    `item_keys` are the items' noise keys (`item_keys()`).
 
     A loop runs once. It holds its step from here until its iteration ends, fails or is closed
     (or the loop is dropped unstarted): a kept step is never re-started under a running loop."""
 
     def __init__(self, step: FrameStep | GraphedStep, batch: Batch, max_frames: int,
-                 generators: list):
+                 item_keys: list[int], check_every: int = 4, ahead: bool = True):
+        self.step = step
         self.run_step = step if isinstance(step, GraphedStep) else step.step
         self.state = state_of(step)
         if self.state.busy:
             raise RuntimeError("This frame step is in use by another generation that has not ended.")
         self.state.user = weakref.ref(self)
-        self.batch, self.generators, self.max_frames = batch, generators, max_frames
-        b = batch.embeds.shape[0]
-        self.length = torch.full((b,), -1, dtype=torch.long, device=batch.embeds.device)
-        self.ended: list[int] = [-1] * b
+        self.batch, self.item_keys, self.max_frames = batch, item_keys, max_frames
+        self.check_every, self.ahead = max(1, int(check_every)), ahead
+        self.ended: list[int] = [-1] * len(item_keys)
+        self.frames_run = 0      # frames the device computed (those past the end included)
+        self.replayed = 0        # of them, replays of a CUDA graph
 
     def release(self) -> None:
         """Hands the step back (a kept step can then serve the next generation)."""
         if self.state.user is not None and self.state.user() is self:
             self.state.user = None
+
+    @property
+    def ran(self) -> str:
+        """Which step ran the frames, as a log or the bench says it."""
+        if self.replayed:
+            return f"CUDA graph ({self.replayed} of {self.frames_run} frames replayed)"
+        return describe_step(self.step)
+
+    def on_device(self, index: int) -> torch.Tensor:
+        """Frame `index` [B, 16] where the step keeps it (valid until this loop's step is
+        started again)."""
+        return self.state.codes[:, index]
 
     def __iter__(self):
         state = self.state
@@ -418,23 +539,33 @@ class FrameLoop:
             finally:
                 self.release()
 
+    def _launch(self, state: FrameStep) -> Block:
+        t0 = self.frames_run
+        t1 = min(t0 + self.check_every, self.max_frames)
+        replays = getattr(self.step, "replays", 0)
+        for t in range(t0, t1):
+            self.run_step(t)
+        self.replayed += getattr(self.step, "replays", 0) - replays
+        self.frames_run = t1
+        return Block.read(state, t0, t1)
+
     def _frames(self, state: FrameStep):
-        state.start(self.batch, self.generators)
-        b = self.length.shape[0]
-        for step in range(self.max_frames):
-            self.length = torch.where((state.code0 == state.eos) & (self.length < 0), step, self.length)
-            if state.guard:   # the one sync per frame: end of speech (and overflow in fp16)
-                host = torch.cat([self.length, state.finite.long()]).tolist()
-                if not all(host[b:]):
-                    raise NonFinite([i for i, ok in enumerate(host[b:]) if not ok], state.hidden.dtype)
-                self.ended = host[:b]
-            else:
-                self.ended = self.length.tolist()
-            if all(n >= 0 for n in self.ended):
-                return
-            state.prepare(step, self.generators)
-            self.run_step(step)
-            yield step, state.frame.clone()
+        state.start(self.batch, torch.tensor(self.item_keys, device=state.item_keys.device))
+        pending = [self._launch(state)]
+        while pending:
+            if self.ahead and self.frames_run < self.max_frames:
+                pending.append(self._launch(state))     # the device runs on while the host reads
+            block = pending.pop(0)
+            length, finite = block.wait()
+            if not all(finite):
+                raise NonFinite([i for i, ok in enumerate(finite) if not ok], state.hidden.dtype)
+            for t in range(block.t0, block.t1):
+                self.ended = [n if 0 <= n <= t else -1 for n in length]
+                if all(n >= 0 for n in self.ended):
+                    return
+                yield t, block.codes[:, t - block.t0]
+            if not pending and self.frames_run < self.max_frames:
+                pending.append(self._launch(state))
 
 
 def collect(loop: FrameLoop, on_frame: Callable[[int, torch.Tensor], bool | None] | None = None) -> Frames:
@@ -452,8 +583,8 @@ def collect(loop: FrameLoop, on_frame: Callable[[int, torch.Tensor], bool | None
                 break
     finally:
         running.close()   # stopped early or by an exception from on_frame: the step is free again
-    stopped = (loop.length >= 0).tolist()
-    length = torch.where(loop.length < 0, len(frames), loop.length).tolist()
     # [B, T, 16]; T >= 1: max_frames >= 1 and end-of-speech is banned on frame 0
-    all_codes = torch.stack(frames, dim=1).cpu()
-    return Frames([all_codes[i, :n] for i, n in enumerate(length)], stopped)
+    all_codes = torch.stack(frames, dim=1)
+    length = [n if n >= 0 else len(frames) for n in loop.ended]
+    return Frames([all_codes[i, :n] for i, n in enumerate(length)], [n >= 0 for n in loop.ended],
+                  loop.ran, loop.replayed)

@@ -50,7 +50,7 @@ def filter_logits(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
         sorted_logits, order = torch.sort(logits, descending=False)
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         drop = cumulative <= (1 - s.top_p)
-        drop[:, -1] = False  # always keep the most likely id
+        drop[:, -1].fill_(False)  # always keep the most likely id (fill_: no tensor from a Python value)
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     return logits
 

