@@ -50,6 +50,20 @@ def voice_roots() -> list[Path]:
     return [Path(p) for p in folder_paths.get_folder_paths(VOICES)]
 
 
+def input_roots() -> list[Path]:
+    """The folders a prompt may read files from (qwen_tts_core.paths): ComfyUI's input folder."""
+    return [Path(folder_paths.get_input_directory())]
+
+
+def speech_codes_cache() -> Path:
+    """Where Train Voice caches the speech codes of its clips (keyed by the clip's bytes and the
+    tokenizer): ComfyUI's user folder, in a system folder (user/__qwen_tts) that its HTTP API
+    neither lists, serves nor writes, unlike input/ and temp/, where anyone may upload a file."""
+    system_folder = getattr(folder_paths, "get_system_user_directory", None)   # not in 0.3.64
+    user = Path(system_folder("qwen_tts")) if system_folder else Path(folder_paths.get_user_directory()) / "__qwen_tts"
+    return user / "speech_codes"
+
+
 def list_model_folders(kind: str = "any") -> list[str]:
     """Folder names under models/qwen-tts that hold a config.json (one level, or two for
     `org/name` layouts). kind "model": TTS checkpoints only; "any": also the standalone speech
