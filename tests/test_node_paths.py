@@ -12,7 +12,7 @@ import pytest
 import comfy_env
 from conftest import AUDIO
 from qwen_tts_core.audio import read_wav, write_wav
-from qwen_tts_core.errors import OutsideInputError
+from qwen_tts_core.errors import InputError, OutsideInputError
 from qwen_tts_core.finetune import dataset as dataset_module
 from qwen_tts_core.paths import ALLOW_ANY_PATH, outside_message
 from test_paths import DOTS, POSIX_OUT, WINDOWS_OUT
@@ -173,10 +173,14 @@ def test_allow_any_path_reads_datasets_anywhere(N, input_dir, tmp_path, monkeypa
     refused(N, input_dir, str(elsewhere))
 
 
-def test_train_voice_caches_codes_in_the_user_folder_and_writes_nothing_into_input(N, rt, input_dir, made):
+TRAIN = dict(output_name="", method="lora", epochs=1, learning_rate=1e-3, batch_size=1, gradient_accumulation=1,
+             gradient_checkpointing=False, optimizer="adamw", lora_rank=4, if_exists="stop", training_seed=0)
+
+
+def test_train_voice_writes_only_its_model_folder_and_the_code_cache(N, rt, input_dir, made):
     """A .jsonl dataset with relative paths trains as before; the speech codes go to
     user/__qwen_tts/speech_codes (not reachable over ComfyUI's HTTP API), the model to
-    models/qwen-tts/<name>/; input/ is left exactly as it was."""
+    models/qwen-tts/<name>/; nothing else in ComfyUI's folders changes, input/ least of all."""
     import folder_paths
 
     folder = made("train_paths")
@@ -184,23 +188,36 @@ def test_train_voice_caches_codes_in_the_user_folder_and_writes_nothing_into_inp
     (folder / "train.jsonl").write_text(json.dumps({"audio": "wavs/one.wav", "text": TEXT}))
     cache = Path(folder_paths.get_user_directory()) / "__qwen_tts" / "speech_codes"
     assert rt.speech_codes_cache() == cache
-    shutil.rmtree(cache, ignore_errors=True)
+    shutil.rmtree(cache.parent, ignore_errors=True)
 
-    def snapshot():
-        return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in input_dir.rglob("*")}
+    def snapshot():         # everything in ComfyUI's folders (models, input, output, temp, user)
+        return {p: (p.lstat().st_size, p.lstat().st_mtime_ns) for p in input_dir.parent.rglob("*")}
 
     before = snapshot()
     data, _ = dataset(N, "train_paths/train.jsonl")
     (base, *_) = run(N, "QwenTTSModelLoader", model_name="Qwen3-TTS-12Hz-1.7B-Base", dtype="fp32", device="cpu")
     out = rt.model_roots()[0] / "PathsVoice"
     try:
-        _, speaker, report = run(N, "QwenTTSTrainVoice", model=base, dataset=data, speaker_name="PathsVoice",
-                                 output_name="", method="lora", epochs=1, learning_rate=1e-3, batch_size=1,
-                                 gradient_accumulation=1, gradient_checkpointing=False, optimizer="adamw",
-                                 lora_rank=4, if_exists="stop", training_seed=0)
+        _, speaker, report = run(N, "QwenTTSTrainVoice", model=base, dataset=data, speaker_name="PathsVoice", **TRAIN)
         assert speaker == "pathsvoice" and report.startswith(f"{out}: speaker 'pathsvoice', 1 epochs, 1 steps")
-        assert (out / "config.json").is_file()
+        after = snapshot()
+        changed = {p for p in after if before.get(p) != after[p]} | (set(before) - set(after))
+        assert (out / "config.json") in changed and (out / "training" / "state.json") in changed
+        assert {p for p in changed if out not in p.parents and cache not in p.parents and p != out} \
+            == {cache, cache.parent, cache.parent.parent, out.parent}      # new folders, and the folders they are in
+        assert len(list(cache.glob("*.safetensors"))) == 1
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    assert snapshot() == before
-    assert len(list(cache.glob("*.safetensors"))) == 1
+
+
+def test_train_voice_refuses_folder_names_windows_cannot_have(N, input_dir, made):
+    write_clip(made("names_ds"), "one")
+    data, _ = dataset(N, "names_ds")
+    (base, *_) = run(N, "QwenTTSModelLoader", model_name="Qwen3-TTS-12Hz-1.7B-Base", dtype="fp32", device="cpu")
+    for speaker, output, message in (("voice", "CON", "Invalid output folder name 'CON': CON is a device name"),
+                                     ("voice", "nul.txt", "NUL is a device name that Windows reserves"),
+                                     ("aux", "", "Invalid speaker name 'aux': AUX is a device name"),
+                                     ("voice", "voice.", "cannot end with a dot"),
+                                     ("voice", "..\\x", "cannot contain")):
+        with pytest.raises(InputError, match=message):
+            run(N, "QwenTTSTrainVoice", model=base, dataset=data, speaker_name=speaker, **{**TRAIN, "output_name": output})
