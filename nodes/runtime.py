@@ -25,6 +25,7 @@ from qwen_tts_core.api import QwenTTS, auto_dtype, bf16_emulated, decoder_dtype,
 from qwen_tts_core.api import choose_dtype as core_choose_dtype
 from qwen_tts_core.duration import FRAME_RATE
 from qwen_tts_core.errors import InputError, ModelFolderError
+from qwen_tts_core.paths import leads_out_by_name
 from qwen_tts_core.voice import list_voices, voice_path
 
 log = logging.getLogger("qwen_tts_nodes")
@@ -144,8 +145,9 @@ def find_model_folder(name: str, what: str = "model") -> Path:
     roots = model_roots()
     if not isinstance(name, str) or not name.strip():
         name = ""
-    parts = Path(name).parts
-    if name and (Path(name).is_absolute() or ".." in parts or any(p.startswith(".") for p in parts)):
+    # the lexical half of the path policy (qwen_tts_core.paths); links in the models folders are the
+    # owner's choice (checkpoints on another disk) and are followed
+    if name and (leads_out_by_name(name) or any(p.startswith(".") and p != "." for p in re.split(r"[\\/]", name))):
         raise InputError(f"Invalid {what} folder name {name!r}; pick a folder under models/{MODELS}/.")
     for root in roots:
         folder = root / name

@@ -221,3 +221,14 @@ def test_train_voice_refuses_folder_names_windows_cannot_have(N, input_dir, made
                                      ("voice", "..\\x", "cannot contain")):
         with pytest.raises(InputError, match=message):
             run(N, "QwenTTSTrainVoice", model=base, dataset=data, speaker_name=speaker, **{**TRAIN, "output_name": output})
+
+
+@pytest.mark.parametrize("name", ["C:foo", "C:\\models\\x", "\\\\server\\share\\x", "\\\\?\\C:\\x", "..\\..\\x",
+                                  "a\\..\\..\\x", "~/models/x", "file:///models/x", "x\x00", "/etc", ".hidden/x"])
+@pytest.mark.parametrize("loader, field", [("QwenTTSModelLoader", "model_name"),
+                                           ("QwenTTSSpeechTokenizerLoader", "tokenizer_name")])
+def test_loaders_take_only_names_inside_the_models_folder(N, loader, field, name):
+    """A loader's value is a folder name under models/qwen-tts/ (links the owner put there are
+    followed); any other value, Windows forms included, is refused before the disk is asked."""
+    with pytest.raises(InputError, match="folder name .*; pick a folder under models/qwen-tts/"):
+        run(N, loader, **{field: name, "dtype": "auto", "device": "cpu"})
