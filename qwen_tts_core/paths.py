@@ -34,7 +34,7 @@ Roots = Sequence["str | os.PathLike[str]"]
 
 
 def any_path_allowed() -> bool:
-    return os.environ.get(ALLOW_ANY_PATH, "").strip().lower() in ("1", "true", "yes", "on")
+    return os.environ.get(ALLOW_ANY_PATH) == "1"          # exactly 1: a switch this wide is never set by accident
 
 
 def outside_message(what: str, roots: Roots, relative_to: str = "it (my_dataset for input/my_dataset)") -> str:
@@ -90,7 +90,7 @@ def resolve(name: str | os.PathLike, roots: Roots | None, *, base: str | os.Path
     start = Path(base) if base is not None else Path(roots[0]) if roots else None
     if roots is None or any_path_allowed():
         path = Path(text).expanduser()
-        return path if path.is_absolute() or start is None else start / path
+        return path if start is None else start / path              # an absolute path replaces start
     if leads_out_by_name(text):
         raise OutsideInputError(outside_message(what, roots, *([relative_to] if relative_to else [])))
     return confine(start / text, roots, what, relative_to)

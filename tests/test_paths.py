@@ -31,7 +31,7 @@ WINDOWS_OUT = ["C:\\Windows", "C:/Windows", "c:\\", "C:", "C:foo", "C:..\\x", "\
 # Windows drops trailing dots and spaces from a name, so these may stand for "..": refused too
 DOTS = ["...", ".. ", ". .", "a\\... \\b", "a/.. /b"]
 INSIDE = ["my_dataset", "my_dataset/", "my dataset", "sub/clips", "sub\\clips", "./my_dataset", "a/./b",
-          "clip.wav", ".hidden", "a..b", "...wav", "x~", "data~1", "C", "Cfoo"]
+          "clip.wav", ".hidden", "a..b", "...wav", "x~", "data~1", "C", "Cfoo", "X", "take 2/XX"]
 
 
 @pytest.fixture
@@ -140,11 +140,38 @@ def test_several_roots_and_a_base_folder(tree, tmp_path):
     assert resolve("x.wav", [root], base=root / "my_dataset") == root / "my_dataset" / "x.wav"
     with pytest.raises(OutsideInputError, match="relative to the dataset folder"):
         resolve("../../outside", [root], base=root / "my_dataset", relative_to="the dataset folder")
-    with pytest.raises(OutsideInputError):
+    with pytest.raises(OutsideInputError) as e:
         resolve("ds", [])                                            # no allowed folder: nothing
+    assert str(e.value) == outside_message("the path", [])
     assert confine(root / "my_dataset", [root], "x") == root / "my_dataset"
     with pytest.raises(OutsideInputError):
         confine(outside, [root], "x")
+
+
+def test_the_message_word_for_word(tree, tmp_path):
+    root, _ = tree
+    assert outside_message("the dataset folder", [root, tmp_path / "input2"]) == (
+        f"The dataset folder must lie inside ComfyUI's input folder ({root} or {tmp_path / 'input2'}), named by a "
+        "path relative to it (my_dataset for input/my_dataset). Absolute paths, '..', '~', drive letters, network "
+        "paths, URLs and links that lead out of it are refused, because on a shared server a prompt may come from "
+        "anyone. On a computer only you use, start ComfyUI with QWEN_TTS_ALLOW_ANY_PATH=1 to read from anywhere.")
+    assert outside_message("the audio of a.jsonl line 2", [], "the .jsonl file's folder").startswith(
+        "The audio of a.jsonl line 2 must lie inside ComfyUI's input folder ((none registered)), named by a path "
+        "relative to the .jsonl file's folder. ")
+
+
+def test_a_root_on_another_drive_does_not_hide_the_next_one(tree, monkeypatch):
+    """Windows: os.path.commonpath raises for paths on two drives; the next root is still asked."""
+    root, outside = tree
+    commonpath = os.path.commonpath
+
+    def two_drives(paths):
+        if str(outside) in paths[0]:
+            raise ValueError("Paths don't have the same drive")
+        return commonpath(paths)
+
+    monkeypatch.setattr(os.path, "commonpath", two_drives)
+    assert is_inside(root / "my_dataset", [outside, root]) and not is_inside(root / "my_dataset", [outside])
 
 
 def test_any_path_with_the_variable_or_without_roots(tree, monkeypatch):
@@ -158,7 +185,7 @@ def test_any_path_with_the_variable_or_without_roots(tree, monkeypatch):
         assert resolve("my_dataset", roots, base=root) == root / "my_dataset"      # still relative to input/
         assert confine(outside, roots, "x") == outside
     assert resolve("my_dataset", [root]) == root / "my_dataset"
-    for off in ("0", "", "no"):
+    for off in ("0", "", "no", "true", " 1"):
         monkeypatch.setenv(ALLOW_ANY_PATH, off)
         with pytest.raises(OutsideInputError):
             resolve(str(outside), [root])
