@@ -25,6 +25,7 @@ from qwen_tts_core.api import QwenTTS, auto_dtype, bf16_emulated, decoder_dtype,
 from qwen_tts_core.api import choose_dtype as core_choose_dtype
 from qwen_tts_core.duration import FRAME_RATE
 from qwen_tts_core.errors import InputError, ModelFolderError
+from qwen_tts_core.paths import leads_out_by_name
 from qwen_tts_core.voice import list_voices, voice_path
 
 log = logging.getLogger("qwen_tts_nodes")
@@ -48,6 +49,20 @@ def model_roots() -> list[Path]:
 
 def voice_roots() -> list[Path]:
     return [Path(p) for p in folder_paths.get_folder_paths(VOICES)]
+
+
+def input_roots() -> list[Path]:
+    """The folders a prompt may read files from (qwen_tts_core.paths): ComfyUI's input folder."""
+    return [Path(folder_paths.get_input_directory())]
+
+
+def speech_codes_cache() -> Path:
+    """Where Train Voice caches the speech codes of its clips (keyed by the clip's bytes and the
+    tokenizer): ComfyUI's user folder, in a system folder (user/__qwen_tts) that its HTTP API
+    neither lists, serves nor writes, unlike input/ and temp/, where anyone may upload a file."""
+    system_folder = getattr(folder_paths, "get_system_user_directory", None)   # not in 0.3.64
+    user = Path(system_folder("qwen_tts")) if system_folder else Path(folder_paths.get_user_directory()) / "__qwen_tts"
+    return user / "speech_codes"
 
 
 def list_model_folders(kind: str = "any") -> list[str]:
@@ -130,8 +145,9 @@ def find_model_folder(name: str, what: str = "model") -> Path:
     roots = model_roots()
     if not isinstance(name, str) or not name.strip():
         name = ""
-    parts = Path(name).parts
-    if name and (Path(name).is_absolute() or ".." in parts or any(p.startswith(".") for p in parts)):
+    # the lexical half of the path policy (qwen_tts_core.paths); links in the models folders are the
+    # owner's choice (checkpoints on another disk) and are followed
+    if name and (leads_out_by_name(name) or any(p.startswith(".") and p != "." for p in re.split(r"[\\/]", name))):
         raise InputError(f"Invalid {what} folder name {name!r}; pick a folder under models/{MODELS}/.")
     for root in roots:
         folder = root / name

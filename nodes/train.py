@@ -6,7 +6,6 @@ import hashlib
 import logging
 from pathlib import Path
 
-import folder_paths
 from comfy_api.latest import io
 from qwen_tts_core.errors import InputError
 from qwen_tts_core.finetune import (TrainConfig, VoiceDataset, codec_fingerprint, encode, preflight,
@@ -14,6 +13,7 @@ from qwen_tts_core.finetune import (TrainConfig, VoiceDataset, codec_fingerprint
 from qwen_tts_core.finetune.checkpoint import check_name
 from qwen_tts_core.finetune.dataset import AUDIO_EXTENSIONS
 from qwen_tts_core.finetune.trainer import IF_EXISTS, METHODS, OPTIMIZERS, memory_needed
+from qwen_tts_core.paths import resolve
 
 from . import runtime
 from .types import CATEGORY, LANGUAGES, Model, model_input
@@ -24,17 +24,12 @@ Dataset = io.Custom("QWEN_TTS_DATASET")      # qwen_tts_core.finetune.VoiceDatas
 
 
 def dataset_path(folder: str) -> Path:
-    """A folder (or .jsonl) under ComfyUI's input/ folder, or an absolute path."""
+    """A folder (or .jsonl) inside ComfyUI's input/ folder, named relative to it (any path with
+    QWEN_TTS_ALLOW_ANY_PATH=1): the pack's path policy, qwen_tts_core.paths."""
     if not isinstance(folder, str) or not folder.strip():
-        raise InputError("Type the dataset folder: a folder name under ComfyUI's input/ folder, or an "
-                         "absolute path.")
-    path = Path(folder.strip()).expanduser()
-    if path.is_absolute():
-        return path
-    if ".." in path.parts:
-        raise InputError(f"Invalid dataset folder {folder!r}: '..' is not allowed; use a folder under "
-                         "input/ or an absolute path.")
-    return Path(folder_paths.get_input_directory()) / path
+        raise InputError("Type the dataset folder: a folder name inside ComfyUI's input/ folder, e.g. "
+                         "my_dataset for input/my_dataset.")
+    return resolve(folder.strip(), runtime.input_roots(), what="the dataset folder")
 
 
 class QwenTTSVoiceDataset(io.ComfyNode):
@@ -49,15 +44,16 @@ class QwenTTSVoiceDataset(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 io.String.Input("folder", default="my_voice_dataset",
-                                tooltip="A folder under ComfyUI's input/ folder (or an absolute path) with "
+                                tooltip="A folder inside ComfyUI's input/ folder (my_dataset for "
+                                        "input/my_dataset; other paths only with QWEN_TTS_ALLOW_ANY_PATH=1) with "
                                         "name.wav + name.txt pairs (the .txt holds what is said), an "
                                         "LJSpeech-style metadata.csv, or a .jsonl file in the official "
                                         "recipe's format. 1-30 s per clip; 5-30 minutes in all works well."),
                 io.Combo.Input("language", options=LANGUAGES, default="Auto",
                                tooltip="Language of the recordings (a .jsonl may set it per clip)."),
                 io.String.Input("reference_clip", default="",
-                                tooltip="The clip whose voice embedding becomes the speaker (a path inside "
-                                        "the dataset folder, or absolute). Empty: the longest clip."),
+                                tooltip="The clip whose voice embedding becomes the speaker (a path "
+                                        "relative to the dataset folder). Empty: the longest clip."),
             ],
             outputs=[Dataset.Output("dataset", display_name="dataset", tooltip="The checked clips, for Train Voice."),
                      io.String.Output("report", display_name="report",
@@ -81,18 +77,16 @@ class QwenTTSVoiceDataset(io.ComfyNode):
 
     @classmethod
     def execute(cls, folder, language, reference_clip) -> io.NodeOutput:
+        roots = runtime.input_roots()
         root = dataset_path(folder)
         ref = None
         if reference_clip and reference_clip.strip():
-            ref = Path(reference_clip.strip()).expanduser()
-            if not ref.is_absolute():
-                if ".." in ref.parts:
-                    raise InputError(f"Invalid reference clip {reference_clip!r}: '..' is not allowed.")
-                ref = (root if root.is_dir() else root.parent) / ref
+            ref = resolve(reference_clip.strip(), roots, base=root if root.is_dir() else root.parent,
+                          what="the reference clip", relative_to="the dataset folder")
             if ref.suffix.lower() not in AUDIO_EXTENSIONS:
                 raise InputError(f"The reference clip {reference_clip!r} is not an audio file "
                                  f"({', '.join(AUDIO_EXTENSIONS)}).")
-        data = scan(root, language.lower(), ref)
+        data = scan(root, language.lower(), ref, roots)
         report = data.report()
         log.info("Qwen3-TTS voice dataset: %s", report)
         return io.NodeOutput(data, report, ui={"text": [report]})
@@ -174,7 +168,7 @@ class QwenTTSTrainVoice(io.ComfyNode):
         preflight(base, out, cfg, if_exists)
         progress = runtime.StepProgress()
         codec = model.tokenizer().ready()
-        items = encode(dataset, codec, codec_fingerprint(base), on_clip=lambda i, n: (
+        items = encode(dataset, codec, codec_fingerprint(base), runtime.speech_codes_cache(), on_clip=lambda i, n: (
             progress.should_stop(), progress.update(i, n, f"speech codes {i}/{n}")))
         device = model.patcher.load_device
         _, estimate = memory_needed(base, items, cfg, device)

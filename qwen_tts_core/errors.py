@@ -22,6 +22,10 @@ class InputError(QwenTTSError, ValueError):
     """Bad text, audio, codes, speaker, language or setting."""
 
 
+class OutsideInputError(InputError):
+    """A path in a prompt that leads outside the folders a prompt may read (qwen_tts_core.paths)."""
+
+
 class UnsupportedModeError(QwenTTSError):
     """The loaded model cannot do what was asked (e.g. voice design on a Base model)."""
 

@@ -125,8 +125,10 @@ def pack(workdir: Path | None = None):
     folder_paths.folder_names_and_paths["qwen-tts"] = ([str(models / "qwen-tts")], set())
     folder_paths.folder_names_and_paths["qwen-tts-voices"] = ([str(models / "qwen-tts-voices")], {".safetensors"})
     folder_paths.set_input_directory(str(make_input_dir(base / "input")))
-    (base / "output").mkdir(exist_ok=True)
-    folder_paths.set_output_directory(str(base / "output"))
+    for name, set_directory in (("output", folder_paths.set_output_directory), ("temp", folder_paths.set_temp_directory),
+                                ("user", folder_paths.set_user_directory)):
+        (base / name).mkdir(exist_ok=True)
+        set_directory(str(base / name))
     spec = importlib.util.spec_from_file_location("qwen_tts_pack", ROOT / "__init__.py",
                                                   submodule_search_locations=[str(ROOT)])
     module = importlib.util.module_from_spec(spec)

@@ -378,3 +378,72 @@ def test_loaders_run_again_when_the_cache_dropped_their_models(tmp_path):
         assert digests["custom_a"] == digests["custom_b"] and digests["narration_a"] == digests["narration_b"]
         assert digests["custom_a"] != digests["narration_a"]
         assert server.alive()
+
+
+def _files_under(folder: str, suffix: str = ".txt") -> set[str]:
+    """Relative paths and names of the files under `folder` that end with `suffix` (what Voice
+    Dataset used to list when it was pointed at a folder outside input/)."""
+    names = set()
+    for top, _, files in os.walk(folder, onerror=lambda e: None):
+        for name in files:
+            if name.endswith(suffix):
+                names |= {name, os.path.relpath(os.path.join(top, name), folder)}
+    return names
+
+
+def test_a_prompt_cannot_read_outside_input(tmp_path, monkeypatch):
+    """Issue 20: Voice Dataset pointed at /etc, at a folder outside input/ (present or missing), at a
+    link in input/ leading there, and a .jsonl in input/ or a reference clip naming a file there:
+    each prompt fails with the one refusal, and neither the server's answers (/prompt, the whole
+    /history) nor its log name any file from outside."""
+    from qwen_tts_core.paths import ALLOW_ANY_PATH
+
+    monkeypatch.delenv(ALLOW_ANY_PATH, raising=False)          # the server inherits this environment
+    outside = tmp_path / "place_outside"
+    wav, rate = read_wav(comfy_env.FIXTURE_AUDIO / "ref_en.wav")
+    (outside / "SECRET_sub").mkdir(parents=True)
+    write_wav(outside / "SECRET_clip.wav", wav[:, : 2 * rate], rate)
+    write_wav(outside / "SECRET_voice.wav", wav[:, : 2 * rate], rate)
+    (outside / "SECRET_clip.txt").write_text("The quick brown fox.")
+    (outside / "SECRET_sub" / "SECRET_rgb.txt").write_text("The quick brown fox.")
+    with _server(tmp_path) as (e2e, server, base):
+        inputs = comfy_env.make_input_dir(base / "input")
+        (inputs / "linked").symlink_to(outside)
+        (inputs / "recipe").mkdir()
+        (inputs / "recipe" / "train.jsonl").write_text(json.dumps({"audio": str(outside / "SECRET_voice.wav"),
+                                                                   "text": "The quick brown fox."}))
+        cases = {"etc": ("/etc", ""), "outside": (str(outside), ""), "missing": (str(outside / "nowhere"), ""),
+                 "link": ("linked", ""), "link_deeper": ("linked/SECRET_sub", ""),
+                 "jsonl": ("recipe/train.jsonl", ""),
+                 "reference": (comfy_env.DATASET_FOLDER, str(outside / "SECRET_clip.wav"))}
+        answers, messages = [], {}
+        for case, (folder, reference) in cases.items():
+            prompt = {"1": {"class_type": "QwenTTSVoiceDataset",
+                            "inputs": {"folder": folder, "language": "Auto", "reference_clip": reference}}}
+            st, body = e2e.http_json(server.url, "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
+            assert st == 200, body
+            answers.append(body)
+            entry = _finished(e2e, server, body["prompt_id"])
+            assert entry["status"]["status_str"] == "error", (case, entry["status"])
+            error = next(d for kind, d in entry["status"]["messages"] if kind == "execution_error")
+            assert error["node_type"] == "QwenTTSVoiceDataset" and error["exception_type"].endswith("OutsideInputError")
+            messages[case] = error["exception_message"]
+        rule = f"must lie inside ComfyUI's input folder ({base / 'input'})"
+        assert messages["etc"].startswith(f"The dataset folder {rule}, named by a path relative to it")
+        assert {messages[c] for c in ("etc", "outside", "missing", "link", "link_deeper")} == {messages["etc"]}
+        assert messages["jsonl"].startswith(f"The audio of train.jsonl line 1 {rule}")
+        assert messages["reference"].startswith(f"The reference clip {rule}")
+        assert all(f"{ALLOW_ANY_PATH}=1" in m for m in messages.values())
+        st, history = e2e.http_json(server.url, "/history")
+        assert st == 200 and len(history) == len(cases)
+        said = json.dumps([answers, history]) + server.log_text()
+        # every file name from outside, but the one the reference case typed (the prompt is kept in /history)
+        names = _files_under("/etc") | {n for n in _files_under("/etc", "") if "/" in n} \
+            | _files_under(str(outside), "") - {"SECRET_clip.wav"}
+        assert "SECRET_sub/SECRET_rgb.txt" in names and "SECRET_voice.wav" in names
+        leaked = {name for name in names if name in said}
+        assert not leaked
+        assert "SECRET_clip.wav" not in said.replace(str(outside / "SECRET_clip.wav"), "")
+        print(f"refused {len(cases)} prompts alike; {len(names)} names from outside checked; "
+              f"the refusal: {messages['etc']}")
+        assert server.alive()

@@ -53,6 +53,7 @@ MODULES = {
         "tests/test_parity.py::test_prompt_ids_and_embeddings", "tests/test_parity.py::test_greedy_codes_identical",
         "tests/test_core_inputs.py", "tests/test_longform_synthesis.py", "tests/test_prompt_safety.py",
         "tests/test_core_devices.py::test_half_precision_first_step_logits_and_no_overflow"]),
+    "paths": ("qwen_tts_core/paths.py", ["tests/test_paths.py"]),
     "longform/track": ("qwen_tts_core/longform/track.py", [
         "tests/test_longform_tracks.py", "tests/test_longform_codec.py"]),
     "longform/synthesis": ("qwen_tts_core/longform/synthesis.py", [

@@ -31,6 +31,7 @@ import torch
 from ..checkpoint import WEIGHTS_FILE, WEIGHTS_INDEX
 from ..config import read_json
 from ..errors import InputError, ModelFolderError, QwenTTSError
+from ..voice import WINDOWS_RESERVED
 
 STATE_DIR = "training"
 STATE_FORMAT, STATE_VERSION = "qwen-tts-finetune-state", 1
@@ -40,7 +41,8 @@ _NAME = re.compile(r"^[^\W_][\w\-.]*$")
 
 def check_name(name: str, what: str = "speaker name") -> str:
     """A speaker or folder name: letters, digits, '_', '-' and '.' (no spaces or path characters,
-    no leading dot or '..')."""
+    no leading or trailing dot, no '..', no device name that Windows reserves: the name may
+    become a folder under models/qwen-tts/)."""
     if not isinstance(name, str) or not name.strip():
         raise InputError(f"The {what} is empty; type a name such as 'my_voice'.")
     name = name.strip()
@@ -50,6 +52,12 @@ def check_name(name: str, what: str = "speaker name") -> str:
     if len(name) > MAX_NAME or not _NAME.match(name):
         raise InputError(f"Invalid {what} {name!r}: use at most {MAX_NAME} letters, digits, '_', '-' and "
                          "'.', starting with a letter or digit (no spaces).")
+    if name.endswith("."):
+        raise InputError(f"Invalid {what} {name!r}: it cannot end with a dot (Windows drops it).")
+    if name.split(".")[0].lower() in WINDOWS_RESERVED:
+        raise InputError(f"Invalid {what} {name!r}: {name.split('.')[0].upper()} is a device name that Windows "
+                         "reserves (CON, PRN, AUX, NUL, COM0-COM9, LPT0-LPT9, also with an extension); no "
+                         "folder can have it there. Choose another name.")
     return name
 
 

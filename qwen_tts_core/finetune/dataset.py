@@ -13,7 +13,9 @@ Three layouts are read:
     items = encode(data, tts.codec, codec_fingerprint(tts.folder))   # codes, cached
 
 Clips that cannot be used are skipped and listed with the reason; only a dataset with no usable
-clip at all is an error.
+clip at all is an error. `scan(..., roots=[input_dir])` (the ComfyUI nodes) also refuses any file
+the dataset leads to outside those folders (qwen_tts_core.paths): a linked clip, a metadata.csv id
+or a .jsonl path that points out stops the scan before anything there is read.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from .. import speech_codes
 from ..duration import expected_seconds
 from ..errors import InputError
 from ..longform.text import check_text
+from ..paths import Roots, confine, resolve
 from .checkpoint import fingerprint
 from .objective import Item
 
@@ -157,6 +160,16 @@ def _visible(path: Path, root: Path) -> bool:
     return not any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
+def _check_links(root: Path, roots: Roots | None) -> None:
+    """Every link in a dataset folder must lead inside `roots`, whether or not its target exists
+    (so a refusal says nothing about what is outside) and whether or not the scan would read it."""
+    if roots is None:
+        return
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink() and _visible(path, root):
+            confine(path, roots, f"what {path.relative_to(root).as_posix()} links to", "the dataset folder")
+
+
 def _folder_pairs(root: Path, language: str) -> tuple[list[Clip], list[Rejected]]:
     audio = {p.with_suffix(""): p for p in sorted(root.rglob("*"))
              if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file() and _visible(p, root)}
@@ -178,7 +191,7 @@ def _folder_pairs(root: Path, language: str) -> tuple[list[Clip], list[Rejected]
     return clips, rejected
 
 
-def _metadata_csv(csv: Path, language: str) -> tuple[list[Clip], list[Rejected]]:
+def _metadata_csv(csv: Path, language: str, roots: Roots | None) -> tuple[list[Clip], list[Rejected]]:
     root = csv.parent
     clips, rejected = [], []
     lines = csv.read_text(encoding="utf-8-sig").splitlines()
@@ -193,7 +206,9 @@ def _metadata_csv(csv: Path, language: str) -> tuple[list[Clip], list[Rejected]]
         text = " ".join((cols[2] if len(cols) > 2 and cols[2].strip() else cols[1]).split())
         names = [clip_id] if Path(clip_id).suffix.lower() in AUDIO_EXTENSIONS else \
             [clip_id + ext for ext in AUDIO_EXTENSIONS]
-        found = next((root / d / n for n in names for d in ("wavs", ".") if (root / d / n).is_file()), None)
+        where = dict(what=f"the audio of metadata.csv line {number}", relative_to="the csv's folder or its wavs/")
+        candidates = [resolve(n, roots, base=root / d, **where) for n in names for d in ("wavs", ".")]
+        found = next((p for p in candidates if p.is_file()), None)
         if found is None:
             rejected.append(Rejected(clip_id, f"audio not found (looked for wavs/{names[0]} and {names[0]})"))
             continue
@@ -201,7 +216,7 @@ def _metadata_csv(csv: Path, language: str) -> tuple[list[Clip], list[Rejected]]
     return clips, rejected
 
 
-def _jsonl(path: Path, language: str) -> tuple[list[Clip], list[Rejected], Path | None]:
+def _jsonl(path: Path, language: str, roots: Roots | None) -> tuple[list[Clip], list[Rejected], Path | None]:
     root = path.parent
     clips, rejected, refs = [], [], []
     for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
@@ -216,37 +231,46 @@ def _jsonl(path: Path, language: str) -> tuple[list[Clip], list[Rejected], Path 
         if not isinstance(row, dict) or not isinstance(row.get("audio"), str) or not isinstance(row.get("text"), str):
             rejected.append(Rejected(name, 'needs "audio" (a path) and "text"'))
             continue
-        audio = root / row["audio"]
+        where = dict(roots=roots, base=root, relative_to="the .jsonl file's folder")
+        audio = resolve(row["audio"], what=f"the audio of {name}", **where)
+        ref = resolve(row["ref_audio"], what=f"the ref_audio of {name}", **where) \
+            if isinstance(row.get("ref_audio"), str) else None
         if not audio.is_file():
             rejected.append(Rejected(name, f"audio not found: {row['audio']}"))
             continue
-        if isinstance(row.get("ref_audio"), str):
-            refs.append(root / row["ref_audio"])
+        if ref is not None:
+            refs.append(ref)
         lang = str(row.get("language") or language).strip().lower()
         clips.append(Clip(f"{name} ({Path(row['audio']).name})", audio, " ".join(row["text"].split()), lang))
     return clips, rejected, (refs[0] if refs else None)
 
 
 # ------------------------------------------------------------------------------------------ scan
-def scan(path: str | Path, language: str = "auto", ref_audio: str | Path | None = None) -> VoiceDataset:
+def scan(path: str | Path, language: str = "auto", ref_audio: str | Path | None = None,
+         roots: Roots | None = None) -> VoiceDataset:
     """Finds and checks every clip of a dataset (any of the three layouts); reads no model.
     `ref_audio` (default: the dataset's own reference, else its longest clip) gives the x-vector
-    of the new speaker."""
-    path = Path(path).expanduser()
+    of the new speaker. `roots`: the folders that the dataset, `ref_audio` and every file they
+    name must lie in (links followed; qwen_tts_core.paths); None: anywhere."""
+    path = confine(Path(path).expanduser() if roots is None else Path(path), roots, "the dataset")
+    ref = confine(Path(ref_audio).expanduser() if roots is None else Path(ref_audio), roots,
+                  "the reference clip", "the dataset folder") if ref_audio else None
     if not path.exists():
         raise InputError(f"Dataset not found: {path}. Give a folder of name.wav + name.txt pairs, a "
                          "folder with an LJSpeech-style metadata.csv, or a .jsonl file.")
     language = (language or "auto").strip().lower()
     dataset_ref = None
+    if path.is_dir():
+        _check_links(path, roots)
     if path.is_file():
         if path.suffix.lower() != ".jsonl":
             raise InputError(f"{path.name} is a file but not a .jsonl dataset; give the folder that holds "
                              "the clips, or a .jsonl file.")
         root, layout = path.parent, "jsonl"
-        clips, rejected, dataset_ref = _jsonl(path, language)
+        clips, rejected, dataset_ref = _jsonl(path, language, roots)
     elif (path / "metadata.csv").is_file():
         root, layout = path, "metadata.csv"
-        clips, rejected = _metadata_csv(path / "metadata.csv", language)
+        clips, rejected = _metadata_csv(path / "metadata.csv", language, roots)
     else:
         root, layout = path, "folder"
         clips, rejected = _folder_pairs(path, language)
@@ -266,8 +290,7 @@ def scan(path: str | Path, language: str = "auto", ref_audio: str | Path | None 
     data = VoiceDataset(root, layout, usable, rejected)
     if not usable:
         raise InputError(f"No usable clip in {path}:\n" + "\n".join(data.report().splitlines()[1:]))
-    if ref_audio:
-        ref = Path(ref_audio).expanduser()
+    if ref is not None:
         if not ref.is_file():
             raise InputError(f"Reference audio not found: {ref}.")
         data.ref_audio = ref
