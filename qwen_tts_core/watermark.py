@@ -32,6 +32,7 @@ import os
 import shutil
 import sys
 import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -201,7 +202,9 @@ def _load(folder, weight: WeightFile, check: Check | None):
     verify(path, weight, check)
     model = _architecture(weight)
     try:
-        load_state_dict(model, convert_state_dict_for_scriptable_model(_read_state(path)))
+        with warnings.catch_warnings():          # the package folds weight norm with torch's old helper
+            warnings.simplefilter("ignore", FutureWarning)
+            load_state_dict(model, convert_state_dict_for_scriptable_model(_read_state(path)))
     except (RuntimeError, AssertionError, KeyError) as e:
         raise ModelFolderError(f"{path} does not fit the AudioSeal {weight.card} model ({first_line(e)}). "
                                f"Delete it and download it again: {manual_command(folder)}") from None
