@@ -54,6 +54,7 @@ DETECTION_THRESHOLD = 0.5    # a 16 kHz sample is marked when the detector's sco
 HASH_CHUNK = 1 << 20
 
 Check = Callable[[], None]
+Progress = Callable[[int, int], None]          # (done, total)
 
 
 @dataclass(frozen=True)
@@ -312,7 +313,7 @@ class Watermarker:
                 module.to("cpu")
 
     def embed(self, audio, sample_rate, message: int = PACK_MESSAGE, *, device=None,
-              check_interrupt: Check | None = None) -> torch.Tensor:
+              check_interrupt: Check | None = None, on_progress: Progress | None = None) -> torch.Tensor:
         """`audio` ([T] or [C, T]) with the watermark carrying `message` (0..65535) added to
         every channel; same shape, rate and length. [T] in gives [T] out."""
         if self.generator is None:
@@ -336,9 +337,12 @@ class Watermarker:
                 if k < len(spans) - 1:
                     weight[-fade:] = torch.linspace(1, 0, fade + 2)[1:-1]
                 out[:, a:b] += mark * weight
+                if on_progress is not None:
+                    on_progress(k + 1, len(spans))
         return out[0] if audio.dim() == 1 else out
 
-    def detect(self, audio, sample_rate, *, device=None, check_interrupt: Check | None = None) -> Detection:
+    def detect(self, audio, sample_rate, *, device=None, check_interrupt: Check | None = None,
+               on_progress: Progress | None = None) -> Detection:
         """Whether `audio` carries an AudioSeal watermark, and its message (best channel)."""
         if self.detector is None:
             raise InputError("No watermark detector loaded.")
@@ -364,6 +368,8 @@ class Watermarker:
                 p = bit_p.double().cpu().clamp(1e-12, 1 - 1e-12)
                 logits += torch.log(p / (1 - p)) * core.shape[-1]
                 counted += core.shape[-1]
+                if on_progress is not None:
+                    on_progress(min(n, b), n)
         scores = marked / max(counted, 1)
         best = int(scores.argmax())
         p = torch.sigmoid(logits[best] / max(counted, 1))
@@ -372,7 +378,6 @@ class Watermarker:
 
 
 # --------------------------------------------------------------------------- download
-Progress = Callable[[int, int], None]
 
 
 def download(folder, *, on_progress: Progress | None = None, check_interrupt: Check | None = None,
