@@ -110,6 +110,7 @@ def test_long_audio_is_marked_window_by_window_with_crossfades(monkeypatch):
     x = noise(7.3)
     out = wm.Watermarker(rec).embed(x, SR, 7)
     assert len(rec.seen) == math.ceil((7.3 - 0.5) / 1.5)
+    assert max(x.shape[-1] for x, _ in rec.seen) == 2 * 16000     # memory follows the window, not the clip
     added = (out - x)[0]
     inner = added[SR // 10: -SR // 10]                # away from the clip's own two ends
     # the crossfaded windows add up to the mark everywhere, across every window boundary
