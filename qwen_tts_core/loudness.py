@@ -85,7 +85,7 @@ def _prepare(audio, sample_rate, what: str) -> tuple[torch.Tensor, int]:
         x = x[None]
     if x.dim() != 2:
         raise InputError(f"The {what} has shape {tuple(audio.shape)}; expected [samples] or [channels, samples].")
-    if not (x.is_floating_point() or x.dtype in (torch.int16, torch.int32)):
+    if not x.is_floating_point():
         raise InputError(f"The {what} holds {x.dtype} samples; expected float audio in [-1, 1].")
     if x.shape[0] > 5:
         raise InputError(f"The {what} has {x.shape[0]} channels; loudness per BS.1770 is defined for up to 5.")

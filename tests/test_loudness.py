@@ -182,6 +182,7 @@ def test_damaged_audio_is_refused(bad, message):
     (torch.zeros(1, 1, 1, SR), SR, -16.0, "expected \\[samples\\] or \\[channels, samples\\]"),
     (torch.zeros(6, SR), SR, -16.0, "6 channels"),
     (torch.zeros(SR, dtype=torch.bool), SR, -16.0, "torch.bool samples"),
+    (torch.zeros(SR, dtype=torch.int16), SR, -16.0, "torch.int16 samples; expected float audio"),
     (torch.zeros(SR), 0, -16.0, "no plausible sample rate"),
     (torch.zeros(SR), "24000", -16.0, "no plausible sample rate"),
     (torch.ones(SR), SR, -60.0, "between -40 and -5 LUFS"),
