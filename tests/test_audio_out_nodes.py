@@ -3,7 +3,6 @@ Speech and Detect Watermark nodes, and the loudness / per-line / watermark input
 and long-form nodes: off changes nothing, on gives exactly what the core makes of the same speech,
 every input matters, bad input and missing weights stop with a message (before any speech is
 generated), the download entry downloads through a local Hub stand-in and loads."""
-import math
 from unittest import mock
 
 import pytest
