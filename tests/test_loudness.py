@@ -73,6 +73,8 @@ def test_true_peak_finds_the_peak_between_samples():
     x = (0.5 * fade * torch.sin(math.pi / 2 * t + math.pi / 4)).float()
     assert 20 * math.log10(float(x.abs().max())) == pytest.approx(-9.03, abs=0.01)
     assert loudness.true_peak(x, SR) == pytest.approx(20 * math.log10(0.5), abs=0.05)
+    # oversampled to at least 192 kHz: 4x at 48 kHz (BS.1770-4 Annex 2), 8x at 24 kHz
+    assert [loudness.oversampling(r) for r in (48000, 44100, 24000, 16000, 8000)] == [4, 5, 8, 12, 16]
 
 
 # ----------------------------------------------------------------------------- presets
