@@ -11,8 +11,10 @@ from qwen_tts_core.speech_codes import SpeechCodes
 from qwen_tts_core.voice import Voice
 
 from . import runtime
+from .loudness import check_preset, level_clips, loudness_input
 from .types import (CATEGORY, SPEAKERS, Codes, Voice as VoiceType, audio_outputs, generation_inputs,
                     model_input, sampling_settings, speaker_choice, split_texts, text_inputs, to_audio)
+from .watermark import generator_for, mark, watermark_input
 
 log = logging.getLogger("qwen_tts_nodes")
 
@@ -23,11 +25,19 @@ def _outputs() -> list[io.Output]:
                                                    "with Decode Codes to Audio).")]
 
 
+def _output_inputs() -> list[io.Input]:
+    """Appended last (workflows map widget values by position; older ones get these defaults)."""
+    return [loudness_input(), watermark_input()]
+
+
 def _generate(model, method: str, texts: list[str], language, seed, temperature, top_k, top_p,
-              repetition_penalty, max_seconds, contexts=None, **kwargs) -> io.NodeOutput:
+              repetition_penalty, max_seconds, contexts=None, loudness="off", watermark=False,
+              **kwargs) -> io.NodeOutput:
     if model is None or not hasattr(model, "ready"):
         raise InputError("Connect a Qwen3-TTS Model Loader to 'model'.")
     sampling, sub_sampling = sampling_settings(temperature, top_k, top_p, repetition_penalty)
+    check_preset(loudness)                      # an unknown preset stops here, before generating,
+    marker = generator_for(watermark)           # as do missing watermark weights
     max_frames = runtime.seconds_to_frames(max_seconds)
     frames = max_frames or model.tts.auto_max_frames(texts, language)   # the limit the generation uses
     tts = model.ready(with_codec=True, batch=len(texts), frames=frames)
@@ -40,7 +50,8 @@ def _generate(model, method: str, texts: list[str], language, seed, temperature,
         if not stopped:
             log.warning("Qwen3-TTS: clip %d reached the length limit before the speech ended; raise "
                         "max_seconds if it was cut.", i + 1)
-    batch, items = to_audio(result.audio, result.sample_rate)
+    waves = level_clips([mark(marker, w, result.sample_rate) for w in result.audio], result.sample_rate, loudness)
+    batch, items = to_audio(waves, result.sample_rate)
     return io.NodeOutput(batch, items, SpeechCodes(result.codes, contexts or []))
 
 
@@ -68,6 +79,7 @@ class QwenTTSCustomVoice(io.ComfyNode):
                 io.String.Input("speaker_name", optional=True, force_input=True,
                                 tooltip="A speaker name from a wire (e.g. Train Voice's speaker output); "
                                         "when connected it replaces the speaker chosen above."),
+                *_output_inputs(),
             ],
             outputs=_outputs(),
         )
@@ -78,13 +90,14 @@ class QwenTTSCustomVoice(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, text, language, speaker, instruction, one_text_per_line, seed, temperature,
-                top_k, top_p, repetition_penalty, max_seconds, speaker_name=None) -> io.NodeOutput:
+                top_k, top_p, repetition_penalty, max_seconds, speaker_name=None, loudness="off",
+                watermark=False) -> io.NodeOutput:
         texts = split_texts(text, one_text_per_line)
         if speaker_name is not None:                    # a wired name (e.g. Train Voice's) wins
             speaker = speaker_name.strip()
         return _generate(model, "generate_custom_voice", texts, language, seed, temperature, top_k, top_p,
                          repetition_penalty, max_seconds, speaker=speaker,
-                         instruct=(instruction or "").strip() or None)
+                         instruct=(instruction or "").strip() or None, loudness=loudness, watermark=watermark)
 
 
 class QwenTTSVoiceDesign(io.ComfyNode):
@@ -103,19 +116,21 @@ class QwenTTSVoiceDesign(io.ComfyNode):
                                 default="A calm middle-aged male narrator with a deep, warm voice.",
                                 tooltip="Describe the voice: gender, age, timbre, accent, emotion, pace."),
                 *generation_inputs(),
+                *_output_inputs(),
             ],
             outputs=_outputs(),
         )
 
     @classmethod
     def execute(cls, model, text, language, voice_description, one_text_per_line, seed, temperature,
-                top_k, top_p, repetition_penalty, max_seconds) -> io.NodeOutput:
+                top_k, top_p, repetition_penalty, max_seconds, loudness="off", watermark=False) -> io.NodeOutput:
         texts = split_texts(text, one_text_per_line)
         if not isinstance(voice_description, str) or not voice_description.strip():
             raise InputError("The voice description is empty; describe the voice, e.g. 'a young "
                              "woman with a bright, cheerful voice'.")
         return _generate(model, "generate_voice_design", texts, language, seed, temperature, top_k, top_p,
-                         repetition_penalty, max_seconds, instruct=voice_description.strip())
+                         repetition_penalty, max_seconds, instruct=voice_description.strip(), loudness=loudness,
+                         watermark=watermark)
 
 
 class QwenTTSVoiceClone(io.ComfyNode):
@@ -132,13 +147,14 @@ class QwenTTSVoiceClone(io.ComfyNode):
                 VoiceType.Input("voice", tooltip="A cloned voice (Make Voice from Reference Audio or Load Voice)."),
                 *text_inputs("This is my cloned voice, speaking a new line."),
                 *generation_inputs(),
+                *_output_inputs(),
             ],
             outputs=_outputs(),
         )
 
     @classmethod
     def execute(cls, model, voice, text, language, one_text_per_line, seed, temperature, top_k, top_p,
-                repetition_penalty, max_seconds) -> io.NodeOutput:
+                repetition_penalty, max_seconds, loudness="off", watermark=False) -> io.NodeOutput:
         texts = split_texts(text, one_text_per_line)
         if not isinstance(voice, Voice):
             raise InputError("Connect a voice from 'Make Voice from Reference Audio' or 'Load Voice'.")
@@ -146,4 +162,5 @@ class QwenTTSVoiceClone(io.ComfyNode):
             voice.check_fits(model.tts)
         context = [voice.prompt.ref_codes if voice.prompt.in_context else None] * len(texts)
         return _generate(model, "generate_voice_clone", texts, language, seed, temperature, top_k, top_p,
-                         repetition_penalty, max_seconds, contexts=context, voice=voice.prompt)
+                         repetition_penalty, max_seconds, contexts=context, voice=voice.prompt, loudness=loudness,
+                         watermark=watermark)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from comfy_api.latest import io
 from qwen_tts_core.errors import InputError
 from qwen_tts_core.longform import (Normalization, Pauses, Speaker, VoiceSpec, narrate, parse_subtitles,
@@ -13,8 +15,10 @@ from qwen_tts_core.longform.script import check_speaker_name
 from qwen_tts_core.voice import Voice
 
 from . import runtime
-from .types import (CATEGORY, LANGUAGES, SPEAKERS, Voice as VoiceType, model_input, sampling_inputs,
-                    sampling_settings, speaker_choice, to_audio, validation_result)
+from .loudness import check_preset, level_track, loudness_input, per_line_input
+from .types import (CATEGORY, LANGUAGES, SAMPLE_RATE, SPEAKERS, Voice as VoiceType, model_input,
+                    sampling_inputs, sampling_settings, speaker_choice, to_audio, validation_result)
+from .watermark import generator_for, mark, note, watermark_input
 
 SpeakerType = io.Custom("QWEN_TTS_SPEAKER")      # nodes.longform.SpeakerRecipe
 MAX_SCRIPT_SPEAKERS = 6
@@ -183,6 +187,26 @@ def _long_inputs() -> list[io.Input]:
     ]
 
 
+def _output_inputs(per_line: bool) -> list[io.Input]:
+    """Appended last (workflows map widget values by position; older ones get these defaults)."""
+    return [loudness_input(), *([per_line_input()] if per_line else []), watermark_input()]
+
+
+def _finish(audio, loudness: str, watermark, spans=None) -> tuple[torch.Tensor, list[str]]:
+    """The track watermarked, then at its loudness (whole, or per line with `spans`), and the
+    report lines saying what was done."""
+    lines = [note(watermark)]
+    audio = mark(watermark, audio, SAMPLE_RATE)
+    audio, said = level_track(audio, SAMPLE_RATE, loudness, spans)
+    return audio, [line for line in lines + [said] if line]
+
+
+def _before_generating(loudness: str, watermark: bool):
+    """A wrong preset or missing watermark weights stop the node before any speech is made."""
+    check_preset(loudness)
+    return generator_for(watermark)
+
+
 def _recipe(speaker, what: str = "speaker") -> SpeakerRecipe:
     if not isinstance(speaker, SpeakerRecipe):
         raise InputError(f"Connect a Qwen3-TTS Speaker node (built-in, designed or cloned voice) to '{what}'.")
@@ -219,15 +243,16 @@ class QwenTTSNarrate(io.ComfyNode):
                                     default="Chapter one.\n\nIt was a bright cold day in April. The clocks "
                                             "were striking thirteen, and the city was still asleep.",
                                     tooltip="The text to read, any length. Blank lines make longer pauses."),
-                    *_long_inputs()],
+                    *_long_inputs(), *_output_inputs(per_line=False)],
             outputs=[io.Audio.Output("audio", display_name="audio", tooltip="The whole narration, 24 kHz mono."),
                      io.String.Output("report", display_name="report",
                                       tooltip="Chunks, retries and anything trimmed or worth a listen.")])
 
     @classmethod
     def execute(cls, speaker, text, seed, temperature, top_k, top_p, repetition_penalty, retries,
-                chunk_seconds, normalize_text) -> io.NodeOutput:
+                chunk_seconds, normalize_text, loudness="off", watermark=False) -> io.NodeOutput:
         recipe = _recipe(speaker)
+        marker = _before_generating(loudness, watermark)
         progress = runtime.ChunkProgress()
         # one voice: its name plays no part (no name check), the seed as given
         sampling, sub_sampling = sampling_settings(temperature, top_k, top_p, repetition_penalty)
@@ -235,8 +260,9 @@ class QwenTTSNarrate(io.ComfyNode):
         out = runtime.run_interruptible(lambda: narrate(
             text, voice, max_seconds=chunk_seconds, normalization=_normalization(normalize_text),
             on_progress=progress))
-        audio, _ = to_audio([out.audio])
-        return io.NodeOutput(audio, out.summary())
+        track, said = _finish(out.audio, loudness, marker)
+        audio, _ = to_audio([track])
+        return io.NodeOutput(audio, "\n".join([out.summary()] + said))
 
 
 class QwenTTSSubtitleVoiceOver(io.ComfyNode):
@@ -270,7 +296,7 @@ class QwenTTSSubtitleVoiceOver(io.ComfyNode):
                     *[SpeakerType.Input(f"speaker_{i}", optional=True,
                                         tooltip="Another named voice for lines that name it.")
                       for i in range(2, 5)],
-                    *_long_inputs()],
+                    *_long_inputs(), *_output_inputs(per_line=True)],
             outputs=[io.Audio.Output("audio", display_name="audio",
                                      tooltip="The voice-over track, 24 kHz mono: the video's length (or "
                                              "video_seconds), else until the last line ends."),
@@ -280,7 +306,9 @@ class QwenTTSSubtitleVoiceOver(io.ComfyNode):
     @classmethod
     def execute(cls, speaker, subtitles, video_seconds, max_speedup, overflow, seed, temperature,
                 top_k, top_p, repetition_penalty, retries, chunk_seconds, normalize_text, video=None,
-                speaker_2=None, speaker_3=None, speaker_4=None) -> io.NodeOutput:
+                speaker_2=None, speaker_3=None, speaker_4=None, loudness="off", loudness_per_line=False,
+                watermark=False) -> io.NodeOutput:
+        marker = _before_generating(loudness, watermark)
         recipes = [_recipe(speaker)] + [_recipe(s, f"speaker_{i}") for i, s in
                                         enumerate((speaker_2, speaker_3, speaker_4), 2) if s is not None]
         cues = parse_subtitles(subtitles)
@@ -291,9 +319,13 @@ class QwenTTSSubtitleVoiceOver(io.ComfyNode):
             cues, voices, default=voices[recipes[0].name], video_seconds=seconds, max_speedup=max_speedup,
             overflow=overflow, max_seconds=chunk_seconds, normalization=_normalization(normalize_text),
             on_progress=progress))
-        audio, _ = to_audio([track.audio])
+        # a line's speech: from its onset for its (sped-up) length
+        spans = [(round(line.placed_at * SAMPLE_RATE), round((line.placed_at + line.speech_seconds) * SAMPLE_RATE))
+                 for line in track.lines] if loudness_per_line else None
+        audio, said = _finish(track.audio, loudness, marker, spans)
+        audio, _ = to_audio([audio])
         report = "\n".join(track.flags + track.notes) or f"{len(cues)} lines placed on time"
-        return io.NodeOutput(audio, report)
+        return io.NodeOutput(audio, "\n".join([report] + said))
 
 
 class QwenTTSScript(io.ComfyNode):
@@ -313,7 +345,7 @@ class QwenTTSScript(io.ComfyNode):
                     SpeakerType.Input("speaker_1", tooltip="A named voice (the names must match the script)."),
                     *[SpeakerType.Input(f"speaker_{i}", optional=True, tooltip="Another named voice.")
                       for i in range(2, MAX_SCRIPT_SPEAKERS + 1)],
-                    *_long_inputs()],
+                    *_long_inputs(), *_output_inputs(per_line=True)],
             outputs=[io.Audio.Output("audio", display_name="audio", tooltip="The whole dialogue, 24 kHz mono."),
                      io.Audio.Output("lines", display_name="lines", is_output_list=True,
                                      tooltip="Each line as its own clip, in script order."),
@@ -322,7 +354,9 @@ class QwenTTSScript(io.ComfyNode):
 
     @classmethod
     def execute(cls, script, speaker_1, seed, temperature, top_k, top_p, repetition_penalty, retries,
-                chunk_seconds, normalize_text, **more) -> io.NodeOutput:
+                chunk_seconds, normalize_text, loudness="off", loudness_per_line=False, watermark=False,
+                **more) -> io.NodeOutput:
+        marker = _before_generating(loudness, watermark)
         recipes = [_recipe(speaker_1, "speaker_1")] + [
             _recipe(more[k], k) for k in sorted(more) if k.startswith("speaker_") and more[k] is not None]
         progress = runtime.ChunkProgress()
@@ -330,9 +364,11 @@ class QwenTTSScript(io.ComfyNode):
         out = runtime.run_interruptible(lambda: perform_script(
             script, voices, max_seconds=chunk_seconds, normalization=_normalization(normalize_text),
             pauses=Pauses(), on_progress=progress))
-        audio, _ = to_audio([out.audio])
-        _, lines = to_audio([out.segment_audio(i) for i in range(len(out.segments))])
-        report = "\n".join([f"{len(out.segments)} lines: " + ", ".join(sorted(voices))] + out.notes)
+        spans = [(s.start, s.end) for s in out.segments] if loudness_per_line else None
+        track, said = _finish(out.audio, loudness, marker, spans)
+        audio, _ = to_audio([track])
+        _, lines = to_audio([track[s.start:s.end] for s in out.segments])
+        report = "\n".join([f"{len(out.segments)} lines: " + ", ".join(sorted(voices))] + out.notes + said)
         return io.NodeOutput(audio, lines, report)
 
 

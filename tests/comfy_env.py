@@ -352,11 +352,21 @@ def limit_length(prompt: dict) -> dict:
 
 
 def limit_workflow_length(wf: dict) -> dict:
-    """Same on a UI-format workflow (for the real ComfyUI run): max_seconds is the last widget."""
+    """Same on a UI-format workflow (for the real ComfyUI run), max_seconds found by its widget
+    position (optional widgets such as loudness and watermark may follow it, or be absent in a
+    workflow saved before they existed)."""
+    classes = node_classes()
     for n in wf["nodes"]:
-        if n["type"] in ("QwenTTSCustomVoice", "QwenTTSVoiceDesign", "QwenTTSVoiceClone") \
-                and n["widgets_values"][-1] == 0:
-            n["widgets_values"][-1] = _test_seconds(n["type"])
+        if n["type"] in ("QwenTTSCustomVoice", "QwenTTSVoiceDesign", "QwenTTSVoiceClone"):
+            values, i = n["widgets_values"], 0
+            for name, control in widget_names(classes[n["type"]]):
+                if name == "max_seconds":
+                    if values[i] == 0:
+                        values[i] = _test_seconds(n["type"])
+                    break
+                i += 1
+                if control and i < len(values) and values[i] in CONTROL_VALUES:
+                    i += 1
     return wf
 
 

@@ -37,7 +37,8 @@ NODE_IDS = ["QwenTTSModelLoader", "QwenTTSSpeechTokenizerLoader", "QwenTTSCustom
             "QwenTTSVoiceFromAudio", "QwenTTSVoiceClone", "QwenTTSSaveVoice", "QwenTTSLoadVoice",
             "QwenTTSEncodeAudio", "QwenTTSDecodeCodes", "QwenTTSSpeakerBuiltIn", "QwenTTSSpeakerDesigned",
             "QwenTTSSpeakerCloned", "QwenTTSNarrate", "QwenTTSSubtitleVoiceOver", "QwenTTSScript",
-            "QwenTTSVoiceDataset", "QwenTTSTrainVoice"]
+            "QwenTTSVoiceDataset", "QwenTTSTrainVoice", "QwenTTSNormalizeLoudness", "QwenTTSWatermark",
+            "QwenTTSDetectWatermark"]
 CUSTOM, BASE = "Qwen3-TTS-12Hz-1.7B-CustomVoice", "Qwen3-TTS-12Hz-1.7B-Base"
 
 
@@ -447,3 +448,48 @@ def test_a_prompt_cannot_read_outside_input(tmp_path, monkeypatch):
         print(f"refused {len(cases)} prompts alike; {len(names)} names from outside checked; "
               f"the refusal: {messages['etc']}")
         assert server.alive()
+
+
+def _saved_audio(path: Path) -> dict:
+    """A saved audio file as the server's venv reads it: its metadata tags and its loudness
+    (pyloudnorm on the decoded samples)."""
+    code = ("import av, json, sys, numpy as np, pyloudnorm\n"
+            "with av.open(sys.argv[1]) as f:\n"
+            "    tags = dict(f.metadata)\n"
+            "    rate = f.streams.audio[0].rate\n"
+            "    pcm = np.concatenate([fr.to_ndarray() for fr in f.decode(audio=0)], axis=-1).astype(np.float64)\n"
+            "pcm = pcm / 32768.0 if np.abs(pcm).max() > 1.5 else pcm\n"
+            "print(json.dumps({'tags': tags, 'lufs': pyloudnorm.Meter(rate).integrated_loudness(pcm.T), "
+            "'peak': float(np.abs(pcm).max())}))")
+    out = subprocess.run([PYTHON, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def test_loudness_and_the_saved_files_metadata(tmp_path):
+    """In a real server: a clip generated with loudness -16 LUFS and one normalised by Normalize
+    Loudness are saved by Save Audio at about -16 LUFS; the file's metadata (ComfyUI's 'prompt'
+    tag) names the node that generated the speech and its loudness and watermark settings; the
+    watermark switch without weights stops the prompt with the download entry's name."""
+    with _server(tmp_path) as (e2e, server, base):
+        prompt = _custom_voice_prompt(text="Hello there. This clip is set to the loudness of a podcast.",
+                                      seconds=2.0, prefix="levelled")
+        prompt["2"]["inputs"].update(loudness="-16 LUFS (web, podcasts)", watermark=False)
+        prompt["4"] = {"class_type": "QwenTTSNormalizeLoudness", "inputs": {
+            "audio": ["2", 0], "loudness": "-23 LUFS (broadcast, EBU R128)", "true_peak_ceiling": -1.0}}
+        prompt["5"] = {"class_type": "SaveAudio", "inputs": {"audio": ["4", 0], "filename_prefix": "audio/normalized"}}
+        assert _finished(e2e, server, _queue(e2e, server, prompt))["status"]["status_str"] == "success"
+        levelled = _saved_audio(next((base / "output" / "audio").glob("levelled_*.flac")))
+        normalized = _saved_audio(next((base / "output" / "audio").glob("normalized_*.flac")))
+        print(f"saved FLACs: {levelled['lufs']:.2f} LUFS (generation node), {normalized['lufs']:.2f} LUFS (node)")
+        assert levelled["lufs"] == pytest.approx(-16.0, abs=0.5) and normalized["lufs"] == pytest.approx(-23.0, abs=0.5)
+        saved_prompt = json.loads(levelled["tags"]["prompt"])
+        assert saved_prompt["2"]["class_type"] == "QwenTTSCustomVoice"
+        assert saved_prompt["2"]["inputs"]["loudness"] == "-16 LUFS (web, podcasts)"
+        assert saved_prompt["2"]["inputs"]["watermark"] is False
+
+        marked = _custom_voice_prompt(prefix="marked")
+        marked["2"]["inputs"]["watermark"] = True
+        entry = _finished(e2e, server, _queue(e2e, server, marked))
+        assert entry["status"]["status_str"] == "error"
+        assert "AudioSeal 16-bit (download, 93 MB)" in json.dumps(entry["status"]["messages"])
+        assert not list((base / "output" / "audio").glob("marked_*"))

@@ -31,4 +31,4 @@ def test_comfy_entrypoint_lists_the_nodes():
     extension = asyncio.run(pack.comfy_entrypoint())
     nodes = asyncio.run(extension.get_node_list())
     assert [n.define_schema().node_id for n in nodes] == [n.define_schema().node_id for n in pack.nodes.NODES]
-    assert len(nodes) == 18  # 10 nodes of the pack + 6 long-form nodes + 2 training nodes
+    assert len(nodes) == 21  # 10 nodes of the pack + 6 long-form + 2 training + loudness + 2 watermark

@@ -65,7 +65,8 @@ def test_every_node_has_id_category_and_tooltips(N, rt):
                    "QwenTTSVoiceDesign", "QwenTTSVoiceFromAudio", "QwenTTSVoiceClone", "QwenTTSSaveVoice",
                    "QwenTTSLoadVoice", "QwenTTSEncodeAudio", "QwenTTSDecodeCodes", "QwenTTSSpeakerBuiltIn",
                    "QwenTTSSpeakerDesigned", "QwenTTSSpeakerCloned", "QwenTTSNarrate", "QwenTTSSubtitleVoiceOver",
-                   "QwenTTSScript", "QwenTTSVoiceDataset", "QwenTTSTrainVoice"]
+                   "QwenTTSScript", "QwenTTSVoiceDataset", "QwenTTSTrainVoice", "QwenTTSNormalizeLoudness",
+                   "QwenTTSWatermark", "QwenTTSDetectWatermark"]
     for cls in comfy_env.pack().nodes.NODES:
         s = cls.define_schema()
         s.validate()
