@@ -22,6 +22,7 @@ from .encoder import MimiEncoder
 from .streaming import StreamingDecoder, decode_chunks
 
 MODEL_TYPE = "qwen3_tts_tokenizer_12hz"
+MODEL_TYPE_FAMILY = "qwen3_tts_tokenizer_"     # the 12 Hz one and the 25 Hz one (not supported)
 PAD = -1
 OFFICIAL_CHUNK, OFFICIAL_CONTEXT = 300, 25  # qwen-tts 0.1.1 chunked_decode
 DECODE_BUDGET = 1 << 30   # bytes of decoder activations per call (chunk size = budget / batch)
@@ -56,23 +57,37 @@ class CodecConfig:
 FULL_CONTEXT_SECONDS = 60  # encode clips up to this long with the official whole-past attention
 
 def tokenizer_folder(folder: str | Path) -> Path:
-    """The folder holding the tokenizer: `folder` itself (standalone Qwen3-TTS-Tokenizer-12Hz)
-    or its `speech_tokenizer/` subfolder (a Qwen3-TTS model folder)."""
+    """The folder holding the speech tokenizer: `folder` itself when its config.json describes a
+    speech tokenizer (the standalone Qwen3-TTS-Tokenizer-12Hz), its `speech_tokenizer/` subfolder
+    when the config.json describes a Qwen3-TTS model. The config decides, not the presence of a
+    subfolder: a tokenizer folder that also holds a copy in speech_tokenizer/ is still itself.
+    (A 25 Hz tokenizer's folder is returned too: `read_codec_config` refuses it by name.)"""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ModelFolderError(f"{folder} is not a folder.")
-    if (folder / "speech_tokenizer").is_dir():
-        return folder / "speech_tokenizer"
+        raise ModelFolderError(
+            f"Speech tokenizer folder not found: {folder}. Download Qwen/Qwen3-TTS-Tokenizer-12Hz "
+            "into that folder (or pick a Qwen3-TTS model folder, which ships its own).")
+    sub = folder / "speech_tokenizer"
     if not (folder / "config.json").exists():
+        if sub.is_dir():              # a model folder that lost its config.json: its tokenizer is whole
+            return tokenizer_folder(sub)
         raise ModelFolderError(f"{folder} has neither a config.json nor a speech_tokenizer/ subfolder; "
                                "it is not a Qwen3-TTS model or speech-tokenizer folder.")
-    if read_json(folder / "config.json").get("model_type") == "qwen3_tts":
-        raise ModelFolderError(
-            f"{folder} is a Qwen3-TTS model folder without its speech_tokenizer/ subfolder. Download "
-            "that subfolder too (e.g. `huggingface-cli download Qwen/Qwen3-TTS-12Hz-1.7B-Base "
-            f"--include 'speech_tokenizer/*' --local-dir {folder}`, with your model's name), or "
-            "point to a standalone Qwen/Qwen3-TTS-Tokenizer-12Hz folder.")
-    return folder
+    kind = read_json(folder / "config.json").get("model_type")
+    if isinstance(kind, str) and kind.startswith(MODEL_TYPE_FAMILY):
+        return folder
+    if kind == "qwen3_tts":
+        if not sub.is_dir():
+            raise ModelFolderError(
+                f"{folder} has no speech_tokenizer/ subfolder. Every Qwen3-TTS checkpoint ships one: download "
+                "the whole model repository, including speech_tokenizer/. For a model folder without its "
+                "speech_tokenizer/ that is e.g. `hf download Qwen/Qwen3-TTS-12Hz-1.7B-Base --include "
+                f"'speech_tokenizer/*' --local-dir {folder}` with your model's name; or point to a standalone "
+                "Qwen/Qwen3-TTS-Tokenizer-12Hz folder.")
+        return tokenizer_folder(sub)
+    raise ModelFolderError(f"{folder} is neither a Qwen3-TTS speech tokenizer (model_type "
+                           f"'{MODEL_TYPE}') nor a Qwen3-TTS model folder "
+                           f"(its config.json says {kind!r}).")
 
 
 def read_codec_config(folder: Path) -> CodecConfig:
