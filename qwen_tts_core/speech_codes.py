@@ -17,11 +17,9 @@ import torch
 from torch import nn
 
 from . import audio as audio_io
+from .codec.tokenizer import CODEBOOK_SIZE, NUM_CODEBOOKS, codes_out_of_range, tokenizer_folder
 from .codec.tokenizer import MODEL_TYPE as TOKENIZER_MODEL_TYPE
-from .codec.tokenizer import tokenizer_folder
 from .errors import InputError
-NUM_CODEBOOKS = 16
-CODEBOOK_SIZE = 2048
 SAMPLES_PER_FRAME = 1920
 SAMPLE_RATE = audio_io.MODEL_RATE
 
@@ -82,7 +80,7 @@ def check_codes(codes: torch.Tensor, what: str = "codes") -> torch.Tensor:
         raise InputError(f"The {what} have shape {shape}; expected [frames, {NUM_CODEBOOKS}].")
     if codes.is_floating_point() or codes.is_complex():
         raise InputError(f"The {what} must be integers, got {codes.dtype}.")
-    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= CODEBOOK_SIZE):
+    if codes_out_of_range(codes) is not None:
         raise InputError(f"The {what} hold values outside 0..{CODEBOOK_SIZE - 1}; they are not "
                          "Qwen3-TTS 12 Hz speech codes.")
     return codes.to(torch.int64).cpu()

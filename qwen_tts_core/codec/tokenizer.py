@@ -54,6 +54,30 @@ class CodecConfig:
     decode_upsample_rate: int = 1920
 
 
+# The 12 Hz tokenizer's code layout as its config gives it (the released config.json agrees):
+# codes are [16 codebooks, frames] of values in [0, 2048). Callers without a loaded tokenizer
+# (saved voices, the speech-codes adapter) check against these.
+NUM_CODEBOOKS = CodecConfig.encoder_valid_num_quantizers
+CODEBOOK_SIZE = DecoderConfig.codebook_size
+
+
+@dataclass(frozen=True)
+class OutOfRange:
+    count: int          # how many codes lie outside [0, size)
+    index: tuple        # where the first one is
+    value: int          # and what it is
+
+
+def codes_out_of_range(x: torch.Tensor, size: int = CODEBOOK_SIZE) -> OutOfRange | None:
+    """The one code-range rule: every code in [0, size). None when `x` keeps it, else what broke
+    it (each caller words the error for its input: see `check_codes`, `_check_range`, `load_voice`)."""
+    bad = (x < 0) | (x >= size)
+    if not bool(bad.any()):
+        return None
+    where = tuple(bad.nonzero()[0].tolist())
+    return OutOfRange(int(bad.sum()), where, int(x[where]))
+
+
 FULL_CONTEXT_SECONDS = 60  # encode clips up to this long with the official whole-past attention
 
 def tokenizer_folder(folder: str | Path) -> Path:
@@ -118,7 +142,7 @@ class SpeechTokenizer:
         self.sample_rate = config.output_sample_rate
         self.samples_per_frame = config.decode_upsample_rate
         self.num_codebooks = config.encoder_valid_num_quantizers
-        self.codebook_size = int(config.decoder_config.get("codebook_size", 2048))
+        self.codebook_size = int(config.decoder_config.get("codebook_size", CODEBOOK_SIZE))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32,
@@ -347,15 +371,13 @@ def _int_tensor(codes, what: str) -> torch.Tensor:
 
 def _check_range(x: torch.Tensor, size: int, what: str) -> None:
     """x [Q, T] or [B, Q, T]: every code in [0, size)."""
-    bad = (x < 0) | (x >= size)
-    if bool(bad.any()):
-        where = bad.nonzero()[0].tolist()
-        value = int(x[tuple(where)])
-        hint = (" Values of 2048 and above are talker control tokens (e.g. end of speech): strip "
-                "them before decoding." if value >= size else
-                f" {PAD} marks padding only after an item's last frame." if value == PAD else "")
-        raise InputError(f"The {what} hold {int(bad.sum())} value(s) outside [0, {size - 1}] "
-                         f"(first: {value} at index {tuple(where)}).{hint}")
+    bad = codes_out_of_range(x, size)
+    if bad is not None:
+        hint = (f" Values of {size} and above are talker control tokens (e.g. end of speech): strip "
+                "them before decoding." if bad.value >= size else
+                f" {PAD} marks padding only after an item's last frame." if bad.value == PAD else "")
+        raise InputError(f"The {what} hold {bad.count} value(s) outside [0, {size - 1}] "
+                         f"(first: {bad.value} at index {bad.index}).{hint}")
 
 
 def _audio_clips(waveforms, sample_rates, rate: int) -> list[torch.Tensor]:
