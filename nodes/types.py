@@ -5,7 +5,7 @@ import torch
 
 from comfy_api.latest import io   # why latest and not a pinned version: see the pack's __init__.py
 from qwen_tts_core.errors import InputError
-from qwen_tts_core.longform.text import check_text
+from qwen_tts_core.text import check_text
 from qwen_tts_core.sampling import Sampling
 from qwen_tts_core.speech_codes import SAMPLE_RATE  # 24 kHz: what the model speaks at
 

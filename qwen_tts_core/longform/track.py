@@ -27,7 +27,8 @@ from .normalize import Normalization, clean, normalize_text
 from .script import ScriptLine, parse_script, speaker_prefix
 from .subtitles import Cue, format_time, spoken_text
 from .synthesis import ChunkReport
-from .text import DEFAULT_MAX_SECONDS, Chunk, check_text, chunk_text, has_words
+from ..text import check_text, has_words
+from .text import DEFAULT_MAX_SECONDS, Chunk, chunk_text
 
 SAMPLE_RATE = edit.SAMPLE_RATE
 # In memory, a narration is limited to this much audio (3 h is ~1 GB of float32 at 24 kHz, ~2 GB
