@@ -29,7 +29,7 @@ def read_json(path: Path) -> dict:
     return data
 
 
-def _pick(cls, raw: dict, where: str):
+def from_keys(cls, raw: dict, where: str):
     """Builds dataclass `cls` from the keys of `raw` it knows; unknown keys are ignored, missing
     required keys are reported by name."""
     known = {f.name for f in fields(cls)}
@@ -138,8 +138,8 @@ class ModelConfig:
         talker_raw = raw.get("talker_config")
         if not isinstance(talker_raw, dict) or not isinstance(talker_raw.get("code_predictor_config"), dict):
             raise ModelFolderError(f"{where} has no talker_config/code_predictor_config.")
-        talker = _pick(TalkerConfig, talker_raw, f"{where} talker_config")
-        talker.code_predictor = _pick(TransformerConfig, talker_raw["code_predictor_config"],
+        talker = from_keys(TalkerConfig, talker_raw, f"{where} talker_config")
+        talker.code_predictor = from_keys(TransformerConfig, talker_raw["code_predictor_config"],
                                       f"{where} code_predictor_config")
         # head_dim is explicit in released configs (and differs from hidden/heads for 0.6B)
         for c in (talker, talker.code_predictor):
@@ -147,7 +147,7 @@ class ModelConfig:
                 c.head_dim = c.hidden_size // c.num_attention_heads
         speaker = None
         if kind == "base":
-            speaker = _pick(SpeakerEncoderConfig, raw.get("speaker_encoder_config") or {},
+            speaker = from_keys(SpeakerEncoderConfig, raw.get("speaker_encoder_config") or {},
                             f"{where} speaker_encoder_config")
         top = {k: raw[k] for k in ("tts_pad_token_id", "tts_bos_token_id", "tts_eos_token_id") if k in raw}
         return cls(tts_model_type=kind, tts_model_size=str(raw.get("tts_model_size") or ""),
@@ -172,4 +172,4 @@ class GenerationDefaults:
     def from_file(cls, path: Path) -> "GenerationDefaults":
         if not path.exists():
             return cls()
-        return _pick(cls, read_json(path), str(path))
+        return from_keys(cls, read_json(path), str(path))

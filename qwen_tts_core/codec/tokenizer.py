@@ -15,7 +15,7 @@ import torch
 
 from ..audio import prepare
 from ..checkpoint import load_into, weight_files
-from ..config import _pick, read_json
+from ..config import from_keys, read_json
 from ..errors import InputError, ModelFolderError
 from .decoder import DecoderConfig, SpeechDecoder
 from .encoder import MimiEncoder
@@ -124,7 +124,7 @@ def read_codec_config(folder: Path) -> CodecConfig:
     if kind != MODEL_TYPE:
         raise ModelFolderError(f"{path} describes a {kind!r} model, not the Qwen3-TTS 12 Hz speech "
                                f"tokenizer (model_type {MODEL_TYPE!r}).")
-    c = _pick(CodecConfig, raw, str(path))
+    c = from_keys(CodecConfig, raw, str(path))
     if not isinstance(c.encoder_config, dict) or not isinstance(c.decoder_config, dict):
         raise ModelFolderError(f"{path} lacks encoder_config/decoder_config.")
     if c.input_sample_rate != c.output_sample_rate:
@@ -156,7 +156,7 @@ class SpeechTokenizer:
         files = weight_files(folder)
         dec = enc = None
         if decoder:
-            dc = _pick(DecoderConfig, c.decoder_config, f"{folder / 'config.json'} decoder_config")
+            dc = from_keys(DecoderConfig, c.decoder_config, f"{folder / 'config.json'} decoder_config")
             if dc.hidden_act != "silu" or dc.attention_bias:
                 raise ModelFolderError(f"{folder / 'config.json'}: decoder hidden_act {dc.hidden_act!r} / "
                                        f"attention_bias {dc.attention_bias} are not supported.")
@@ -223,7 +223,7 @@ class SpeechTokenizer:
     def decode_chunk_frames(self, batch: int, device: torch.device | None = None) -> int:
         """Frames per decoder call for a batch on `device` (default: the decoder's): as many as
         keep the activations within `decode_budget` (at least 1, at most the official 300)."""
-        per_frame = self._decoder().activation_bytes(1, self.dtype)
+        per_frame = self.require_decoder().activation_bytes(1, self.dtype)
         budget = decode_budget(torch.device(device or self.device))
         return max(1, min(OFFICIAL_CHUNK, budget // max(1, batch * per_frame)))
 
@@ -232,7 +232,7 @@ class SpeechTokenizer:
         (default: the decoder's): one chunk's activations, plus the whole audio when that device
         is the CPU (the result is gathered there in float32)."""
         chunk = min(frames, self.decode_chunk_frames(batch, device))
-        total = batch * self._decoder().activation_bytes(chunk, self.dtype)
+        total = batch * self.require_decoder().activation_bytes(chunk, self.dtype)
         if (device or self.device).type == "cpu":
             total += batch * frames * self.samples_per_frame * 4
         return total
@@ -252,7 +252,7 @@ class SpeechTokenizer:
         mode "official": qwen-tts 0.1.1's approximation, 300-frame chunks decoded independently
         with 25 frames of left context (the same as "exact" up to 300 frames).
         """
-        dec = self._decoder()
+        dec = self.require_decoder()
         if mode not in ("exact", "official"):
             raise InputError(f"Unknown decode mode {mode!r}; use 'exact' or 'official'.")
         codes, lengths = self._code_batch(codes, lengths)
@@ -277,9 +277,10 @@ class SpeechTokenizer:
 
     def receptive_field(self) -> dict:
         """Decoder context: frames and samples of codes an output sample depends on."""
-        return self._decoder().receptive_field()
+        return self.require_decoder().receptive_field()
 
-    def _decoder(self) -> SpeechDecoder:
+    def require_decoder(self) -> SpeechDecoder:
+        """The decoder, or an error that says it was not loaded (the streaming decoder asks too)."""
         if self.decoder is None:
             raise InputError("This SpeechTokenizer was loaded with decoder=False.")
         return self.decoder
