@@ -153,7 +153,7 @@ def download(name: str, root, *, on_progress: ProgressCallback | None = None,
         if is_downloaded(name, root):      # another process finished it while we listed
             log.info("%s was downloaded into %s by another process meanwhile", name, final)
         else:
-            job = _Job(name, root, staging, commit, endpoint, _Progress(on_progress, sum(f.size for f in files)),
+            job = _Job(name, root, staging, commit, endpoint, _DownloadProgress(on_progress, sum(f.size for f in files)),
                        check_interrupt or (lambda: None))
             _download_staged(job, files)
     _tidy(lock)
@@ -306,7 +306,7 @@ def _disk_full(e: BaseException) -> bool:
 
 
 # --------------------------------------------------------------------------- transfer
-class _Progress:
+class _DownloadProgress:
     """Bytes of the verified files plus those of the file under way, told to the callback."""
 
     def __init__(self, callback: ProgressCallback | None, total: int):
@@ -325,7 +325,7 @@ class _Job:
     staging: Path
     commit: str
     endpoint: str
-    progress: _Progress
+    progress: _DownloadProgress
     check_interrupt: Callable[[], None]
     thread: int = field(default_factory=threading.get_ident)    # the caller's
 

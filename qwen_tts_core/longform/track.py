@@ -154,13 +154,16 @@ class Joiner:
 
 # ------------------------------------------------------------------ saying one text
 @dataclass
-class Progress:
+class RenderProgress:
     done: int                    # chunks (narration) or lines (track, script) finished
     total: int
     text: str
     reports: list[ChunkReport]   # of the chunk or line just finished
     seconds: float               # audio made so far
     next_seconds: float = 0.0    # expected speech of the chunk or line starting now (0: all done)
+
+
+Progress = RenderProgress               # its earlier name
 
 
 def _language(text, speaker, language: str | None) -> str:
@@ -212,7 +215,7 @@ class Narration:
 
 def narrate(text: str, speaker, *, language: str | None = None, normalization: Normalization | None = None,
             max_seconds: float = DEFAULT_MAX_SECONDS, pauses: Pauses | None = None,
-            on_progress: Callable[[Progress], None] | None = None, sink=None) -> Narration:
+            on_progress: Callable[[RenderProgress], None] | None = None, sink=None) -> Narration:
     """Text of any length in one voice: normalised, chunked, generated chunk by chunk and joined
     with pauses that follow the text (clause < sentence < paragraph)."""
     pauses = pauses or Pauses()
@@ -229,11 +232,11 @@ def narrate(text: str, speaker, *, language: str | None = None, normalization: N
     def progress(chunk: Chunk, report: ChunkReport) -> None:
         if on_progress is not None:
             following = chunks[chunk.index + 1].seconds if chunk.index + 1 < len(chunks) else 0.0
-            on_progress(Progress(chunk.index + 1, len(chunks), chunk.text, [report],
+            on_progress(RenderProgress(chunk.index + 1, len(chunks), chunk.text, [report],
                                  joiner.position / SAMPLE_RATE, following))
 
     if on_progress is not None:
-        on_progress(Progress(0, len(chunks), "", [], 0.0, chunks[0].seconds))
+        on_progress(RenderProgress(0, len(chunks), "", [], 0.0, chunks[0].seconds))
     _, reports = _say_chunks(chunks, speaker, joiner, pauses, on_chunk=progress)
     return Narration(joiner.finish(), SAMPLE_RATE, chunks, reports, notes)
 
@@ -302,7 +305,7 @@ def voice_over(cues: list[Cue], speakers, *, default=None, video_seconds: float 
                max_speedup: float = 1.3, overflow: str = "shift", fit_to: str = "next_cue",
                min_gap: float = 0.1, normalization: Normalization | None = None,
                max_seconds: float = DEFAULT_MAX_SECONDS,
-               on_progress: Callable[[Progress], None] | None = None) -> Track:
+               on_progress: Callable[[RenderProgress], None] | None = None) -> Track:
     """A track with each cue's speech onset on its start time.
 
     A line longer than its slot (until the next cue's start minus `min_gap`, or the cue's own
@@ -346,7 +349,7 @@ def voice_over(cues: list[Cue], speakers, *, default=None, video_seconds: float 
     cues = [cue for cue, _, _ in spoken]
     expected = [expected_seconds(text, _language(text, speaker, None)) for _, speaker, text in spoken] + [0.0]
     if on_progress is not None:
-        on_progress(Progress(0, len(cues), "", [], 0.0, expected[0]))
+        on_progress(RenderProgress(0, len(cues), "", [], 0.0, expected[0]))
     for i, (cue, speaker, text) in enumerate(spoken):
         _, chunks, chunk_notes = _prepare(text, speaker, None, normalization, max_seconds)
         notes += [n for n in chunk_notes if n not in notes]
@@ -385,7 +388,7 @@ def voice_over(cues: list[Cue], speakers, *, default=None, video_seconds: float 
         joiner.place(piece, at)
         lines.append(report)
         if on_progress is not None:
-            on_progress(Progress(i + 1, len(cues), cue.text, reports, joiner.position / sr, expected[i + 1]))
+            on_progress(RenderProgress(i + 1, len(cues), cue.text, reports, joiner.position / sr, expected[i + 1]))
     total = round(video_seconds * sr) if video_seconds is not None else None
     return Track(joiner.finish(total), sr, lines, notes)
 
@@ -415,7 +418,7 @@ class ScriptAudio:
 
 def perform_script(script: str | list[ScriptLine], speakers: dict, *, pauses: Pauses | None = None,
                    normalization: Normalization | None = None, max_seconds: float = DEFAULT_MAX_SECONDS,
-                   on_progress: Callable[[Progress], None] | None = None) -> ScriptAudio:
+                   on_progress: Callable[[RenderProgress], None] | None = None) -> ScriptAudio:
     """A dialogue: every line in its speaker's voice (any mix of built-in, designed and cloned
     voices, each a `Speaker`), pauses between turns, one audio out and a segment per line."""
     if not isinstance(speakers, dict) or not speakers:
@@ -429,7 +432,7 @@ def perform_script(script: str | list[ScriptLine], speakers: dict, *, pauses: Pa
     expected = [expected_seconds(line.text, _language(line.text, speakers[line.speaker], None))
                 for line in lines] + [0.0]
     if on_progress is not None:
-        on_progress(Progress(0, len(lines), "", [], 0.0, expected[0]))
+        on_progress(RenderProgress(0, len(lines), "", [], 0.0, expected[0]))
     for i, line in enumerate(lines):
         speaker = speakers[line.speaker]
         _, chunks, chunk_notes = _prepare(line.text, speaker, None, normalization, max_seconds)
@@ -445,6 +448,6 @@ def perform_script(script: str | list[ScriptLine], speakers: dict, *, pauses: Pa
         segments.append(Segment(line.speaker, line.text, start, joiner.position, line.line))
         reports.append(line_reports)
         if on_progress is not None:
-            on_progress(Progress(i + 1, len(lines), line.text, line_reports, joiner.position / SAMPLE_RATE,
+            on_progress(RenderProgress(i + 1, len(lines), line.text, line_reports, joiner.position / SAMPLE_RATE,
                                  expected[i + 1]))
     return ScriptAudio(joiner.finish(), SAMPLE_RATE, segments, reports, notes)
