@@ -316,6 +316,35 @@ def voice_over(cues: list[Cue], speakers, *, default=None, video_seconds: float 
     `speakers`: one speaker, or {name: speaker} for cues that name theirs; `default` speaks the
     cues that name no known speaker.
     """
+    _check_voice_over(cues, video_seconds, max_speedup, overflow, fit_to)
+    spoken, notes = _spoken_cues(cues, speakers, default)
+    cues = [cue for cue, _, _ in spoken]
+    expected = [expected_seconds(text, _language(text, speaker, None)) for _, speaker, text in spoken] + [0.0]
+    if on_progress is not None:
+        on_progress(RenderProgress(0, len(cues), "", [], 0.0, expected[0]))
+    joiner = Joiner()
+    lines: list[LineReport] = []
+    for i, (cue, speaker, text) in enumerate(spoken):
+        _, chunks, chunk_notes = _prepare(text, speaker, None, normalization, max_seconds)
+        notes += [n for n in chunk_notes if n not in notes]
+        line_joiner = Joiner()
+        _, reports = _say_chunks(chunks, speaker, line_joiner, Pauses())
+        piece, onset = edit.trim(line_joiner.finish())
+        limit = _slot_end(cues, i, min_gap, fit_to, video_seconds)
+        slot = (limit - cue.start) if limit is not None else math.inf
+        piece, onset, speech, ratio = _fit_into(piece, onset, slot, max_speedup)
+        report = LineReport(cue, cue.start, speech, slot, ratio, chunks=reports)
+        _place(joiner, piece, onset, report, _hard_end(limit, video_seconds, overflow))
+        lines.append(report)
+        if on_progress is not None:
+            on_progress(RenderProgress(i + 1, len(cues), cue.text, reports, joiner.position / SAMPLE_RATE,
+                                       expected[i + 1]))
+    total = round(video_seconds * SAMPLE_RATE) if video_seconds is not None else None
+    return Track(joiner.finish(total), SAMPLE_RATE, lines, notes)
+
+
+def _check_voice_over(cues: list[Cue], video_seconds: float | None, max_speedup: float, overflow: str,
+                      fit_to: str) -> None:
     if overflow not in ("shift", "cut"):
         raise InputError(f"overflow must be 'shift' or 'cut' (got {overflow!r}).")
     if fit_to not in ("next_cue", "cue_end"):
@@ -331,12 +360,11 @@ def voice_over(cues: list[Cue], speakers, *, default=None, video_seconds: float 
         if late:
             raise InputError(f"{late[0].where()} starts at {format_time(late[0].start)}, after the "
                              f"video ends ({format_time(video_seconds)}): {len(late)} cue(s) beyond the end.")
-    sr = SAMPLE_RATE
-    end_of_track = video_seconds
-    joiner = Joiner()
-    lines: list[LineReport] = []
-    notes: list[str] = []
-    spoken = []                                  # (cue, speaker, text) of the cues with words
+
+
+def _spoken_cues(cues: list[Cue], speakers, default) -> tuple[list[tuple[Cue, object, str]], list[str]]:
+    """(cue, speaker, text) of the cues with words to say, and a note for each one skipped."""
+    spoken, notes = [], []
     for cue in cues:
         text = spoken_text(cue.text)
         if not has_words(clean(text)):
@@ -346,51 +374,56 @@ def voice_over(cues: list[Cue], speakers, *, default=None, video_seconds: float 
         spoken.append((cue, *_speaker_for(cue, text, speakers, default)))
     if not spoken:
         raise InputError("None of the subtitle lines has words to speak.")
-    cues = [cue for cue, _, _ in spoken]
-    expected = [expected_seconds(text, _language(text, speaker, None)) for _, speaker, text in spoken] + [0.0]
-    if on_progress is not None:
-        on_progress(RenderProgress(0, len(cues), "", [], 0.0, expected[0]))
-    for i, (cue, speaker, text) in enumerate(spoken):
-        _, chunks, chunk_notes = _prepare(text, speaker, None, normalization, max_seconds)
-        notes += [n for n in chunk_notes if n not in notes]
-        line_joiner = Joiner()
-        _, reports = _say_chunks(chunks, speaker, line_joiner, Pauses())
-        piece, onset = edit.trim(line_joiner.finish())
-        limit = cues[i + 1].start - min_gap if i + 1 < len(cues) else end_of_track
-        if fit_to == "cue_end" and cue.end is not None:
-            limit = min(limit, cue.end) if limit is not None else cue.end
-        slot = (limit - cue.start) if limit is not None else math.inf
-        speech = (piece.numel() - onset) / sr
-        ratio = 1.0
-        if speech > slot > 0:
-            # 1% to spare: the onset found again after stretching moves by a few milliseconds
-            ratio = min(speech / slot * 1.01, max_speedup)
-            piece = edit.speed_up(piece, ratio)
-            bounds = edit.speech_bounds(piece)
-            onset = bounds[0] if bounds else 0
-            speech = (piece.numel() - onset) / sr
-        at = round(cue.start * sr) - onset
-        report = LineReport(cue, cue.start, speech, slot, ratio, chunks=reports)
-        if at < 0:                             # a line at 0:00 has no room for its lead-in
-            piece, onset, at = piece[-at:], onset + at, 0
-        if at < joiner.position:               # the previous line ran on (overflow="shift")
-            report.late_by = (joiner.position - at) / sr
-            at = joiner.position
-        report.placed_at = (at + onset) / sr
-        hard_end = round(end_of_track * sr) if end_of_track is not None else None
-        if overflow == "cut" and limit is not None:
-            hard_end = round(limit * sr) if hard_end is None else min(hard_end, round(limit * sr))
-        if hard_end is not None and at + piece.numel() > hard_end:
-            keep = max(0, hard_end - at)
-            report.cut_seconds = (piece.numel() - keep) / sr
-            piece = edit.fade(piece[:keep], in_ms=0, out_ms=30)
-            report.speech_seconds = max(0.0, (keep - onset) / sr)
-        joiner.place(piece, at)
-        lines.append(report)
-        if on_progress is not None:
-            on_progress(RenderProgress(i + 1, len(cues), cue.text, reports, joiner.position / sr, expected[i + 1]))
-    total = round(video_seconds * sr) if video_seconds is not None else None
-    return Track(joiner.finish(total), sr, lines, notes)
+    return spoken, notes
+
+
+def _slot_end(cues: list[Cue], i: int, min_gap: float, fit_to: str, video_seconds: float | None) -> float | None:
+    """Seconds by which cue i's line should be over: the next cue's start less `min_gap` (the
+    video's end for the last), or sooner the cue's own end with fit_to="cue_end"; None: no limit."""
+    limit = cues[i + 1].start - min_gap if i + 1 < len(cues) else video_seconds
+    if fit_to == "cue_end" and cues[i].end is not None:
+        limit = min(limit, cues[i].end) if limit is not None else cues[i].end
+    return limit
+
+
+def _fit_into(piece: torch.Tensor, onset: int, slot: float, max_speedup: float):
+    """A line's audio sped up (pitch kept, by at most `max_speedup`) so that its speech fits
+    `slot` seconds -> (audio, onset sample, seconds of speech, speed-up)."""
+    speech = (piece.numel() - onset) / SAMPLE_RATE
+    if not speech > slot > 0:
+        return piece, onset, speech, 1.0
+    # 1% to spare: the onset found again after stretching moves by a few milliseconds
+    ratio = min(speech / slot * 1.01, max_speedup)
+    piece = edit.speed_up(piece, ratio)
+    bounds = edit.speech_bounds(piece)
+    onset = bounds[0] if bounds else 0
+    return piece, onset, (piece.numel() - onset) / SAMPLE_RATE, ratio
+
+
+def _hard_end(limit: float | None, video_seconds: float | None, overflow: str) -> int | None:
+    """The sample no line may pass: the video's end, and with overflow="cut" the line's slot end."""
+    ends = [t for t in (video_seconds, limit if overflow == "cut" else None) if t is not None]
+    return min(round(t * SAMPLE_RATE) for t in ends) if ends else None
+
+
+def _place(joiner: Joiner, piece: torch.Tensor, onset: int, report: LineReport, hard_end: int | None) -> None:
+    """Puts a line into the track with its speech onset on its cue's start: a line at 0:00 loses
+    the lead-in it has no room for, one after a line that ran on starts late, and past `hard_end`
+    it is faded out and cut; `report` records where it landed and what happened to it."""
+    sr = SAMPLE_RATE
+    at = round(report.cue.start * sr) - onset
+    if at < 0:                             # a line at 0:00 has no room for its lead-in
+        piece, onset, at = piece[-at:], onset + at, 0
+    if at < joiner.position:               # the previous line ran on (overflow="shift")
+        report.late_by = (joiner.position - at) / sr
+        at = joiner.position
+    report.placed_at = (at + onset) / sr
+    if hard_end is not None and at + piece.numel() > hard_end:
+        keep = max(0, hard_end - at)
+        report.cut_seconds = (piece.numel() - keep) / sr
+        piece = edit.fade(piece[:keep], in_ms=0, out_ms=30)
+        report.speech_seconds = max(0.0, (keep - onset) / sr)
+    joiner.place(piece, at)
 
 
 # ------------------------------------------------------------------ multi-speaker script
