@@ -156,7 +156,9 @@ class ModelConfig:
 
 @dataclass
 class GenerationDefaults:
-    """generation_config.json of a model folder (sampling defaults of the checkpoint)."""
+    """generation_config.json of a model folder (sampling defaults of the checkpoint). Without
+    that file, these class defaults: the released checkpoints' sampling values, the one place
+    they are written (`Sampling` and the ComfyUI nodes' widgets take their defaults from here)."""
     do_sample: bool = True
     temperature: float = 0.9
     top_k: int = 50
@@ -166,7 +168,7 @@ class GenerationDefaults:
     subtalker_temperature: float = 0.9
     subtalker_top_k: int = 50
     subtalker_top_p: float = 1.0
-    max_new_tokens: int = 2048
+    max_new_tokens: int = 2048          # the official wrapper's cap (the released files say 8192)
 
     @classmethod
     def from_file(cls, path: Path) -> "GenerationDefaults":
