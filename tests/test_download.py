@@ -2,9 +2,8 @@
 (tests/hub_server.py, set through HF_ENDPOINT): the whole tiny checkpoint arrives byte for byte,
 a cut connection and a stopped download continue where they stopped, a damaged file is refused
 and never shows up as a model, a server that is down or HF_HUB_OFFLINE gives the manual command.
-No test here reaches the internet. huggingface_hub reads the bytes in chunks of
-constants.DOWNLOAD_CHUNK_SIZE (10 MiB); the `hub` fixture makes them CHUNK long, so that the
-fixture's files take several and a stop or a cut can fall inside a file."""
+No test here reaches the internet. The `hub` fixture (tests/conftest.py) has huggingface_hub
+read CHUNK bytes at a time (10 MiB otherwise), so that a stop or a cut can fall inside a file."""
 import os
 import subprocess
 import sys
@@ -14,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import HUB_CHUNK as CHUNK
 from conftest import MODELS, ROOT
-from hub_server import FakeHub, closed_port_endpoint
+from hub_server import closed_port_endpoint
 from qwen_tts_core import download as dl
 from qwen_tts_core.errors import DownloadError, InputError
 
@@ -25,7 +25,6 @@ CUSTOM, TOKENIZER = "Qwen3-TTS-12Hz-1.7B-CustomVoice", "Qwen3-TTS-Tokenizer-12Hz
 SOURCE = MODELS / "Tiny-CustomVoice"
 WEIGHTS = "model.safetensors"                      # 5.8 MB, an LFS file (sha256 checked)
 VOCAB = "vocab.json"                               # 2.8 MB, a plain git file (blob sha1 checked)
-CHUNK = 1 << 20
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
@@ -34,19 +33,6 @@ def files_of(folder: Path) -> dict[str, bytes]:
 
 def fixture_size() -> int:
     return sum(len(b) for b in files_of(SOURCE).values())
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(dl, "RETRY_WAIT", 0.0)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", CHUNK)
-    with FakeHub({f"Qwen/{CUSTOM}": SOURCE, f"Qwen/{TOKENIZER}": MODELS / "Tiny-Tokenizer-12Hz"}) as h:
-        monkeypatch.setenv("HF_ENDPOINT", h.endpoint)
-        yield h
 
 
 class Stop(Exception):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import comfy_env
+from conftest import HUB_CHUNK as CHUNK
 from conftest import MODELS
-from hub_server import FakeHub
 from qwen_tts_core import download as dl
 from qwen_tts_core.errors import DownloadError, InputError, ModelFolderError
 
@@ -21,7 +21,6 @@ ALL_MODEL_ENTRIES = ["Qwen3-TTS-12Hz-1.7B-CustomVoice (download, 4.5 GB)",
                      "Qwen3-TTS-12Hz-1.7B-Base (download, 4.5 GB)",
                      "Qwen3-TTS-12Hz-0.6B-Base (download, 2.5 GB)"]
 LOAD = dict(dtype="auto", device="auto")
-CHUNK = 1 << 20          # huggingface_hub's read size in these tests (10 MiB otherwise: more than a file here)
 
 
 @pytest.fixture
@@ -34,20 +33,6 @@ def root(tmp_path):
     (tmp_path / "qwen-tts").mkdir()
     yield tmp_path / "qwen-tts"
     folder_paths.folder_names_and_paths["qwen-tts"] = saved
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(dl, "RETRY_WAIT", 0.0)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", CHUNK)
-    with FakeHub({f"Qwen/{CUSTOM}": MODELS / "Tiny-CustomVoice",
-                  f"Qwen/{TOKENIZER}": MODELS / "Tiny-Tokenizer-12Hz"}) as h:
-        monkeypatch.setenv("HF_ENDPOINT", h.endpoint)
-        yield h
 
 
 @pytest.fixture
