@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 
 from comfy_api.latest import io   # why latest and not a pinned version: see the pack's __init__.py
+from qwen_tts_core.config import GenerationDefaults
 from qwen_tts_core.errors import InputError
-from qwen_tts_core.longform.text import check_text
+from qwen_tts_core.text import check_text
 from qwen_tts_core.sampling import Sampling
 from qwen_tts_core.speech_codes import SAMPLE_RATE  # 24 kHz: what the model speaks at
 
@@ -22,6 +23,7 @@ LANGUAGES = ["Auto", "English", "Chinese", "German", "Italian", "Portuguese", "S
              "Korean", "French", "Russian"]
 DTYPES = ["auto", "bf16", "fp16", "fp32"]
 DEVICES = ["auto", "cuda", "cpu", "mps"]
+RELEASED = GenerationDefaults()      # the released checkpoints' sampling settings: the widgets' defaults
 
 
 def model_input(tooltip: str) -> io.Input:
@@ -59,15 +61,15 @@ def sampling_inputs() -> list[io.Input]:
                      tooltip="Random seed; the same seed, text and settings give the same speech. "
                              "With one text per line, line i uses seed + i, so a line sounds the "
                              "same alone as in the batch (at the same place)."),
-        io.Float.Input("temperature", default=0.9, min=0.0, max=2.0, step=0.05,
+        io.Float.Input("temperature", default=RELEASED.temperature, min=0.0, max=2.0, step=0.05,
                        tooltip="Sampling temperature of the talker. Lower = steadier, higher = more "
                                "varied. 0 = greedy, no sampling at all (same text, same speech)."),
-        io.Int.Input("top_k", default=50, min=0, max=2048,
+        io.Int.Input("top_k", default=RELEASED.top_k, min=0, max=2048,
                      tooltip="Sample only among the k most likely codes (0 = no limit)."),
-        io.Float.Input("top_p", default=1.0, min=0.01, max=1.0, step=0.01,
+        io.Float.Input("top_p", default=RELEASED.top_p, min=0.01, max=1.0, step=0.01,
                        tooltip="Nucleus sampling: keep the most likely codes up to this total "
                                "probability (1 = off)."),
-        io.Float.Input("repetition_penalty", default=1.05, min=1.0, max=2.0, step=0.01,
+        io.Float.Input("repetition_penalty", default=RELEASED.repetition_penalty, min=1.0, max=2.0, step=0.01,
                        tooltip="Penalty on codes already used; >1 avoids loops and babbling."),
     ]
 

@@ -23,7 +23,7 @@ from .errors import (DeviceError, InputError, ModelFolderError, OutOfMemory, Uns
 from .generate import (FrameLoop, Frames, FrameStep, GraphedStep, StepBuckets, cache_bucket,
                        collate, collect, item_keys, random_seed, step_bytes, weights_key)
 from .longform.languages import unsupported_script_note
-from .longform.text import check_text
+from .text import check_text
 from .prompt import PromptBuilder, Request, TalkerPrompt, VoicePrompt
 from .sampling import Sampling
 from .speaker import LogMel, SpeakerEncoder

@@ -29,7 +29,7 @@ def read_json(path: Path) -> dict:
     return data
 
 
-def _pick(cls, raw: dict, where: str):
+def from_keys(cls, raw: dict, where: str):
     """Builds dataclass `cls` from the keys of `raw` it knows; unknown keys are ignored, missing
     required keys are reported by name."""
     known = {f.name for f in fields(cls)}
@@ -138,8 +138,8 @@ class ModelConfig:
         talker_raw = raw.get("talker_config")
         if not isinstance(talker_raw, dict) or not isinstance(talker_raw.get("code_predictor_config"), dict):
             raise ModelFolderError(f"{where} has no talker_config/code_predictor_config.")
-        talker = _pick(TalkerConfig, talker_raw, f"{where} talker_config")
-        talker.code_predictor = _pick(TransformerConfig, talker_raw["code_predictor_config"],
+        talker = from_keys(TalkerConfig, talker_raw, f"{where} talker_config")
+        talker.code_predictor = from_keys(TransformerConfig, talker_raw["code_predictor_config"],
                                       f"{where} code_predictor_config")
         # head_dim is explicit in released configs (and differs from hidden/heads for 0.6B)
         for c in (talker, talker.code_predictor):
@@ -147,7 +147,7 @@ class ModelConfig:
                 c.head_dim = c.hidden_size // c.num_attention_heads
         speaker = None
         if kind == "base":
-            speaker = _pick(SpeakerEncoderConfig, raw.get("speaker_encoder_config") or {},
+            speaker = from_keys(SpeakerEncoderConfig, raw.get("speaker_encoder_config") or {},
                             f"{where} speaker_encoder_config")
         top = {k: raw[k] for k in ("tts_pad_token_id", "tts_bos_token_id", "tts_eos_token_id") if k in raw}
         return cls(tts_model_type=kind, tts_model_size=str(raw.get("tts_model_size") or ""),
@@ -156,7 +156,9 @@ class ModelConfig:
 
 @dataclass
 class GenerationDefaults:
-    """generation_config.json of a model folder (sampling defaults of the checkpoint)."""
+    """generation_config.json of a model folder (sampling defaults of the checkpoint). Without
+    that file, these class defaults: the released checkpoints' sampling values, the one place
+    they are written (`Sampling` and the ComfyUI nodes' widgets take their defaults from here)."""
     do_sample: bool = True
     temperature: float = 0.9
     top_k: int = 50
@@ -166,10 +168,10 @@ class GenerationDefaults:
     subtalker_temperature: float = 0.9
     subtalker_top_k: int = 50
     subtalker_top_p: float = 1.0
-    max_new_tokens: int = 2048
+    max_new_tokens: int = 2048          # the official wrapper's cap (the released files say 8192)
 
     @classmethod
     def from_file(cls, path: Path) -> "GenerationDefaults":
         if not path.exists():
             return cls()
-        return _pick(cls, read_json(path), str(path))
+        return from_keys(cls, read_json(path), str(path))

@@ -3,40 +3,56 @@ when asked (the ComfyUI loaders' "(download)" entries, or this module's command 
 
     python -m qwen_tts_core.download Qwen3-TTS-12Hz-1.7B-CustomVoice --dir models/qwen-tts
 
-huggingface_hub (a transformers dependency) gives the repository's commit and its files with their
-sizes and hashes (`HfApi.model_info(files_metadata=True)`), the file URLs, the headers and the
-user's token. The bytes come over plain HTTP(S) in the small loop below instead of through
-`hf_hub_download`, so that the same things hold on every huggingface_hub version (0.36 under
-transformers 4.57, 1.x/2.x under 5.x), with or without hf_xet: progress in bytes, an interrupt check
-between 1 MiB chunks, a cut or stopped download continued with an HTTP Range request, and every
-file checked against the Hub's hash (sha256 for LFS files, the git blob sha1 for the others; a
-listing without a hash is refused, but for small .json/.txt files, which are checked by size).
+huggingface_hub does the talking: `HfApi.model_info(files_metadata=True)` lists the repository's
+commit and its files with their sizes and hashes; for each file of that commit
+`get_hf_file_metadata` finds where its bytes are (the Hub, its CDN, or Xet storage) and `http_get`
+or, when hf_xet is installed and the file is in Xet storage, `xet_get` fetches them. So the
+library brings the user's token (never sent on to the CDN), HF_ENDPOINT, proxies, retries that
+continue a cut answer with a Range request, and the Xet transfer; its progress hook (`tqdm_class`)
+carries the bytes and the interrupt check. Around it this module keeps what a ComfyUI user relies on:
 
-Files go into `<root>/.downloading/<name>/` (unfinished ones end in `.part`). That folder becomes
-`<root>/<name>` in one rename once every file is there and verified, so a half download is never
-taken for a model. What a stopped or failed download got is kept and continued next time, unless
-the repository has moved to another commit meanwhile (then it starts again). A full disk stops
-the download with how much more space it needs; nothing half-written is kept (a .part holds only
-whole chunks, and only `.downloading/` is ever written to before the final rename).
+- Files go into `<root>/.downloading/<name>/` (one not all there yet as `<path>.part`). That folder
+  becomes `<root>/<name>` in one rename once every file is there and verified, so a half download
+  is never taken for a model. What a stopped or failed download got, down to the bytes of the file
+  it was fetching, is kept and continued next time, unless the repository has moved to another
+  commit meanwhile (then it starts again).
+- Every file is checked against the Hub's hash (sha256 for LFS files, the git blob sha1 for the
+  others); the library checks sizes only. A listing without a hash is refused, but for small
+  .json/.txt files, which are checked by size.
+- A full disk stops the download with how much more space it needs.
+
+Why not `hf_hub_download` / `snapshot_download` (tests/test_download.py holds each point):
+- Since huggingface_hub PR 4306 (June 2026; the 2.4 of transformers 5 here has it) `hf_hub_download`
+  writes each file to a temporary file of its own and deletes it on any failure ("resuming a failed
+  download is no longer possible"): a Cancel or a lost connection at 3 GB of a 3.8 GB weights file
+  would start that file again from nothing. The `.part` here is continued with a Range request
+  (test_a_stopped_download_keeps_its_bytes_and_the_next_one_continues).
+- On the 0.x line (transformers 4.57 ships 0.36, the last of that line) `hf_hub_download` takes no
+  progress hook: a 3.8 GB file would show no progress and Cancel would wait for its end. There
+  `http_get` takes a bar made already, `_tqdm_bar`, the one way that line offers.
+Limits that remain (the library's): it reads in chunks of `constants.DOWNLOAD_CHUNK_SIZE` (10 MiB)
+and calls the hook before writing each, so progress moves and Cancel is seen every 10 MiB and the
+chunk in hand at a Cancel is not kept. hf_xet calls the hook from a thread of its own and prints
+and drops what the hook raises, so a Xet transfer cannot be stopped mid-file: the interrupt is
+checked in the caller's thread only (so that ComfyUI's flag is not consumed where nobody sees it),
+which for Xet is when the file is done; and a stopped Xet file starts again (hf_xet's own chunk
+cache keeps what it fetched).
 """
 from __future__ import annotations
 
 import argparse
 import errno
 import hashlib
-import http.client
+import inspect
 import logging
 import os
 import re
 import shutil
-import ssl
 import sys
+import threading
 import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
@@ -45,21 +61,27 @@ from .errors import DownloadError, InputError, QwenTTSError, first_line
 log = logging.getLogger("qwen_tts_core")
 
 OWNER = "Qwen"                    # the checkpoints are the Hub repositories Qwen/<name>
+LIBRARY = "qwen-tts-comfyui"      # how the requests introduce themselves (user agent)
 STAGING = ".downloading"          # <root>/.downloading/<name>/ while a download is under way
 COMMIT_FILE = ".commit"           # in the staging folder: the commit its files belong to
-CHUNK = 1 << 20                   # bytes read between two interrupt checks
-REPORT_EVERY = 16 << 20           # bytes between two progress reports (and at each file's end)
-RETRIES = 5                       # failed attempts in a row (no new bytes) before giving up
+PART = ".part"                    # in the staging folder: <path>.part, a file not all there yet
 RETRY_WAIT = 1.0                  # seconds between attempts
-TIMEOUT = 30.0                    # seconds of silence from the server before an attempt fails
+TIMEOUT = 30.0                    # seconds of silence from the Hub before the listing fails
+HASH_BLOCK = 16 << 20             # bytes hashed between two interrupt checks
 UNHASHED = (".json", ".txt")      # files the Hub may list without a hash, if at most UNHASHED_MAX
 UNHASHED_MAX = 64 << 10           # bytes (small config files); any other file without one is refused
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    what: str          # what it is for
-    size: str          # the repository's size as the Hub shows it
+    what: str                          # what it is for
+    size: str                          # the download's size as the Hub shows it
+    repo: str = ""                     # the Hub repository; default Qwen/<name>
+    files: tuple[str, ...] = ()        # only these files of it; default every file
+    # A folder is complete when it holds this file: the first of `files`, else config.json.
+
+    def marker(self) -> str:
+        return self.files[0] if self.files else "config.json"
 
 
 CHECKPOINTS = {
@@ -72,12 +94,23 @@ CHECKPOINTS = {
 }
 TOKENIZER = "Qwen3-TTS-Tokenizer-12Hz"
 
-Progress = Callable[[int, int], None]      # (bytes done, bytes in all)
+ProgressCallback = Callable[[int, int], None]      # (bytes done, bytes in all)
+
+
+def repo_id(name: str) -> str:
+    return CHECKPOINTS[name].repo or f"{OWNER}/{name}"
+
+
+def is_downloaded(name: str, root) -> bool:
+    return (Path(root) / name / CHECKPOINTS[name].marker()).is_file()
 
 
 def manual_command(name: str, root) -> str:
     """The shell command that downloads `name` by hand into the same folder."""
-    return f'hf download {OWNER}/{name} --local-dir "{Path(root) / name}"'
+    entry = CHECKPOINTS.get(name)
+    files = "".join(f" {f}" for f in entry.files) if entry else ""
+    repo = repo_id(name) if entry else f"{OWNER}/{name}"
+    return f'hf download {repo}{files} --local-dir "{Path(root) / name}"'
 
 
 @dataclass(frozen=True)
@@ -88,26 +121,27 @@ class RemoteFile:
     git_sha1: str | None       # other files: the git blob id
 
 
-def download(name: str, root, *, on_progress: Progress | None = None,
+def download(name: str, root, *, on_progress: ProgressCallback | None = None,
              check_interrupt: Callable[[], None] | None = None, endpoint: str | None = None) -> Path:
     """Downloads checkpoint `name` into `<root>/<name>` and returns that folder (at once, without
-    any network access, if it already holds a config.json). `on_progress(done, total)` gets bytes;
+    any network access, if it is already complete). `on_progress(done, total)` gets bytes;
     `check_interrupt()` is called between chunks and may raise to stop: what was downloaded is
     kept and the next call continues from there. `endpoint`: default $HF_ENDPOINT or the Hub."""
     if name not in CHECKPOINTS:
         raise InputError(f"Unknown checkpoint {name!r}; downloadable: {', '.join(CHECKPOINTS)}.")
     root = Path(root)
     final = root / name
-    if (final / "config.json").is_file():
+    marker = CHECKPOINTS[name].marker()
+    if is_downloaded(name, root):
         return final
     if final.exists():
-        raise DownloadError(f"{final} exists but holds no config.json (a download by hand that did not "
+        raise DownloadError(f"{final} exists but holds no {marker} (a download by hand that did not "
                             f"finish?). Finish it with: {manual_command(name, root)}  or move the folder "
                             "away and download again.")
     endpoint = hub_endpoint(endpoint)
     if _offline():
         raise DownloadError(_offline_message(name, root, "HF_HUB_OFFLINE is set"))
-    commit, files = _list_files(name, root, endpoint)
+    commit, files = list_files(name, root, endpoint)
     staging = root / STAGING / name
     try:
         staging.parent.mkdir(parents=True, exist_ok=True)
@@ -116,57 +150,14 @@ def download(name: str, root, *, on_progress: Progress | None = None,
                             f"{manual_command(name, root)}") from None
     lock = staging.parent / f"{name}.lock"
     with _locked(lock, name):
-        if (final / "config.json").is_file():      # another process finished it while we listed
+        if is_downloaded(name, root):      # another process finished it while we listed
             log.info("%s was downloaded into %s by another process meanwhile", name, final)
         else:
-            _download_staged(name, root, staging, commit, files, endpoint, on_progress,
-                             check_interrupt or (lambda: None))
+            job = _Job(name, root, staging, commit, endpoint, _DownloadProgress(on_progress, sum(f.size for f in files)),
+                       check_interrupt or (lambda: None))
+            _download_staged(job, files)
     _tidy(lock)
     return final
-
-
-def _download_staged(name: str, root: Path, staging: Path, commit: str, files: list[RemoteFile],
-                     endpoint: str, on_progress: Progress | None, check_interrupt: Callable[[], None]) -> None:
-    """Under the folder lock: fetches what `staging` lacks, then renames it to `<root>/<name>`.
-    A full disk stops it with how much more it needs; the files so far stay in `staging`."""
-    try:
-        _fetch_all(name, root, staging, commit, files, endpoint, on_progress, check_interrupt)
-    except OSError as e:
-        if not _disk_full(e):
-            raise
-        needed = sum(f.size - (f.size if (staging / f.path).is_file() else _part_size(staging, f)) for f in files)
-        raise DownloadError(
-            f"The disk of {root} is full ({e.strerror or e}): {name} needs {_size(needed)} more there, "
-            f"{_size(shutil.disk_usage(root).free)} are free. What was downloaded is kept in {staging}; "
-            "free some space and download again to continue where it stopped.") from None
-
-
-def _fetch_all(name: str, root: Path, staging: Path, commit: str, files: list[RemoteFile],
-               endpoint: str, on_progress: Progress | None, check_interrupt: Callable[[], None]) -> None:
-    final = root / name
-    _prepare(staging, commit)
-    progress = _Progress(on_progress, sum(f.size for f in files))
-    pending = []
-    for f in files:
-        if (staging / f.path).is_file():          # verified by an earlier run, same commit
-            progress.add(f.size)
-        else:
-            pending.append(f)
-            progress.add(_part_size(staging, f))
-    _check_space(staging, progress.total - progress.done, name, root)
-    log.info("Downloading %s/%s (%s in %d files) into %s", OWNER, name, _size(progress.total),
-             len(files), final)
-    progress.report()
-    job = _Job(name, root, staging, commit, endpoint, progress, check_interrupt, *_http())
-    for f in pending:
-        _fetch(job, f)
-    (staging / COMMIT_FILE).unlink()
-    try:
-        os.replace(staging, final)
-    except OSError as e:
-        raise DownloadError(f"Downloaded {name} into {staging} but could not move it to {final} "
-                            f"({e}); move it there by hand.") from None
-    log.info("Downloaded %s/%s into %s; every file's hash checked", OWNER, name, final)
 
 
 def hub_endpoint(endpoint: str | None = None) -> str:
@@ -194,23 +185,23 @@ def _offline_message(name: str, root: Path, reason: str) -> str:
 
 
 # --------------------------------------------------------------------------- the file list
-def _list_files(name: str, root: Path, endpoint: str) -> tuple[str, list[RemoteFile]]:
-    """(commit, files) of the repository's main branch."""
+def list_files(name: str, root, endpoint: str) -> tuple[str, list[RemoteFile]]:
+    """(commit, files) of checkpoint `name`'s repository on its main branch, as the Hub at
+    `endpoint` lists them; refuses a listing it could not verify a download against."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
-    repo = f"{OWNER}/{name}"
+    root, repo, entry = Path(root), repo_id(name), CHECKPOINTS[name]
     try:
-        info = HfApi(endpoint=endpoint, library_name="qwen-tts-comfyui").model_info(
+        info = HfApi(endpoint=endpoint, library_name=LIBRARY).model_info(
             repo, files_metadata=True, timeout=TIMEOUT)
     except RepositoryNotFoundError:
         raise DownloadError(f"{endpoint} has no repository {repo} (or wants a login: hf auth login). "
                             f"If HF_ENDPOINT points to a mirror, it lacks this model; download by hand: "
                             f"{manual_command(name, root)}") from None
     except HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", "an error")
-        raise DownloadError(f"{endpoint} answered HTTP {status} for {repo}; try again later or "
-                            f"download by hand: {manual_command(name, root)}") from None
+        raise DownloadError(f"{endpoint} answered HTTP {_status(e) or 'an error'} for {repo}; try again "
+                            f"later or download by hand: {manual_command(name, root)}") from None
     except Exception as e:
         if not _network_error(e):
             raise
@@ -220,6 +211,8 @@ def _list_files(name: str, root: Path, endpoint: str) -> tuple[str, list[RemoteF
         raise DownloadError(f"{endpoint} gave no commit id for {repo} (got {commit!r}); is HF_ENDPOINT a Hub?")
     files = []
     for s in info.siblings or []:
+        if entry.files and s.rfilename not in entry.files:
+            continue
         lfs = s.lfs
         sha256 = (lfs["sha256"] if isinstance(lfs, dict) else getattr(lfs, "sha256", None)) if lfs else None
         size = (lfs["size"] if isinstance(lfs, dict) else getattr(lfs, "size", None)) if lfs else s.size
@@ -233,8 +226,8 @@ def _list_files(name: str, root: Path, endpoint: str) -> tuple[str, list[RemoteF
                 f"If HF_ENDPOINT points to a mirror, use the Hub itself, or download by hand: "
                 f"{manual_command(name, root)}")
         files.append(f)
-    if not any(f.path == "config.json" for f in files):
-        raise DownloadError(f"{endpoint}: {repo} has no config.json; nothing downloaded.")
+    if not any(f.path == entry.marker() for f in files):
+        raise DownloadError(f"{endpoint}: {repo} has no {entry.marker()}; nothing downloaded.")
     return commit, files
 
 
@@ -247,7 +240,12 @@ def _safe_path(path: str, endpoint: str) -> str:
     return path
 
 
-def _network_error(e: Exception) -> bool:
+def _status(e: BaseException) -> int | None:
+    """The HTTP status of a huggingface_hub error, if it has one."""
+    return getattr(getattr(e, "response", None), "status_code", None)
+
+
+def _network_error(e: BaseException) -> bool:
     """Connection refused/reset, DNS, timeouts: OSError, or the errors of the HTTP library that
     huggingface_hub uses (requests on 0.x, httpx on 1.x and later)."""
     libraries = {"requests", "urllib3", "httpx", "httpx2", "httpcore", "httpcore2"}
@@ -267,13 +265,8 @@ def _prepare(staging: Path, commit: str) -> None:
     marker.write_text(commit, encoding="utf-8")
 
 
-def _part(staging: Path, f: RemoteFile) -> Path:
-    return staging / (f.path + ".part")
-
-
-def _part_size(staging: Path, f: RemoteFile) -> int:
-    part = _part(staging, f)
-    return min(part.stat().st_size, f.size) if part.is_file() else 0
+def _part_bytes(staging: Path, files: list[RemoteFile]) -> int:
+    return sum(_part(staging, f).stat().st_size for f in files if _part(staging, f).is_file())
 
 
 @contextmanager
@@ -308,205 +301,205 @@ def _check_space(staging: Path, needed: int, name: str, root: Path) -> None:
                             f"{_size(free)} free. Free some space and download again.")
 
 
-# --------------------------------------------------------------------------- transfer
-class _Progress:
-    def __init__(self, callback: Progress | None, total: int):
-        self.callback, self.total, self.done, self.reported = callback, total, 0, 0
+def _disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
-    def add(self, n: int) -> None:
-        self.done += n
-        if self.done - self.reported >= REPORT_EVERY or n < 0:
-            self.report()
+
+# --------------------------------------------------------------------------- transfer
+class _DownloadProgress:
+    """Bytes of the verified files plus those of the file under way, told to the callback."""
+
+    def __init__(self, callback: ProgressCallback | None, total: int):
+        self.callback, self.total, self.finished, self.current = callback, total, 0, 0
 
     def report(self) -> None:
-        self.reported = self.done
         if self.callback is not None:
-            self.callback(self.done, self.total)
-
-
-class _Digest:
-    """sha256 of the bytes (LFS files), or git's blob id: sha1 of b"blob <size>\\0" + bytes."""
-
-    def __init__(self, f: RemoteFile):
-        self.file = f
-        self.kind, self.want = (("sha256", f.sha256) if f.sha256 else
-                                ("git blob sha1", f.git_sha1) if f.git_sha1 else (None, None))
-        self.reset()
-
-    def reset(self) -> None:
-        self.h = (hashlib.sha256() if self.file.sha256 else
-                  hashlib.sha1(b"blob %d\0" % self.file.size) if self.file.git_sha1 else None)
-
-    def update(self, data: bytes) -> None:
-        if self.h is not None:
-            self.h.update(data)
-
-    def mismatch(self) -> str | None:
-        """None when the file is right (or the Hub gave no hash for it), else what it got."""
-        if self.h is None:
-            return None
-        got = self.h.hexdigest()
-        return None if got == self.want else got
-
-
-class _Retry(Exception):
-    """This attempt ended early; try again from where it stopped."""
+            self.callback(min(self.finished + self.current, self.total), self.total)
 
 
 @dataclass
 class _Job:
-    """One checkpoint's download: where it goes, what it reports to, how it talks HTTP."""
+    """One checkpoint's download: where it goes and what it reports to."""
     name: str
     root: Path
     staging: Path
     commit: str
     endpoint: str
-    progress: _Progress
+    progress: _DownloadProgress
     check_interrupt: Callable[[], None]
-    opener: urllib.request.OpenerDirector
-    headers: dict
-    auth: str | None
-
-    def url(self, f: RemoteFile) -> str:
-        from huggingface_hub import hf_hub_url
-
-        return hf_hub_url(f"{OWNER}/{self.name}", f.path, revision=self.commit, endpoint=self.endpoint)
-
-    def request(self, f: RemoteFile, start: int) -> urllib.request.Request:
-        request = urllib.request.Request(self.url(f), headers=dict(self.headers, **(
-            {"range": f"bytes={start}-"} if start else {})))
-        if self.auth:
-            request.add_unredirected_header("Authorization", self.auth)
-        return request
+    thread: int = field(default_factory=threading.get_ident)    # the caller's
 
     def manual(self) -> str:
         return manual_command(self.name, self.root)
 
 
-@lru_cache(maxsize=1)
-def _opener() -> urllib.request.OpenerDirector:
-    """urllib with the system's certificates (and certifi's where installed), proxies from the
-    environment, redirects followed."""
-    context = ssl.create_default_context()
+def _download_staged(job: _Job, files: list[RemoteFile]) -> None:
+    """Under the folder lock: fetches what the staging folder lacks, then renames it to
+    `<root>/<name>`. A full disk stops it with how much more it needs; the files so far stay."""
     try:
-        import certifi
+        _fetch_all(job, files)
+    except OSError as e:
+        if not _disk_full(e):
+            raise
+        done = sum(f.size for f in files if (job.staging / f.path).is_file())
+        needed = job.progress.total - done - _part_bytes(job.staging, files)
+        raise DownloadError(
+            f"The disk of {job.root} is full ({e.strerror or e}): {job.name} needs {_size(needed)} more "
+            f"there, {_size(shutil.disk_usage(job.root).free)} are free. What was downloaded is kept in "
+            f"{job.staging}; free some space and download again to continue where it stopped.") from None
 
-        context.load_verify_locations(certifi.where())
-    except (ImportError, OSError):
-        pass
-    return urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
 
-
-def _http():
-    """(opener, headers, authorization): the token only goes to the Hub, never to the CDN that
-    the Hub redirects file downloads to (urllib drops unredirected headers on redirects)."""
-    from huggingface_hub.utils import build_hf_headers
-
-    headers = {k.lower(): v for k, v in build_hf_headers(library_name="qwen-tts-comfyui").items()}
-    auth = headers.pop("authorization", None)
-    headers["accept-encoding"] = "identity"
-    return _opener(), headers, auth
+def _fetch_all(job: _Job, files: list[RemoteFile]) -> None:
+    final, staging, progress = job.root / job.name, job.staging, job.progress
+    _prepare(staging, job.commit)
+    pending = [f for f in files if not (staging / f.path).is_file()]   # the others: verified, same commit
+    progress.finished = progress.total - sum(f.size for f in pending)
+    progress.current = _part_bytes(staging, pending)
+    _check_space(staging, progress.total - progress.finished - progress.current, job.name, job.root)
+    log.info("Downloading %s (%s in %d files) into %s", repo_id(job.name), _size(progress.total),
+             len(files), final)
+    progress.report()
+    for f in pending:
+        job.check_interrupt()
+        _fetch(job, f)
+        _verify(job, f)
+        os.replace(_part(staging, f), staging / f.path)
+        progress.finished += f.size
+        progress.current = 0
+        progress.report()
+    (staging / COMMIT_FILE).unlink()
+    try:
+        os.replace(staging, final)
+    except OSError as e:
+        raise DownloadError(f"Downloaded {job.name} into {staging} but could not move it to {final} "
+                            f"({e}); move it there by hand.") from None
+    log.info("Downloaded %s into %s; every file's hash checked", repo_id(job.name), final)
 
 
 def _fetch(job: _Job, f: RemoteFile) -> None:
-    """Downloads one file into its .part (continuing what is there), checks its hash, and
-    renames it to its final name."""
-    target, part, progress = job.staging / f.path, _part(job.staging, f), job.progress
+    """Fetches one file into the staging folder, continuing what an earlier attempt left. The
+    library retries within an attempt (and waits between its tries); another attempt is made only
+    after one that brought new bytes (the link works, but the library gave up on a cut answer)."""
+    most, restarted = -1, False
+    while True:
+        try:
+            return _transfer(job, f)
+        except Exception as e:
+            if _disk_full(e) or not (_network_error(e) or _status(e)):
+                raise
+            status = _status(e)
+            if status in (401, 403, 404, 410):
+                raise DownloadError(f"{job.endpoint} answered HTTP {status} for {f.path} of "
+                                    f"{repo_id(job.name)}; download by hand: {job.manual()}") from None
+            part = _part(job.staging, f)
+            if status == 416 and not restarted:     # a part longer than the file: start it again, once
+                part.unlink(missing_ok=True)
+                most, restarted = -1, True
+            have = part.stat().st_size if part.is_file() else 0
+            if have <= most:
+                raise DownloadError(
+                    f"Download of {job.name} stopped: {first_line(e)} ({f.path}: {_size(have)} of "
+                    f"{_size(f.size)}). What was downloaded is kept in {job.staging}; download again to "
+                    f"continue where it stopped. Is this computer offline? By hand: {job.manual()}") from None
+            most = have
+            log.warning("Downloading %s/%s: %s; trying again", job.name, f.path, first_line(e))
+            time.sleep(RETRY_WAIT)
+
+
+def _transfer(job: _Job, f: RemoteFile) -> None:
+    """One attempt: the Hub's answer for the file of this commit (where it is: the Hub, its CDN
+    or Xet), then its bytes into `<path>.part`, over Xet or continuing the part over HTTP."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import file_download, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    url = hf_hub_url(repo_id(job.name), f.path, revision=job.commit, endpoint=job.endpoint)
+    headers = build_hf_headers(library_name=LIBRARY)
+    meta = get_hf_file_metadata(url, headers=headers)
+    part, bar = _part(job.staging, f), _bar_class(job, f)
     part.parent.mkdir(parents=True, exist_ok=True)
-    digest = _Digest(f)
-    have = part.stat().st_size if part.is_file() else 0
-    if have > f.size:                                  # not from this file: start it again
-        part.unlink()
-        progress.add(-f.size)
-        have = 0
+    if meta.xet_file_data is not None and file_download.is_xet_available():   # as hf_hub_download decides
+        part.unlink(missing_ok=True)      # Xet writes the whole file (its chunk cache keeps what it fetched)
+        file_download.xet_get(incomplete_path=part, xet_file_data=meta.xet_file_data, headers=headers,
+                              expected_size=f.size, displayed_filename=f.path,
+                              **_progress_argument(file_download.xet_get, bar, f.size, 0))
+    else:
+        if urlsplit(meta.location).netloc != urlsplit(url).netloc:   # the CDN: the token stays on the Hub
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        with open(part, "ab") as out:
+            have = out.tell()
+            file_download.http_get(meta.location, out, resume_size=have, headers=headers, expected_size=f.size,
+                                   displayed_filename=f.path,
+                                   **_progress_argument(file_download.http_get, bar, f.size, have))
 
-    def restart(out) -> int:
-        out.truncate(0)
-        digest.reset()
-        progress.add(-have)
-        return 0
 
-    with open(part, "ab", buffering=0) as out:
-        if have:
-            _hash_existing(part, have, digest, job.check_interrupt)
-        failures = 0
-        while have < f.size:
-            job.check_interrupt()
-            try:
-                with job.opener.open(job.request(f, have), timeout=TIMEOUT) as response:
-                    resumed = response.status == 206 and response.headers.get(
-                        "Content-Range", "").startswith(f"bytes {have}-")
-                    if have and not resumed:                # the Range was ignored: start over
-                        have = restart(out)
-                    while chunk := response.read(CHUNK):
-                        if have + len(chunk) > f.size:
-                            restart(out)
-                            raise DownloadError(f"{job.url(f)} sent more than the {f.size} bytes the "
-                                                f"Hub lists; nothing of it was kept. Check HF_ENDPOINT "
-                                                f"or download by hand: {job.manual()}")
-                        _write(out, chunk)
-                        digest.update(chunk)
-                        have += len(chunk)
-                        progress.add(len(chunk))
-                        failures = 0
-                        job.check_interrupt()
-                if have < f.size:
-                    raise _Retry(f"the connection closed after {have} of {f.size} bytes")
-            except urllib.error.HTTPError as e:
-                if e.code in (401, 403, 404, 410):
-                    raise DownloadError(f"{job.url(f)} answered HTTP {e.code} ({e.reason}); download "
-                                        f"by hand: {job.manual()}") from None
-                if e.code == 416:                           # range beyond the file: start over
-                    have = restart(out)
-                failures = _retry(job, failures, f"HTTP {e.code}", f, have)
-            except (_Retry, OSError, http.client.HTTPException) as e:
-                if _disk_full(e):
-                    out.truncate(have)                     # no chunk kept in part: resume at `have`
-                    raise
-                failures = _retry(job, failures, first_line(e), f, have)
-    bad = digest.mismatch()
+def _progress_argument(function, bar: type, total: int, initial: int) -> dict:
+    """How `function` (http_get or xet_get) takes our progress bar: as `tqdm_class` where it has
+    that parameter (2.4 here); the 0.x line only takes a bar made already (`_tqdm_bar`)."""
+    if "tqdm_class" in inspect.signature(function).parameters:
+        return {"tqdm_class": bar}
+    return {"_tqdm_bar": bar(total=total, initial=initial, unit="B")}
+
+
+def _part(staging: Path, f: RemoteFile) -> Path:
+    return staging / (f.path + PART)
+
+
+def _bar_class(job: _Job, f: RemoteFile) -> type:
+    """A tqdm class for huggingface_hub's `tqdm_class`: the bytes it counts go to the job's
+    progress, and in the caller's thread each count is also an interrupt check. A Xet transfer
+    may open two bars (bytes written, bytes received): the file's progress is the larger count."""
+    from tqdm.std import tqdm
+
+    bars: list = []
+
+    class FileBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs.pop("name", None)
+            super().__init__(*args, **{**kwargs, "disable": True})     # count, never draw
+            bars.append(self)
+            self.count(0)
+
+        def update(self, n=1):
+            self.n += n
+            self.count(n)
+
+        def count(self, n) -> None:
+            job.progress.current = min(max(b.n for b in bars), f.size)
+            job.progress.report()
+            if n and threading.get_ident() == job.thread:
+                job.check_interrupt()
+
+    return FileBar
+
+
+def _verify(job: _Job, f: RemoteFile) -> None:
+    """Checks a fetched `.part` against the Hub's hash: sha256 of the bytes (LFS files), or git's
+    blob id, the sha1 of b"blob <size>\\0" + the bytes. A damaged one is deleted. (Each block
+    hashed is also an interrupt check: the one a Xet transfer waits for.)"""
+    path = _part(job.staging, f)
+    kind, want = ("sha256", f.sha256) if f.sha256 else ("git blob sha1", f.git_sha1)
+    size = path.stat().st_size
+    if want is None:                    # a small config file listed without a hash
+        bad = None if size == f.size else f"{size} bytes"
+        kind, want = "size", f"{f.size} bytes"
+    else:
+        digest = hashlib.sha256() if f.sha256 else hashlib.sha1(b"blob %d\0" % size)
+        with open(path, "rb") as data:
+            while block := data.read(HASH_BLOCK):
+                digest.update(block)
+                job.check_interrupt()
+        bad = None if digest.hexdigest() == want else digest.hexdigest()
     if bad:
-        part.unlink()
-        progress.add(-f.size)
+        path.unlink()
+        job.progress.current = 0
+        job.progress.report()
         raise DownloadError(
-            f"{f.path} of {job.name} arrived damaged: its {digest.kind} is {bad} but the Hub lists "
-            f"{digest.want}. The damaged file was deleted (the verified files are kept in "
+            f"{f.path} of {job.name} arrived damaged: its {kind} is {bad} but the Hub lists "
+            f"{want}. The damaged file was deleted (the verified files are kept in "
             f"{job.staging}); download again to fetch it anew. If it keeps happening, check the "
             f"connection, the proxy or HF_ENDPOINT, or download by hand: {job.manual()}")
-    os.replace(part, target)
-    progress.report()
-
-
-def _write(out, data: bytes) -> None:
-    """Writes all of `data` to an unbuffered file (a raw write may take only part of it)."""
-    view = memoryview(data)
-    while view:
-        view = view[out.write(view):]
-
-
-def _disk_full(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-
-
-def _hash_existing(part: Path, size: int, digest: _Digest, check_interrupt) -> None:
-    """Feeds the bytes a stopped download left to the hash, so the check covers the whole file."""
-    with open(part, "rb") as kept:
-        while block := kept.read(min(16 * CHUNK, size)):
-            digest.update(block)
-            size -= len(block)
-            check_interrupt()
-
-
-def _retry(job: _Job, failures: int, why: str, f: RemoteFile, have: int) -> int:
-    failures += 1
-    if failures > RETRIES:
-        raise DownloadError(
-            f"Download of {job.name} stopped: {why} ({f.path}: {_size(have)} of {_size(f.size)}). What "
-            f"was downloaded is kept in {job.staging}; download again to continue where it stopped. "
-            f"Is this computer offline? By hand: {job.manual()}")
-    log.warning("Downloading %s/%s: %s; trying again (%d/%d)", job.name, f.path, why, failures, RETRIES)
-    time.sleep(RETRY_WAIT)
-    return failures
 
 
 def _size(n: int) -> str:
@@ -524,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.names:
         for name, c in CHECKPOINTS.items():
-            there = "  (downloaded)" if (Path(args.dir) / name / "config.json").is_file() else ""
+            there = "  (downloaded)" if is_downloaded(name, args.dir) else ""
             print(f"{name:34s} {c.size:>7s}  {c.what}{there}")
         return 0
     for name in args.names:

@@ -7,15 +7,18 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import GenerationDefaults
 from .errors import InputError
 
 
 @dataclass
 class Sampling:
     do_sample: bool = True
-    temperature: float = 0.9
-    top_k: int = 50
-    top_p: float = 1.0
+    temperature: float = GenerationDefaults.temperature
+    top_k: int = GenerationDefaults.top_k
+    top_p: float = GenerationDefaults.top_p
+    # no penalty unless asked: the code predictor never has one (generation_config.json gives
+    # only the talker's, which `QwenTTS.default_sampling` passes on)
     repetition_penalty: float = 1.0
 
     def check(self, what: str) -> "Sampling":

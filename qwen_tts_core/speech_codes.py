@@ -17,12 +17,9 @@ import torch
 from torch import nn
 
 from . import audio as audio_io
-from .config import read_json
-from .errors import InputError, ModelFolderError
-
-TOKENIZER_MODEL_TYPE = "qwen3_tts_tokenizer_12hz"
-NUM_CODEBOOKS = 16
-CODEBOOK_SIZE = 2048
+from .codec.tokenizer import CODEBOOK_SIZE, NUM_CODEBOOKS, codes_out_of_range, tokenizer_folder
+from .codec.tokenizer import MODEL_TYPE as TOKENIZER_MODEL_TYPE
+from .errors import InputError
 SAMPLES_PER_FRAME = 1920
 SAMPLE_RATE = audio_io.MODEL_RATE
 
@@ -47,29 +44,6 @@ class SpeechCodes:
 
     def seconds(self) -> list[float]:
         return [n * SAMPLES_PER_FRAME / SAMPLE_RATE for n in self.frames]
-
-
-def tokenizer_folder(path: str | Path) -> Path:
-    """The speech-tokenizer folder of `path`: the standalone Qwen3-TTS-Tokenizer-12Hz folder itself,
-    or a model folder's `speech_tokenizer/` subfolder."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise ModelFolderError(
-            f"Speech tokenizer folder not found: {folder}. Download Qwen/Qwen3-TTS-Tokenizer-12Hz "
-            "into that folder (or pick a Qwen3-TTS model folder, which ships its own).")
-    raw = read_json(folder / "config.json")
-    if raw.get("model_type") == TOKENIZER_MODEL_TYPE:
-        return folder
-    if raw.get("model_type") == "qwen3_tts":
-        sub = folder / "speech_tokenizer"
-        if not sub.is_dir():
-            raise ModelFolderError(
-                f"{folder} has no speech_tokenizer/ subfolder. Every Qwen3-TTS checkpoint ships one: "
-                "download the whole model repository, including speech_tokenizer/.")
-        return tokenizer_folder(sub)
-    raise ModelFolderError(f"{folder} is neither a Qwen3-TTS speech tokenizer (model_type "
-                           f"'{TOKENIZER_MODEL_TYPE}') nor a Qwen3-TTS model folder "
-                           f"(its config.json says {raw.get('model_type')!r}).")
 
 
 def load_speech_tokenizer(path: str | Path, dtype: torch.dtype = torch.float32,
@@ -106,7 +80,7 @@ def check_codes(codes: torch.Tensor, what: str = "codes") -> torch.Tensor:
         raise InputError(f"The {what} have shape {shape}; expected [frames, {NUM_CODEBOOKS}].")
     if codes.is_floating_point() or codes.is_complex():
         raise InputError(f"The {what} must be integers, got {codes.dtype}.")
-    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= CODEBOOK_SIZE):
+    if codes_out_of_range(codes) is not None:
         raise InputError(f"The {what} hold values outside 0..{CODEBOOK_SIZE - 1}; they are not "
                          "Qwen3-TTS 12 Hz speech codes.")
     return codes.to(torch.int64).cpu()

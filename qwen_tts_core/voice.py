@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .codec.tokenizer import NUM_CODEBOOKS, codes_out_of_range
 from .config import size_label
 from .errors import InputError, VoiceFileError
 from .prompt import VoicePrompt
@@ -142,8 +143,9 @@ def _tensors(voice: Voice) -> dict[str, torch.Tensor]:
     out = {"speaker_embedding": emb.detach().float().cpu().contiguous()}
     if p.ref_codes is not None:
         codes = p.ref_codes
-        if codes.dim() != 2 or codes.shape[1] != 16:
-            raise InputError(f"The voice's reference codes have shape {tuple(codes.shape)}; expected [frames, 16].")
+        if codes.dim() != 2 or codes.shape[1] != NUM_CODEBOOKS:
+            raise InputError(f"The voice's reference codes have shape {tuple(codes.shape)}; expected "
+                             f"[frames, {NUM_CODEBOOKS}].")
         out["ref_codes"] = codes.detach().to(torch.int64).cpu().contiguous()
     return out
 
@@ -251,8 +253,8 @@ def load_voice(path: str | Path, expect=None) -> Voice:
         problems.append("speaker embedding holds NaN/inf")
     if mode not in ("in_context", "x_vector") or (mode == "in_context") != (codes is not None):
         problems.append(f"mode {mode!r} does not match its contents")
-    if codes is not None and (codes.dim() != 2 or codes.shape[1] != 16 or codes.dtype != torch.int64
-                              or codes.numel() == 0 or int(codes.min()) < 0 or int(codes.max()) > 2047):
+    if codes is not None and (codes.dim() != 2 or codes.shape[1] != NUM_CODEBOOKS or codes.dtype != torch.int64
+                              or codes.numel() == 0 or codes_out_of_range(codes) is not None):
         problems.append("reference codes invalid")
     if mode == "in_context" and not meta.get("ref_text", "").strip():
         problems.append("in-context voice without its transcript")

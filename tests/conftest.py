@@ -108,6 +108,31 @@ def rt():
     return comfy_env.pack().nodes.runtime
 
 
+HUB_CHUNK = 1 << 20     # huggingface_hub's read size under the `hub` fixture
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A local stand-in of the Hugging Face Hub (tests/hub_server.py) serving the tiny CustomVoice
+    and speech tokenizer as Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice and Qwen/Qwen3-TTS-Tokenizer-12Hz,
+    set as HF_ENDPOINT, with the Hub online. huggingface_hub reads HUB_CHUNK bytes at a time (10 MiB
+    otherwise, more than any file here: a stop or a cut could not fall inside a file), and a
+    download's retries do not wait."""
+    from huggingface_hub import constants
+
+    from hub_server import FakeHub
+    from qwen_tts_core import download
+
+    monkeypatch.setattr(download, "RETRY_WAIT", 0.0)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", HUB_CHUNK)
+    with FakeHub({"Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice": MODELS / "Tiny-CustomVoice",
+                  "Qwen/Qwen3-TTS-Tokenizer-12Hz": MODELS / "Tiny-Tokenizer-12Hz"}) as h:
+        monkeypatch.setenv("HF_ENDPOINT", h.endpoint)
+        yield h
+
+
 @pytest.fixture
 def progress(rt, monkeypatch):
     """What a node shows: (value, total) of every update of its progress bar, and the text lines

@@ -103,7 +103,6 @@ class FakeHub:
         self.no_hash: set[str] = set()                # listed with their size only (no blobId, no lfs)
         self.down = False                 # True: every connection is closed without an answer
         self.down_after_cut = False       # go down when a cut answer breaks off
-        self.on_request = None            # called with (method, path) before each answer
         self.log: list[tuple] = []        # (method, path, Range, Host, Authorization) per request
         self.sent: list[tuple[str, int]] = []                  # file path, body bytes sent
         hub = self
@@ -171,8 +170,6 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = unquote(url.path), parse_qs(url.query)
         self.hub.log.append((self.command, path, self.headers.get("Range"), self.headers.get("Host", ""),
                              self.headers.get("Authorization")))
-        if self.hub.on_request is not None:
-            self.hub.on_request(self.command, path)
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
             return self._info(m[1], m[2] or "main", "blobs" in query)
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path):

@@ -380,6 +380,8 @@ def run_case(tts, method: str, kwargs: dict) -> dict:
             rec["logits"] = out.logits[:, -1].detach().clone()
 
     hook = tts.model.talker.register_forward_hook(on_forward, with_kwargs=True)
+    # the official package has no public way to show the ids it tokenized: its private
+    # _tokenize_texts is wrapped (this harness runs only against the pinned version, in the oracle venv)
     tokenize, generate = tts._tokenize_texts, tts.model.generate
 
     def logged_tokenize(texts):

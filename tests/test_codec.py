@@ -420,6 +420,29 @@ def test_model_folder_and_standalone_folder_load_the_same(tok, golden):
         other.encode(torch.zeros(100), 24000)
 
 
+def test_the_encoder_is_built_on_meta_without_touching_other_threads(monkeypatch):
+    """The Mimi model is built on the meta device for this thread only: a module another thread
+    builds meanwhile gets real weights (a process-wide patch of nn.Module would put them on
+    meta), and the loaded encoder holds no meta tensor."""
+    import threading
+
+    from transformers.models.mimi.modeling_mimi import MimiModel
+
+    other_thread, build = [], MimiModel.__init__
+
+    def build_while_another_thread_builds(self, config):
+        elsewhere = threading.Thread(target=lambda: other_thread.append(torch.nn.Linear(2, 2).weight.device))
+        elsewhere.start()
+        elsewhere.join()
+        build(self, config)
+
+    monkeypatch.setattr(MimiModel, "__init__", build_while_another_thread_builds)
+    tok = SpeechTokenizer.from_pretrained(TOKENIZER, decoder=False)
+    assert other_thread == [torch.device("cpu")]
+    meta = [n for n, t in [*tok.encoder.named_parameters(), *tok.encoder.named_buffers()] if t.is_meta]
+    assert meta == [] and tok.encoder.stride == 2 and tok.encoder.frame_samples == 1920
+
+
 def test_25hz_tokenizer_is_refused(tmp_path):
     cfg = json.loads((TOKENIZER / "config.json").read_text())
     cfg["model_type"] = "qwen3_tts_tokenizer_25hz"

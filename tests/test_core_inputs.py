@@ -52,7 +52,7 @@ NOTHING_TO_SAY = ["🎉🎉 👍", "\x00\x00", "...!?", "— … —", "\u200b\u
 
 @pytest.mark.parametrize("text", NOTHING_TO_SAY)
 def test_text_without_words_is_refused_by_every_mode(cv, vd, base, text):
-    """The one text check (qwen_tts_core.longform.text.check_text) guards every mode, as it
+    """The one text check (qwen_tts_core.text.check_text) guards every mode, as it
     guards the long-form renderers."""
     from qwen_tts_core.longform import narrate
 
@@ -66,6 +66,13 @@ def test_text_without_words_is_refused_by_every_mode(cv, vd, base, text):
             call()
     with pytest.raises(InputError, match="Text 2 of 3: The text has nothing to say"):
         cv.generate_custom_voice(["One.", text, "Three."], "vivian", max_frames=3)
+
+
+def test_the_text_check_keeps_its_old_import_path():
+    from qwen_tts_core import text
+    from qwen_tts_core.longform import text as longform_text
+
+    assert longform_text.check_text is text.check_text and longform_text.has_words is text.has_words
 
 
 def test_text_in_a_script_the_model_does_not_know_gets_a_note(cv, caplog):

@@ -153,6 +153,21 @@ def test_sampled_codes_are_audio_codes_only():
     assert codes.numel() > 0 and codes.min() >= 0 and codes.max() < 2048
 
 
+def test_the_sampling_defaults_are_the_released_generation_config():
+    """GenerationDefaults (a folder without generation_config.json) holds the released values,
+    and Sampling's defaults are those (no repetition penalty unless asked)."""
+    import json
+
+    from conftest import MODELS
+    from qwen_tts_core.config import GenerationDefaults
+
+    released = json.loads((MODELS / "Tiny-CustomVoice" / "generation_config.json").read_text())
+    d = GenerationDefaults()
+    assert {k: getattr(d, k) for k in released if k != "max_new_tokens"} == {
+        k: v for k, v in released.items() if k != "max_new_tokens"}
+    assert Sampling() == Sampling(True, released["temperature"], released["top_k"], released["top_p"], 1.0)
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(temperature=0.0), r"^Talker temperature must be > 0 \(got 0.0\); turn sampling off for greedy decoding.$"),
     (dict(top_p=0.0), r"^Talker top_p must be in \(0, 1\] \(got 0.0\).$"),

@@ -2,16 +2,20 @@
 (tests/hub_server.py, set through HF_ENDPOINT): the whole tiny checkpoint arrives byte for byte,
 a cut connection and a stopped download continue where they stopped, a damaged file is refused
 and never shows up as a model, a server that is down or HF_HUB_OFFLINE gives the manual command.
-No test here reaches the internet."""
+No test here reaches the internet. The `hub` fixture (tests/conftest.py) has huggingface_hub
+read CHUNK bytes at a time (10 MiB otherwise), so that a stop or a cut can fall inside a file."""
 import os
 import subprocess
 import sys
+import threading
+from itertools import accumulate
 from pathlib import Path
 
 import pytest
 
+from conftest import HUB_CHUNK as CHUNK
 from conftest import MODELS, ROOT
-from hub_server import FakeHub, closed_port_endpoint
+from hub_server import closed_port_endpoint
 from qwen_tts_core import download as dl
 from qwen_tts_core.errors import DownloadError, InputError
 
@@ -31,28 +35,18 @@ def fixture_size() -> int:
     return sum(len(b) for b in files_of(SOURCE).values())
 
 
-@pytest.fixture
-def hub(monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(dl, "RETRY_WAIT", 0.0)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    with FakeHub({f"Qwen/{CUSTOM}": SOURCE, f"Qwen/{TOKENIZER}": MODELS / "Tiny-Tokenizer-12Hz"}) as h:
-        monkeypatch.setenv("HF_ENDPOINT", h.endpoint)
-        yield h
-
-
 class Stop(Exception):
     """What an interrupt check raises (ComfyUI raises its InterruptProcessingException)."""
 
 
-def stop_after(calls: int):
-    count = [0]
+def stop_once_a_file_is_partly_there(root: Path):
+    """An interrupt check that stops the download at its first check after some bytes of a file
+    (not all of it) arrived."""
+    sizes = {path: len(data) for path, data in files_of(SOURCE).items()}
 
     def check():
-        count[0] += 1
-        if count[0] > calls:
+        parts = staged(root).rglob("*.part")
+        if any(0 < p.stat().st_size < sizes[p.relative_to(staged(root)).as_posix()[:-5]] for p in parts):
             raise Stop()
     return check
 
@@ -62,8 +56,8 @@ def staged(root: Path, name: str = CUSTOM) -> Path:
 
 
 def resumed(hub) -> list[str]:
-    """The Range headers of the file requests to the Hub (the CDN then gets the same Range)."""
-    return [r[2] for r in hub.log if r[0] == "GET" and "/resolve/" in r[1] and r[2]]
+    """The Range headers of the file requests, to the Hub or to the CDN it sends LFS files to."""
+    return [r[2] for r in hub.log if r[0] == "GET" and ("/resolve/" in r[1] or r[1].startswith("/cdn/")) and r[2]]
 
 
 # ----------------------------------------------------------------------------- success
@@ -75,6 +69,8 @@ def test_downloads_the_checkpoint_byte_for_byte_with_progress(hub, tmp_path):
     total = fixture_size()
     assert seen[0] == (0, total) and seen[-1] == (total, total)
     assert all(b[0] >= a[0] for a, b in zip(seen, seen[1:]))    # bytes only go up
+    ends = set(accumulate(len(data) for data in files_of(SOURCE).values()))
+    assert any(done not in ends for done, _ in seen)            # the bar moves inside a file too
     assert sorted(os.listdir(tmp_path)) == [CUSTOM]             # no staging folder, no lock left
     # the token stays on the Hub: LFS bytes came from the CDN host, without a Range (fresh start)
     cdn = [r for r in hub.log if r[1].startswith("/cdn/")]
@@ -111,20 +107,38 @@ def test_a_download_another_process_finished_meanwhile_is_not_fetched_again(hub,
     first one finishes and lets go of the lock. Under the lock the second sees the finished
     folder and returns it, instead of fetching everything again into a new staging folder
     (which could then not be renamed onto the finished one)."""
-    real_list = dl._list_files
+    real_list = dl.list_files
 
     def list_while_another_finishes(name, root, endpoint):
         listing = real_list(name, root, endpoint)
-        monkeypatch.setattr(dl, "_list_files", real_list)
+        monkeypatch.setattr(dl, "list_files", real_list)
         dl.download(name, root)                                  # the other process, start to end
         hub.log.clear()
         return listing
 
-    monkeypatch.setattr(dl, "_list_files", list_while_another_finishes)
+    monkeypatch.setattr(dl, "list_files", list_while_another_finishes)
     assert dl.download(CUSTOM, tmp_path) == tmp_path / CUSTOM
     assert files_of(tmp_path / CUSTOM) == files_of(SOURCE)
     assert [r for r in hub.log if "/resolve/" in r[1] or r[1].startswith("/cdn/")] == []
     assert sorted(os.listdir(tmp_path)) == [CUSTOM]              # no staging folder, no lock left
+
+
+def test_an_entry_can_name_another_repository_and_some_of_its_files(hub, tmp_path, monkeypatch):
+    """A table entry for weights that are not a Qwen checkpoint (e.g. a watermark model): its own
+    repository, only the files it names; the first of them says the folder is complete."""
+    monkeypatch.setitem(dl.CHECKPOINTS, "Some-Weights", dl.Checkpoint(
+        "a test entry", "2 MB", repo=f"Qwen/{TOKENIZER}", files=("model.safetensors", "config.json")))
+    assert dl.manual_command("Some-Weights", tmp_path) == (
+        f'hf download Qwen/{TOKENIZER} model.safetensors config.json --local-dir "{tmp_path / "Some-Weights"}"')
+    assert not dl.is_downloaded("Some-Weights", tmp_path)
+    folder = dl.download("Some-Weights", tmp_path)
+    source = files_of(MODELS / "Tiny-Tokenizer-12Hz")
+    assert files_of(folder) == {p: source[p] for p in ("config.json", "model.safetensors")}
+    assert dl.is_downloaded("Some-Weights", tmp_path)
+    (folder / "config.json").unlink()
+    assert dl.is_downloaded("Some-Weights", tmp_path)                 # model.safetensors says so
+    hub.log.clear()
+    assert dl.download("Some-Weights", tmp_path) == folder and hub.log == []
 
 
 def test_unknown_names_are_refused(tmp_path):
@@ -134,19 +148,21 @@ def test_unknown_names_are_refused(tmp_path):
 
 # ----------------------------------------------------------------------------- resume
 def test_a_cut_connection_continues_where_it_stopped(hub, tmp_path):
+    """The first answer breaks off half way through the second chunk: the next request asks for
+    what follows the whole chunk that was written; only the half chunk in hand is fetched twice."""
     size = len((SOURCE / WEIGHTS).read_bytes())
-    hub.cut[WEIGHTS] = 1_500_000                                 # the first answer breaks off
+    hub.cut[WEIGHTS] = CHUNK + CHUNK // 2                        # the first answer breaks off
     folder = dl.download(CUSTOM, tmp_path)
     assert files_of(folder) == files_of(SOURCE)
     gets = [r for r in hub.log if r[0] == "GET" and r[1].startswith("/cdn/") and
             r[1].endswith(hub.repos[f"Qwen/{CUSTOM}"].files[WEIGHTS].sha256)]
-    assert [r[2] for r in gets] == [None, "bytes=1500000-"]
-    assert hub.bytes_served(WEIGHTS) == size                     # nothing fetched twice
+    assert [r[2] for r in gets] == [None, f"bytes={CHUNK}-"]
+    assert hub.bytes_served(WEIGHTS) == size + CHUNK // 2
 
 
 def test_a_stopped_download_keeps_its_bytes_and_the_next_one_continues(hub, tmp_path):
     with pytest.raises(Stop):
-        dl.download(CUSTOM, tmp_path, check_interrupt=stop_after(8))
+        dl.download(CUSTOM, tmp_path, check_interrupt=stop_once_a_file_is_partly_there(tmp_path))
     assert not (tmp_path / CUSTOM).exists()                      # never a half model
     parts = {p.relative_to(staged(tmp_path)).as_posix(): p.stat().st_size
              for p in staged(tmp_path).rglob("*.part")}
@@ -159,30 +175,34 @@ def test_a_stopped_download_keeps_its_bytes_and_the_next_one_continues(hub, tmp_
     assert files_of(folder) == files_of(SOURCE)
     assert resumed(hub) == [f"bytes={kept}-"]                    # continued, not started over
     assert seen[0] >= kept                                        # the kept bytes count as done
-    assert [r[2] for r in hub.log if r[0] == "GET" and r[1].split("/resolve/")[-1].split("/", 1)[-1] == path
-            ] == [f"bytes={kept}-"]                               # that file: only the rest was asked for
+    asked = [(r[0], r[1].split("/resolve/")[-1].split("/", 1)[-1]) for r in hub.log if "/resolve/" in r[1]]
+    assert asked[0] == ("HEAD", path)                             # that file first, then the ones not begun
+    assert [r[2] for r in hub.log if r[0] == "GET" and r[2]] == [f"bytes={kept}-"]   # only its rest
 
 
-def test_server_gone_mid_file_keeps_the_part_and_a_later_run_finishes(hub, tmp_path):
-    hub.cut[WEIGHTS] = 2_000_000
+def test_server_gone_mid_file_keeps_the_part_and_a_later_run_finishes(hub, tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)    # huggingface_hub's waits between its tries
+    hub.cut[WEIGHTS] = 2 * CHUNK + 1000
     hub.down_after_cut = True                                    # the connection drops, then the server
     with pytest.raises(DownloadError) as e:
         dl.download(CUSTOM, tmp_path)
     msg = str(e.value)
     assert "Download of Qwen3-TTS-12Hz-1.7B-CustomVoice stopped" in msg and "is kept in" in msg
     assert "download again to continue where it stopped" in msg and f"hf download Qwen/{CUSTOM}" in msg
-    assert (staged(tmp_path) / (WEIGHTS + ".part")).stat().st_size == 2_000_000
+    assert (staged(tmp_path) / (WEIGHTS + ".part")).stat().st_size == 2 * CHUNK   # the whole chunks
     assert not (tmp_path / CUSTOM).exists()
     hub.down, hub.down_after_cut = False, False                  # back up
     hub.log.clear()
     folder = dl.download(CUSTOM, tmp_path)
-    assert resumed(hub) == ["bytes=2000000-"]
+    assert resumed(hub) == [f"bytes={2 * CHUNK}-"]
     assert files_of(folder) == files_of(SOURCE)
 
 
 def test_a_new_commit_starts_the_staged_download_again(hub, tmp_path):
     with pytest.raises(Stop):
-        dl.download(CUSTOM, tmp_path, check_interrupt=stop_after(8))
+        dl.download(CUSTOM, tmp_path, check_interrupt=stop_once_a_file_is_partly_there(tmp_path))
     repo = hub.repos[f"Qwen/{CUSTOM}"]
     old_commit, repo.commit = repo.commit, "f" * 40
     hub.log.clear()
@@ -190,6 +210,54 @@ def test_a_new_commit_starts_the_staged_download_again(hub, tmp_path):
     assert files_of(folder) == files_of(SOURCE)
     assert not any(r[2] for r in hub.log)                        # nothing continued from the old commit
     assert all(old_commit not in r[1] for r in hub.log)
+
+
+def test_progress_from_another_thread_shows_and_cancel_waits_for_the_files_end(hub, tmp_path, monkeypatch):
+    """hf_xet reports a file's bytes from a thread of its own and drops what the hook raises there
+    (qwen_tts_core/download.py says why this matters). Played here by running huggingface_hub's
+    http_get in another thread: its progress still reaches on_progress; the interrupt check runs in
+    the caller's thread only (ComfyUI's check clears its flag when it raises: raised where nobody
+    catches it, the Cancel would be lost); a Cancel pressed during such a file stops the download
+    when the file is there, and that file is kept and not fetched again."""
+    from huggingface_hub import file_download
+
+    real_http_get = file_download.http_get
+
+    def in_another_thread(*args, **kwargs):
+        failed = []
+
+        def run():
+            try:
+                real_http_get(*args, **kwargs)
+            except Exception as e:
+                failed.append(e)
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+        if failed:
+            raise failed[0]
+
+    monkeypatch.setattr(file_download, "http_get", in_another_thread)
+    caller, checked_in, reported_in, cancel = threading.get_ident(), set(), set(), []
+
+    def on_progress(done, total):
+        reported_in.add(threading.get_ident())
+        if done > 2_500_000:                                     # inside model.safetensors
+            cancel.append(True)
+
+    def check():
+        checked_in.add(threading.get_ident())
+        if cancel:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        dl.download(CUSTOM, tmp_path, on_progress=on_progress, check_interrupt=check)
+    assert checked_in == {caller} and len(reported_in) > 1
+    assert (staged(tmp_path) / (WEIGHTS + ".part")).read_bytes() == (SOURCE / WEIGHTS).read_bytes()
+    monkeypatch.setattr(file_download, "http_get", real_http_get)
+    hub.sent.clear()
+    assert files_of(dl.download(CUSTOM, tmp_path)) == files_of(SOURCE)
+    assert hub.bytes_served(WEIGHTS) == 0                         # the whole file was kept
 
 
 # ----------------------------------------------------------------------------- damaged files
@@ -240,34 +308,47 @@ def test_a_small_config_file_listed_without_a_hash_is_taken(hub, tmp_path):
     assert files_of(dl.download(CUSTOM, tmp_path)) == files_of(SOURCE)
 
 
-def test_a_full_disk_says_how_much_is_needed_and_keeps_only_whole_chunks(hub, tmp_path, monkeypatch):
+def test_a_full_disk_says_how_much_is_needed_and_keeps_what_was_written(hub, tmp_path, monkeypatch):
     """The disk fills up in the middle of model.safetensors, in the middle of a chunk: the error
     says how much more space the checkpoint needs and where; nothing lies outside .downloading/,
-    the .part ends at the last whole chunk (the half-written one is cut off), and once there is
-    space again the next download continues from there and gets every byte right."""
+    the .part holds what was written (a true beginning of the file), and once there is space again
+    the next download continues from there and gets every byte right. The disk fills in the file
+    object that huggingface_hub's http_get writes to (on both huggingface_hub lines)."""
     import errno
 
-    real_write, written = dl._write, {}
+    from huggingface_hub import file_download
 
-    def fill_up(out, data):
-        if sum(written.values()) + len(data) > 3_000_000:
-            real_write(out, data[: len(data) // 2])
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_write(out, data)
-        written[out.name] = written.get(out.name, 0) + len(data)
+    real_http_get, written = file_download.http_get, {}
 
-    monkeypatch.setattr(dl, "_write", fill_up)
+    class FillingDisk:
+        def __init__(self, out):
+            self.out = out
+
+        def write(self, data):
+            if sum(written.values()) + len(data) > 3_000_000:
+                self.out.write(data[: len(data) // 2])
+                self.out.flush()
+                written[self.out.name] = written.get(self.out.name, 0) + len(data) // 2
+                raise OSError(errno.ENOSPC, "No space left on device")
+            written[self.out.name] = written.get(self.out.name, 0) + len(data)
+            return self.out.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.out, name)
+
+    monkeypatch.setattr(file_download, "http_get",
+                        lambda url, out, *args, **kwargs: real_http_get(url, FillingDisk(out), *args, **kwargs))
     with pytest.raises(DownloadError) as e:
         dl.download(CUSTOM, tmp_path)
     needed = fixture_size() - sum(written.values())
     assert str(e.value).startswith(f"The disk of {tmp_path} is full (No space left on device): {CUSTOM} needs "
-                                   f"{dl._size(needed)} more there")
+                                   f"{needed / 1e6:.1f} MB more there")
     assert f"kept in {staged(tmp_path)}; free some space and download again" in str(e.value)
     assert os.listdir(tmp_path) == [dl.STAGING]
     part = staged(tmp_path) / (WEIGHTS + ".part")
-    assert part.stat().st_size == written[str(part)] > 0
+    assert part.stat().st_size == written[str(part)] > CHUNK
     assert part.read_bytes() == (SOURCE / WEIGHTS).read_bytes()[: written[str(part)]]
-    monkeypatch.setattr(dl, "_write", real_write)
+    monkeypatch.setattr(file_download, "http_get", real_http_get)
     hub.log.clear()
     assert files_of(dl.download(CUSTOM, tmp_path)) == files_of(SOURCE)
     assert resumed(hub) == [f"bytes={written[str(part)]}-"]

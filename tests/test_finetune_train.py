@@ -17,7 +17,7 @@ from qwen_tts_core.api import QwenTTS
 from qwen_tts_core.audio import read_wav, write_wav
 from qwen_tts_core.errors import Interrupted
 from qwen_tts_core.finetune import Item, TrainConfig, codec_fingerprint, encode, reference_clip, scan, train
-from qwen_tts_core.finetune import checkpoint as ckpt
+from qwen_tts_core.finetune import output as ckpt
 from qwen_tts_core.finetune import memory
 from qwen_tts_core.sampling import Sampling
 
@@ -58,6 +58,18 @@ def greedy_codes_ours(folder, speaker="me"):
     out = tts.generate_custom_voice(TEXT, speaker, max_frames=60, sampling=Sampling(False, repetition_penalty=1.05),
                                     sub_sampling=Sampling(False))
     return out.codes[0], out.stopped[0]
+
+
+def test_renamed_modules_and_classes_keep_their_old_names():
+    """finetune/checkpoint.py is finetune/output.py, the progress classes say what they count;
+    the old import paths still give the same objects."""
+    import qwen_tts_core.finetune.checkpoint as old_module
+    from qwen_tts_core.finetune import Progress, TrainingProgress
+    from qwen_tts_core.longform import Progress as OldRenderProgress
+    from qwen_tts_core.longform import RenderProgress
+
+    assert old_module is ckpt and old_module.check_name("anna") == "anna"
+    assert Progress is TrainingProgress and OldRenderProgress is RenderProgress
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])

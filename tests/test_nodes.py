@@ -98,6 +98,21 @@ def test_every_node_has_id_category_and_tooltips(N, rt):
     assert name.optional is True and name.force_input is True
 
 
+def test_sampling_widgets_default_to_the_released_generation_config(N):
+    """The widgets take their defaults from the core (GenerationDefaults: what the released
+    checkpoints' generation_config.json says), on every node that has them."""
+    import json
+
+    from conftest import MODELS
+
+    released = json.loads((MODELS / "Tiny-CustomVoice" / "generation_config.json").read_text())
+    keys = ("temperature", "top_k", "top_p", "repetition_penalty")
+    for node in ("QwenTTSCustomVoice", "QwenTTSVoiceDesign", "QwenTTSVoiceClone", "QwenTTSNarrate",
+                 "QwenTTSSubtitleVoiceOver", "QwenTTSScript"):
+        widgets = {i.id: i.default for i in N[node].define_schema().inputs if i.id in keys}
+        assert widgets == {k: released[k] for k in keys}, node
+
+
 def test_loader_lists_checkpoints_by_their_real_names(N):
     model_opts = N["QwenTTSModelLoader"].define_schema().inputs[0].options
     assert model_opts == [BASE, CUSTOM, DESIGN,                  # the tokenizer is not a TTS model

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import comfy_env
+from conftest import HUB_CHUNK as CHUNK
 from conftest import MODELS
-from hub_server import FakeHub
 from qwen_tts_core import download as dl
 from qwen_tts_core.errors import DownloadError, InputError, ModelFolderError
 
@@ -33,19 +33,6 @@ def root(tmp_path):
     (tmp_path / "qwen-tts").mkdir()
     yield tmp_path / "qwen-tts"
     folder_paths.folder_names_and_paths["qwen-tts"] = saved
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(dl, "RETRY_WAIT", 0.0)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    with FakeHub({f"Qwen/{CUSTOM}": MODELS / "Tiny-CustomVoice",
-                  f"Qwen/{TOKENIZER}": MODELS / "Tiny-Tokenizer-12Hz"}) as h:
-        monkeypatch.setenv("HF_ENDPOINT", h.endpoint)
-        yield h
 
 
 @pytest.fixture
@@ -98,25 +85,41 @@ def test_a_plain_name_never_downloads(N, root, hub):
     assert hub.log == [] and list(root.iterdir()) == []
 
 
-def test_cancel_keeps_what_arrived_and_lists_nothing_until_complete(N, rt, root, hub):
+def test_cancel_keeps_what_arrived_and_lists_nothing_until_complete(N, rt, root, hub, monkeypatch):
     import comfy.model_management as mm
+    from huggingface_hub import file_download
 
-    hub.on_request = lambda method, path: (mm.interrupt_current_processing(True)
-                                           if path.startswith("/cdn/") else None)
+    real_http_get = file_download.http_get
+
+    class CancelOnceTheWeightsBegin:          # the file object huggingface_hub's http_get writes to
+        def __init__(self, out):
+            self.out = out
+
+        def write(self, data):
+            written = self.out.write(data)
+            if self.out.name.endswith("model.safetensors.part"):
+                mm.interrupt_current_processing(True)     # the user presses Cancel
+            return written
+
+        def __getattr__(self, name):
+            return getattr(self.out, name)
+
+    monkeypatch.setattr(file_download, "http_get",
+                        lambda url, out, *args, **kwargs: real_http_get(url, CancelOnceTheWeightsBegin(out), *args, **kwargs))
     with pytest.raises(mm.InterruptProcessingException):
         comfy_env.run_node(N["QwenTTSModelLoader"], model_name=CUSTOM_ENTRY, **LOAD)
+    monkeypatch.setattr(file_download, "http_get", real_http_get)
     assert not mm.processing_interrupted()
     staging = root / dl.STAGING / CUSTOM
     assert (staging / "config.json").is_file()                # the small files arrived ...
-    assert (staging / "model.safetensors.part").stat().st_size == dl.CHUNK   # ... stopped after one chunk
+    assert (staging / "model.safetensors.part").stat().st_size == CHUNK   # ... stopped after one chunk
     assert CUSTOM not in rt.list_model_folders() and not (root / CUSTOM).exists()
     assert options(N)[0] == CUSTOM_ENTRY                      # still a download, not a model
     with pytest.raises(InputError, match="Invalid model folder name"):
         rt.find_model_folder(f"{dl.STAGING}/{CUSTOM}")
-    hub.on_request = None
     hub.log.clear()
     model, _, _ = comfy_env.run_node(N["QwenTTSModelLoader"], model_name=CUSTOM_ENTRY, **LOAD)
-    assert [r[2] for r in hub.log if "/resolve/" in r[1] and r[2]] == [f"bytes={dl.CHUNK}-"]
+    assert [r[2] for r in hub.log if r[2]] == [f"bytes={CHUNK}-"]
     assert model.name == CUSTOM and sorted(p.name for p in root.iterdir()) == [CUSTOM]
 
 

@@ -18,6 +18,29 @@ def test_tokenizer_folder_of_standalone_and_model_folders():
     assert speech_codes.tokenizer_folder(MODELS / "Tiny-Base") == MODELS / "Tiny-Base" / "speech_tokenizer"
 
 
+def test_the_config_decides_which_folder_holds_the_tokenizer(tmp_path):
+    """Where the two earlier copies of tokenizer_folder disagreed: a standalone tokenizer folder
+    that also holds a speech_tokenizer/ subfolder (here one the loader would refuse) is the
+    tokenizer itself, as its config.json says; a model folder that lost its config.json still
+    has a whole tokenizer in speech_tokenizer/. The ComfyUI loader and the core share the answer."""
+    import json
+
+    from qwen_tts_core.codec import SpeechTokenizer
+
+    folder = tmp_path / "tokenizer"
+    folder.mkdir()
+    for f in (MODELS / "Tiny-Tokenizer-12Hz").iterdir():
+        (folder / f.name).symlink_to(f)
+    (folder / "speech_tokenizer").mkdir()
+    (folder / "speech_tokenizer" / "config.json").write_text(json.dumps({"model_type": "qwen3_tts_tokenizer_25hz"}))
+    assert speech_codes.tokenizer_folder(folder) == folder
+    assert SpeechTokenizer.from_pretrained(folder).num_codebooks == 16     # not the 25 Hz one below it
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "speech_tokenizer").symlink_to(MODELS / "Tiny-Base" / "speech_tokenizer", target_is_directory=True)
+    assert speech_codes.tokenizer_folder(model) == model / "speech_tokenizer"
+
+
 def test_tokenizer_folder_errors(tmp_path):
     missing = tmp_path / "missing"
     with pytest.raises(ModelFolderError, match=re.escape(

@@ -414,20 +414,23 @@ def test_links_pointing_outside_the_folder_are_not_listed_and_say_why(tmp_path, 
     assert load_voice(outside).prompt.ref_codes is None                          # the target is untouched
 
 
-def test_a_temporary_name_that_is_taken_is_drawn_again(tmp_path, monkeypatch):
+def test_a_temporary_name_that_is_taken_is_drawn_again(tmp_path, monkeypatch, xvector_voice):
     """Saving writes to a fresh temporary file first: a name already there (another save at the
-    same moment) is skipped for the next draw; after 10 taken names it gives up with the folder."""
+    same moment) is skipped for the next draw, and the other file is left alone; after 10 taken
+    names it gives up with the folder."""
     import secrets
 
-    from qwen_tts_core import voice
-
-    (tmp_path / ".tmp-taken.part").write_bytes(b"")
+    (tmp_path / ".narrator.taken.tmp").write_bytes(b"another save's")
     draws = iter(["taken", "taken", "free"])
     monkeypatch.setattr(secrets, "token_hex", lambda n: next(draws))
-    name, mode = voice._new_file(tmp_path, ".tmp-", ".part")
-    assert name == str(tmp_path / ".tmp-free.part") and os.path.getsize(name) == 0
-    assert mode == stat.S_IMODE(os.stat(name).st_mode)
+    path = save_voice(xvector_voice, tmp_path, "narrator")
+    assert next(draws, "all drawn") == "all drawn"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".narrator.taken.tmp", "narrator.safetensors"]
+    assert (tmp_path / ".narrator.taken.tmp").read_bytes() == b"another save's"
+    assert torch.equal(load_voice(path).prompt.speaker_embedding, xvector_voice.prompt.speaker_embedding)
+    (tmp_path / ".second.taken.tmp").write_bytes(b"")
     monkeypatch.setattr(secrets, "token_hex", lambda n: "taken")
     with pytest.raises(FileExistsError) as e:
-        voice._new_file(tmp_path, ".tmp-", ".part")
+        save_voice(xvector_voice, tmp_path, "second")
     assert str(e.value) == f"Could not create a temporary file in {tmp_path}."
+    assert not (tmp_path / "second.safetensors").exists()

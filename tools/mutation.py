@@ -5,16 +5,20 @@ For each module: a fresh copy of the working tree in out/mutation/<name>/, a mut
 mutates that one file and selects the tests below (fast and relevant ones; mutmut then runs, per
 mutant, only those of them that call the mutated function, stopping at the first failure), a
 per-mutant CPU-time limit, and a summary: counts, score, wall time, and the diff of every
-surviving mutant (out/mutation/<name>/survivors.txt).
+surviving mutant (out/mutation/<name>/survivors.txt). Each run's result is also kept in the tree,
+tests/mutation/<name>.json, and the report tests/MUTATION.md is written from those (never by hand).
 
     bash tools/mutation.sh sampling speech_codes voice
     bash tools/mutation.sh --list
     bash tools/mutation.sh --resume generate     # continue a stopped run
     bash tools/mutation.sh --recheck generate    # its survivors again, with the tests added since
+    python tools/mutation.py --report            # tests/MUTATION.md again from tests/mutation/
 """
 from __future__ import annotations
 
 import argparse
+import datetime
+import hashlib
 import json
 import os
 import re
@@ -26,6 +30,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "out" / "mutation"
+RESULTS = ROOT / "tests" / "mutation"          # <name>.json: the last run of each module (kept in the tree)
+REPORT = ROOT / "tests" / "MUTATION.md"        # written from RESULTS
+EQUIVALENT = ROOT / "tools" / "mutation_equivalent"
+BAR = 0.85                                     # of the non-equivalent mutants killed, for the modules below
+BARRED = ("generate", "nodes/generate", "prompt", "voice")
 PACK = "qwen_tts_pack"          # the name tests/comfy_env.py imports the pack under
 
 # name -> (file to mutate, the tests that cover it: pytest node ids or files)
@@ -164,7 +173,7 @@ def judged_equivalent(name: str) -> dict[str, str]:
     """Survivors of `name`'s run judged equivalent (no behaviour differs) or harmless (display
     text), from tools/mutation_equivalent/<name>.txt: one `mutant name  # why` a line. Names are
     mutmut's, valid for the module as it was mutated; a changed module needs a new list."""
-    path = ROOT / "tools" / "mutation_equivalent" / (name.replace("/", "-") + ".txt")
+    path = EQUIVALENT / (name.replace("/", "-") + ".txt")
     if not path.is_file():
         return {}
     lines = (line.split("#", 1) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#"))
@@ -237,12 +246,94 @@ def run(name: str, jobs: int, env: dict, resume: bool = False, recheck: bool = F
     return summary
 
 
+# --------------------------------------------------------------------------- results and report
+def file_sha1(path: Path) -> str | None:
+    return hashlib.sha1(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def record_result(summary: dict, recheck: bool, results: Path = RESULTS, root: Path = ROOT,
+                  today: str | None = None) -> dict:
+    """Keeps a run's summary as results/<name>.json: what the report is made of. A run replaces
+    the module's record; a --recheck updates its counts and adds itself to the record's rechecks."""
+    path = results / (summary["module"].replace("/", "-") + ".json")
+    today = today or datetime.date.today().isoformat()
+    current = {k: summary[k] for k in ("counts", "judged_equivalent_or_harmless", "non_equivalent_killed",
+                                       "survivors_not_judged")}
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if recheck and old is not None:
+        record = dict(old, **current)
+        record["rechecks"] = old.get("rechecks", []) + [dict(summary["rechecked"], finished=today,
+                                                             wall_seconds=summary["wall_seconds"])]
+    else:
+        record = {"module": summary["module"], "file": summary["file"], "finished": today,
+                  "file_sha1": file_sha1(root / summary["file"]), "mutants": summary["mutants"], **current,
+                  "wall_seconds": summary["wall_seconds"], "jobs": summary["jobs"], "complete": True,
+                  "rechecks": [], "notes": []}
+    results.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    return record
+
+
+def _percent(killed: int, of: int) -> str:
+    return f"{killed}/{of} ({100 * killed / of:.1f}%)" if of else "n/a"
+
+
+def write_report(results: Path = RESULTS, out: Path = REPORT, root: Path = ROOT,
+                 equivalent: Path = EQUIVALENT) -> str:
+    """tests/MUTATION.md from the records in `results`: a row per module, whether the modules
+    with a bar meet it, whether a module changed since its run, and per module the notes of its
+    record and of its judged-survivor file."""
+    records = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
+    lines = ["# Mutation scores", "",
+             "Written by `tools/mutation.py` from `tests/mutation/*.json` (each run keeps its result there; "
+             "`python tools/mutation.py --report` writes this again). Do not edit by hand. How to run it and "
+             "what the scores mean: `tests/README.md`.", "",
+             f"Bar: at least {BAR:.0%} of the non-equivalent mutants killed, for "
+             + ", ".join(f"`{m}`" for m in BARRED) + ".", "",
+             "| module | run | mutants | killed | timeout | survived | without a test | judged eq./harmless "
+             "| non-equivalent killed | bar | module changed since the run (when this was written) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        c = r["counts"]
+        killed, of = r["non_equivalent_killed"]
+        bar = ("met" if of and killed / of >= BAR else "NOT met") if r["module"] in BARRED else ""
+        sha, path = r.get("file_sha1"), root / r["file"]
+        changed = "unknown" if sha is None else ("no" if file_sha1(path) == sha else "yes: run it again")
+        run = r["finished"] + ("" if r.get("complete", True) else ", stopped before the end")
+        for recheck in r.get("rechecks", []):
+            run += f"; recheck {recheck['finished']}: {recheck['killed_now']} of {recheck['survivors_before']} killed"
+        lines.append(f"| `{r['module']}` | {run} | {r['mutants']} | {c.get('killed', 0)} | {c.get('timeout', 0)} "
+                     f"| {c.get('survived', 0)} | {c.get('no tests', 0)} | {r['judged_equivalent_or_harmless']} "
+                     f"| {_percent(killed, of)} | {bar} | {changed} |")
+    lines += ["", "Score = killed (timeouts count as killed) among the tested mutants that change behaviour: "
+              "survivors judged equivalent, harmless (display text) or not observable on a CPU are left out; "
+              "they are listed with the reason in `tools/mutation_equivalent/<module>.txt`.", ""]
+    for r in records:
+        eq_file = equivalent / (r["module"].replace("/", "-") + ".txt")
+        comments = ([line.lstrip("# ").rstrip() for line in eq_file.read_text().splitlines()
+                     if line.startswith("#")] if eq_file.is_file() else [])
+        minutes = f"{r['wall_seconds'] / 60:.1f} min" if r.get("wall_seconds") else "time not recorded"
+        lines += [f"## `{r['module']}` ({r['file']})", "",
+                  f"Run {r['finished']}, {minutes}, {r.get('jobs') or '?'} mutants at a time."]
+        lines += [f"- {note}" for note in r.get("notes", [])]
+        if r.get("survivors_not_judged"):
+            lines.append("- Survivors not judged yet: " + ", ".join(f"`{k}`" for k in r["survivors_not_judged"]))
+        if comments:
+            lines += ["", f"From `tools/mutation_equivalent/{eq_file.name}`:", ""] + [f"> {c}" if c else ">" for c in comments]
+        lines.append("")
+    text = "\n".join(lines)
+    out.write_text(text)
+    return text
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("modules", nargs="*", help=f"modules ({', '.join(MODULES)}) or groups ({', '.join(GROUPS)})")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", "2")),
                     help="mutants tested at once (default 2, or $MUTATION_JOBS)")
     ap.add_argument("--list", action="store_true", help="list the modules and their tests")
+    ap.add_argument("--report", action="store_true",
+                    help=f"write {REPORT.relative_to(ROOT)} from {RESULTS.relative_to(ROOT)}/ and stop")
     ap.add_argument("--recheck", action="store_true",
                     help="test the survivors of each module's last run again with the current tests "
                          "(after tests were added for them), but those judged equivalent in "
@@ -251,6 +342,10 @@ def main() -> int:
                     help="continue a stopped run of each module where it was (its copy of the tree, its "
                          "results so far) instead of starting afresh; the wall time is this part's")
     args = ap.parse_args()
+    if args.report:
+        write_report()
+        print(f"wrote {REPORT.relative_to(ROOT)}")
+        return 0
     if args.list or not args.modules:
         for name, (source, tests) in MODULES.items():
             print(f"{name:20s} {source:40s} {' '.join(tests)}")
@@ -268,8 +363,13 @@ def main() -> int:
     # a test that cannot run here skips and mutmut counts it as passing, which a survivor shows
     env = dict(os.environ, QWEN_TTS_TEST_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     env.pop("CI", None)
-    summaries = [run(name, args.jobs, env, args.resume, args.recheck) for name in names]
+    summaries = []
+    for name in names:
+        summaries.append(run(name, args.jobs, env, args.resume, args.recheck))
+        record_result(summaries[-1], args.recheck)
+        write_report()
     (OUT / "last-run.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    print(f"results kept in {RESULTS.relative_to(ROOT)}/; report: {REPORT.relative_to(ROOT)}")
     return 0
 
 

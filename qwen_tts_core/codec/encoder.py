@@ -3,9 +3,9 @@ block so that any length encodes in bounded memory.
 
 Mimi's encoder: causal SEANet convs (24 kHz -> 25 Hz), a causal transformer with a 250-frame
 sliding window, a stride-2 causal conv (-> 12.5 Hz) and a split residual VQ. Only the encoder
-half is built: `MimiModel` is constructed with its parameters on the meta device (the decoder half
-therefore costs nothing) and the encoder parameters are loaded from the checkpoint names
-`encoder.*`. Works with transformers 4.57 (flat MimiModel) and 5.x (encoder half as its own model).
+half is built: `MimiModel` is constructed on the meta device (the decoder half therefore costs
+nothing), the buffers Mimi computes at construction are computed again on the CPU, and the encoder
+parameters are loaded from the checkpoint names `encoder.*`. Works with transformers 4.57 (flat MimiModel) and 5.x (encoder half as its own model).
 
 The transformer gets an explicit attention mask: transformers 4.57 ignores Mimi's
 `sliding_window` in a plain forward pass (full causal attention: what the official package, which
@@ -18,30 +18,39 @@ context, and with absolute rotary positions, is the same computation as one whol
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 
 
-@contextmanager
-def _parameters_on_meta():
-    """Modules built inside get their parameters on the meta device and keep real buffers: Mimi
-    computes non-persistent buffers at construction (conv strides, rotary frequencies) that are
-    not in the checkpoint."""
-    register = nn.Module.register_parameter
+def _computed_buffers_on_cpu(model: nn.Module) -> None:
+    """A Mimi model built on the meta device (its parameters come from the checkpoint) also has
+    its non-persistent buffers there: the values Mimi computes at construction and no checkpoint
+    holds. They are computed again here on the CPU as Mimi computes them (transformers 5 does the
+    same in `_init_weights`): each conv's effective kernel, stride and causal padding, and the
+    rotary frequencies (from a fresh MimiRotaryEmbedding of the config: a few floats). A buffer
+    of any other kind left on meta is an error that names it (a transformers version with a new
+    one shows up in the tests, not in a silent wrong result)."""
+    from transformers.models.mimi.modeling_mimi import MimiConv1d, MimiRotaryEmbedding
 
-    def register_on_meta(module, name, param):
-        register(module, name, param)
-        if param is not None:
-            p = module._parameters[name]
-            module._parameters[name] = nn.Parameter(p.to("meta"), requires_grad=p.requires_grad)
-
-    nn.Module.register_parameter = register_on_meta
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register
+    for module in model.modules():
+        if isinstance(module, MimiConv1d):
+            conv = module.conv
+            kernel = (conv.kernel_size[0] - 1) * conv.dilation[0] + 1
+            stride = conv.stride[0]
+            module.stride = torch.tensor(stride, dtype=torch.int64)
+            module.kernel_size = torch.tensor(kernel, dtype=torch.int64)
+            module.padding_total = torch.tensor(kernel - stride, dtype=torch.int64)
+        elif isinstance(module, MimiRotaryEmbedding):
+            with torch.device("cpu"):
+                fresh = MimiRotaryEmbedding(module.config)
+            for name in ("inv_freq", "original_inv_freq"):   # buffers in 5.x; the second a plain attribute in 4.57
+                if isinstance(getattr(fresh, name, None), torch.Tensor):
+                    setattr(module, name, getattr(fresh, name))
+    persistent = set(model.state_dict())
+    left = [name for name, b in model.named_buffers() if b.is_meta and name not in persistent]
+    if left:
+        raise RuntimeError(f"Mimi buffers this transformers version computes at construction are not "
+                           f"rebuilt after a meta-device build: {left[:5]}")
 
 
 def mimi_config(encoder_config: dict):
@@ -61,8 +70,9 @@ class MimiEncoder(nn.Module):
         from transformers import MimiModel
 
         cfg = mimi_config(encoder_config)
-        with _parameters_on_meta():
+        with torch.device("meta"):            # the decoder half is built too, and costs nothing
             mimi = MimiModel(cfg)
+        _computed_buffers_on_cpu(mimi)
         half = mimi.encoder
         if hasattr(half, "encoder_seanet"):   # transformers >= 5: MimiEncoderModel
             self.encoder, self.encoder_transformer, self.downsample = \

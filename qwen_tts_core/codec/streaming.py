@@ -39,7 +39,7 @@ class StreamingDecoder:
     def __init__(self, tokenizer, batch_size: int = 1, chunk_frames: int = 1):
         if batch_size < 1 or chunk_frames < 1:
             raise ValueError("batch_size and chunk_frames must be >= 1")
-        self.tokenizer, self.decoder = tokenizer, tokenizer._decoder()
+        self.tokenizer, self.decoder = tokenizer, tokenizer.require_decoder()
         self.batch_size, self.chunk_frames = batch_size, chunk_frames
         self.reset()
 

@@ -15,13 +15,14 @@ import torch
 
 from ..audio import prepare
 from ..checkpoint import load_into, weight_files
-from ..config import _pick, read_json
+from ..config import from_keys, read_json
 from ..errors import InputError, ModelFolderError
 from .decoder import DecoderConfig, SpeechDecoder
 from .encoder import MimiEncoder
 from .streaming import StreamingDecoder, decode_chunks
 
 MODEL_TYPE = "qwen3_tts_tokenizer_12hz"
+MODEL_TYPE_FAMILY = "qwen3_tts_tokenizer_"     # the 12 Hz one and the 25 Hz one (not supported)
 PAD = -1
 OFFICIAL_CHUNK, OFFICIAL_CONTEXT = 300, 25  # qwen-tts 0.1.1 chunked_decode
 DECODE_BUDGET = 1 << 30   # bytes of decoder activations per call (chunk size = budget / batch)
@@ -53,26 +54,64 @@ class CodecConfig:
     decode_upsample_rate: int = 1920
 
 
+# The 12 Hz tokenizer's code layout as its config gives it (the released config.json agrees):
+# codes are [16 codebooks, frames] of values in [0, 2048). Callers without a loaded tokenizer
+# (saved voices, the speech-codes adapter) check against these.
+NUM_CODEBOOKS = CodecConfig.encoder_valid_num_quantizers
+CODEBOOK_SIZE = DecoderConfig.codebook_size
+
+
+@dataclass(frozen=True)
+class OutOfRange:
+    count: int          # how many codes lie outside [0, size)
+    index: tuple        # where the first one is
+    value: int          # and what it is
+
+
+def codes_out_of_range(x: torch.Tensor, size: int = CODEBOOK_SIZE) -> OutOfRange | None:
+    """The one code-range rule: every code in [0, size). None when `x` keeps it, else what broke
+    it (each caller words the error for its input: see `check_codes`, `_check_range`, `load_voice`)."""
+    bad = (x < 0) | (x >= size)
+    if not bool(bad.any()):
+        return None
+    where = tuple(bad.nonzero()[0].tolist())
+    return OutOfRange(int(bad.sum()), where, int(x[where]))
+
+
 FULL_CONTEXT_SECONDS = 60  # encode clips up to this long with the official whole-past attention
 
 def tokenizer_folder(folder: str | Path) -> Path:
-    """The folder holding the tokenizer: `folder` itself (standalone Qwen3-TTS-Tokenizer-12Hz)
-    or its `speech_tokenizer/` subfolder (a Qwen3-TTS model folder)."""
+    """The folder holding the speech tokenizer: `folder` itself when its config.json describes a
+    speech tokenizer (the standalone Qwen3-TTS-Tokenizer-12Hz), its `speech_tokenizer/` subfolder
+    when the config.json describes a Qwen3-TTS model. The config decides, not the presence of a
+    subfolder: a tokenizer folder that also holds a copy in speech_tokenizer/ is still itself.
+    (A 25 Hz tokenizer's folder is returned too: `read_codec_config` refuses it by name.)"""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ModelFolderError(f"{folder} is not a folder.")
-    if (folder / "speech_tokenizer").is_dir():
-        return folder / "speech_tokenizer"
+        raise ModelFolderError(
+            f"Speech tokenizer folder not found: {folder}. Download Qwen/Qwen3-TTS-Tokenizer-12Hz "
+            "into that folder (or pick a Qwen3-TTS model folder, which ships its own).")
+    sub = folder / "speech_tokenizer"
     if not (folder / "config.json").exists():
+        if sub.is_dir():              # a model folder that lost its config.json: its tokenizer is whole
+            return tokenizer_folder(sub)
         raise ModelFolderError(f"{folder} has neither a config.json nor a speech_tokenizer/ subfolder; "
                                "it is not a Qwen3-TTS model or speech-tokenizer folder.")
-    if read_json(folder / "config.json").get("model_type") == "qwen3_tts":
-        raise ModelFolderError(
-            f"{folder} is a Qwen3-TTS model folder without its speech_tokenizer/ subfolder. Download "
-            "that subfolder too (e.g. `huggingface-cli download Qwen/Qwen3-TTS-12Hz-1.7B-Base "
-            f"--include 'speech_tokenizer/*' --local-dir {folder}`, with your model's name), or "
-            "point to a standalone Qwen/Qwen3-TTS-Tokenizer-12Hz folder.")
-    return folder
+    kind = read_json(folder / "config.json").get("model_type")
+    if isinstance(kind, str) and kind.startswith(MODEL_TYPE_FAMILY):
+        return folder
+    if kind == "qwen3_tts":
+        if not sub.is_dir():
+            raise ModelFolderError(
+                f"{folder} has no speech_tokenizer/ subfolder. Every Qwen3-TTS checkpoint ships one: download "
+                "the whole model repository, including speech_tokenizer/. For a model folder without its "
+                "speech_tokenizer/ that is e.g. `hf download Qwen/Qwen3-TTS-12Hz-1.7B-Base --include "
+                f"'speech_tokenizer/*' --local-dir {folder}` with your model's name; or point to a standalone "
+                "Qwen/Qwen3-TTS-Tokenizer-12Hz folder.")
+        return tokenizer_folder(sub)
+    raise ModelFolderError(f"{folder} is neither a Qwen3-TTS speech tokenizer (model_type "
+                           f"'{MODEL_TYPE}') nor a Qwen3-TTS model folder "
+                           f"(its config.json says {kind!r}).")
 
 
 def read_codec_config(folder: Path) -> CodecConfig:
@@ -85,7 +124,7 @@ def read_codec_config(folder: Path) -> CodecConfig:
     if kind != MODEL_TYPE:
         raise ModelFolderError(f"{path} describes a {kind!r} model, not the Qwen3-TTS 12 Hz speech "
                                f"tokenizer (model_type {MODEL_TYPE!r}).")
-    c = _pick(CodecConfig, raw, str(path))
+    c = from_keys(CodecConfig, raw, str(path))
     if not isinstance(c.encoder_config, dict) or not isinstance(c.decoder_config, dict):
         raise ModelFolderError(f"{path} lacks encoder_config/decoder_config.")
     if c.input_sample_rate != c.output_sample_rate:
@@ -103,7 +142,7 @@ class SpeechTokenizer:
         self.sample_rate = config.output_sample_rate
         self.samples_per_frame = config.decode_upsample_rate
         self.num_codebooks = config.encoder_valid_num_quantizers
-        self.codebook_size = int(config.decoder_config.get("codebook_size", 2048))
+        self.codebook_size = int(config.decoder_config.get("codebook_size", CODEBOOK_SIZE))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32,
@@ -117,7 +156,7 @@ class SpeechTokenizer:
         files = weight_files(folder)
         dec = enc = None
         if decoder:
-            dc = _pick(DecoderConfig, c.decoder_config, f"{folder / 'config.json'} decoder_config")
+            dc = from_keys(DecoderConfig, c.decoder_config, f"{folder / 'config.json'} decoder_config")
             if dc.hidden_act != "silu" or dc.attention_bias:
                 raise ModelFolderError(f"{folder / 'config.json'}: decoder hidden_act {dc.hidden_act!r} / "
                                        f"attention_bias {dc.attention_bias} are not supported.")
@@ -184,7 +223,7 @@ class SpeechTokenizer:
     def decode_chunk_frames(self, batch: int, device: torch.device | None = None) -> int:
         """Frames per decoder call for a batch on `device` (default: the decoder's): as many as
         keep the activations within `decode_budget` (at least 1, at most the official 300)."""
-        per_frame = self._decoder().activation_bytes(1, self.dtype)
+        per_frame = self.require_decoder().activation_bytes(1, self.dtype)
         budget = decode_budget(torch.device(device or self.device))
         return max(1, min(OFFICIAL_CHUNK, budget // max(1, batch * per_frame)))
 
@@ -193,7 +232,7 @@ class SpeechTokenizer:
         (default: the decoder's): one chunk's activations, plus the whole audio when that device
         is the CPU (the result is gathered there in float32)."""
         chunk = min(frames, self.decode_chunk_frames(batch, device))
-        total = batch * self._decoder().activation_bytes(chunk, self.dtype)
+        total = batch * self.require_decoder().activation_bytes(chunk, self.dtype)
         if (device or self.device).type == "cpu":
             total += batch * frames * self.samples_per_frame * 4
         return total
@@ -213,7 +252,7 @@ class SpeechTokenizer:
         mode "official": qwen-tts 0.1.1's approximation, 300-frame chunks decoded independently
         with 25 frames of left context (the same as "exact" up to 300 frames).
         """
-        dec = self._decoder()
+        dec = self.require_decoder()
         if mode not in ("exact", "official"):
             raise InputError(f"Unknown decode mode {mode!r}; use 'exact' or 'official'.")
         codes, lengths = self._code_batch(codes, lengths)
@@ -238,9 +277,10 @@ class SpeechTokenizer:
 
     def receptive_field(self) -> dict:
         """Decoder context: frames and samples of codes an output sample depends on."""
-        return self._decoder().receptive_field()
+        return self.require_decoder().receptive_field()
 
-    def _decoder(self) -> SpeechDecoder:
+    def require_decoder(self) -> SpeechDecoder:
+        """The decoder, or an error that says it was not loaded (the streaming decoder asks too)."""
         if self.decoder is None:
             raise InputError("This SpeechTokenizer was loaded with decoder=False.")
         return self.decoder
@@ -332,15 +372,13 @@ def _int_tensor(codes, what: str) -> torch.Tensor:
 
 def _check_range(x: torch.Tensor, size: int, what: str) -> None:
     """x [Q, T] or [B, Q, T]: every code in [0, size)."""
-    bad = (x < 0) | (x >= size)
-    if bool(bad.any()):
-        where = bad.nonzero()[0].tolist()
-        value = int(x[tuple(where)])
-        hint = (" Values of 2048 and above are talker control tokens (e.g. end of speech): strip "
-                "them before decoding." if value >= size else
-                f" {PAD} marks padding only after an item's last frame." if value == PAD else "")
-        raise InputError(f"The {what} hold {int(bad.sum())} value(s) outside [0, {size - 1}] "
-                         f"(first: {value} at index {tuple(where)}).{hint}")
+    bad = codes_out_of_range(x, size)
+    if bad is not None:
+        hint = (f" Values of {size} and above are talker control tokens (e.g. end of speech): strip "
+                "them before decoding." if bad.value >= size else
+                f" {PAD} marks padding only after an item's last frame." if bad.value == PAD else "")
+        raise InputError(f"The {what} hold {bad.count} value(s) outside [0, {size - 1}] "
+                         f"(first: {bad.value} at index {bad.index}).{hint}")
 
 
 def _audio_clips(waveforms, sample_rates, rate: int) -> list[torch.Tensor]:

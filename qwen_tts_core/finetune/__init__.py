@@ -12,7 +12,7 @@ Command line: python -m qwen_tts_core.finetune --help
 from .dataset import VoiceDataset, codec_fingerprint, encode, reference_clip, scan
 from .memory import MemoryEstimate, Plan, estimate
 from .objective import Item, Loss, batch_loss
-from .trainer import Progress, TrainConfig, TrainResult, preflight, train
+from .trainer import Progress, TrainConfig, TrainingProgress, TrainResult, preflight, train
 
 __all__ = ["scan", "encode", "codec_fingerprint", "reference_clip", "VoiceDataset", "Item", "Loss", "batch_loss",
-           "TrainConfig", "Progress", "TrainResult", "preflight", "train", "Plan", "MemoryEstimate", "estimate"]
+           "TrainConfig", "TrainingProgress", "Progress", "TrainResult", "preflight", "train", "Plan", "MemoryEstimate", "estimate"]

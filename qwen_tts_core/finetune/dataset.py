@@ -34,8 +34,8 @@ from .. import audio as audio_io
 from .. import speech_codes
 from ..duration import expected_seconds
 from ..errors import InputError
-from ..longform.text import check_text
 from ..paths import Roots, confine, resolve
+from ..text import check_text
 from .checkpoint import fingerprint
 from .objective import Item
 

@@ -32,7 +32,7 @@ from ..config import ModelConfig, read_json
 from ..errors import InputError, Interrupted, OutOfMemory, UnsupportedModeError
 from ..prompt import ChatTokenizer, Request
 from . import lora, memory
-from .checkpoint import (TrainingState, check_name, custom_voice_config, fingerprint, read_state, recover,
+from .output import (TrainingState, check_name, custom_voice_config, fingerprint, read_state, recover,
                          write_checkpoint)
 from .objective import CODE_PREDICTOR_WEIGHT, Item, batch_loss
 
@@ -96,13 +96,16 @@ class TrainConfig:
 
 
 @dataclass
-class Progress:
+class TrainingProgress:
     epoch: int                # 1-based epoch being trained
     epochs: int
     step: int                 # optimizer steps done
     steps: int                # optimizer steps of the whole run
     loss: float               # mean loss of the last optimizer step
     seconds_left: float | None
+
+
+Progress = TrainingProgress          # its earlier name
 
 
 @dataclass
@@ -292,7 +295,7 @@ class Run:
 
 def train(base: str | Path, items: list[Item], reference: tuple[torch.Tensor, int], out: str | Path,
           cfg: TrainConfig, device: str | torch.device = "auto", if_exists: str = "stop",
-          dataset_fingerprint: str = "", on_progress: Callable[[Progress], None] | None = None,
+          dataset_fingerprint: str = "", on_progress: Callable[[TrainingProgress], None] | None = None,
           should_stop: Callable[[], bool] | None = None) -> TrainResult:
     """Trains `items` into a new speaker and writes `out` (a CustomVoice folder) after every
     epoch. `reference` = (waveform, sample rate) of the clip whose x-vector is the speaker.
@@ -346,7 +349,7 @@ def _train(base: Path, items: list[Item], reference: tuple[torch.Tensor, int], o
             steps_here += 1
             if on_progress is not None:
                 left = (time.perf_counter() - started) / steps_here * (total - state.step)
-                on_progress(Progress(epoch + 1, cfg.epochs, state.step, total, loss, left))
+                on_progress(TrainingProgress(epoch + 1, cfg.epochs, state.step, total, loss, left))
         if out_of_memory:
             run = groups = None
             if dev.type == "cuda":

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from ..duration import expected_seconds
 from ..errors import InputError
+from ..text import check_text, has_words  # noqa: F401  (they lived here: old imports keep working)
 from . import languages as langs
 
 # How strongly the text breaks after a piece; the joiner turns these into pauses.
@@ -44,7 +45,6 @@ _LIST_ITEM = re.compile(r"\n[ \t]*(?:[-*•·–—]|\d{1,3}[.)]|[a-zA-Z][.)])\s
 _WORD_BEFORE = re.compile(r"([^\W_](?:[^\W_]|[.\-'’](?=[^\W_]))*)$")
 _WORD_AFTER = re.compile(r"[^\W_]+")
 _CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9d]")
-_SPEAKABLE = re.compile(r"[^\W_]")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")
 _LOOKBACK = 40   # characters looked at before a dot: enough for any abbreviation and the word before it
 
@@ -64,25 +64,6 @@ class Chunk:
     text: str
     pause_after: str        # one of BREAKS: the break between this chunk and the next
     seconds: float          # expected duration of speech
-
-
-def has_words(text: str) -> bool:
-    """True when `text` holds a letter or a digit: something the model can say."""
-    return bool(_SPEAKABLE.search(text))
-
-
-def check_text(text, what: str = "The text") -> str:
-    """The one check of a text to be spoken, used by every node, the API (`QwenTTS.check`) and
-    the long-form renderers: a string with at least one letter or digit. Returns it stripped."""
-    if text is not None and not isinstance(text, str):
-        raise InputError(f"{what} must be a string, got {type(text).__name__}.")
-    text = (text or "").strip()
-    if not text:
-        raise InputError(f"{what} is empty; type something to say.")
-    if not has_words(text):
-        raise InputError(f"{what} has nothing to say: no letters or digits, only punctuation, symbols, "
-                         "emoji or invisible characters. Type words to speak.")
-    return text
 
 
 def paragraphs(text: str) -> list[str]:

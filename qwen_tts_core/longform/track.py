@@ -27,7 +27,8 @@ from .normalize import Normalization, clean, normalize_text
 from .script import ScriptLine, parse_script, speaker_prefix
 from .subtitles import Cue, format_time, spoken_text
 from .synthesis import ChunkReport
-from .text import DEFAULT_MAX_SECONDS, Chunk, check_text, chunk_text, has_words
+from ..text import check_text, has_words
+from .text import DEFAULT_MAX_SECONDS, Chunk, chunk_text
 
 SAMPLE_RATE = edit.SAMPLE_RATE
 # In memory, a narration is limited to this much audio (3 h is ~1 GB of float32 at 24 kHz, ~2 GB
@@ -153,13 +154,16 @@ class Joiner:
 
 # ------------------------------------------------------------------ saying one text
 @dataclass
-class Progress:
+class RenderProgress:
     done: int                    # chunks (narration) or lines (track, script) finished
     total: int
     text: str
     reports: list[ChunkReport]   # of the chunk or line just finished
     seconds: float               # audio made so far
     next_seconds: float = 0.0    # expected speech of the chunk or line starting now (0: all done)
+
+
+Progress = RenderProgress               # its earlier name
 
 
 def _language(text, speaker, language: str | None) -> str:
@@ -211,7 +215,7 @@ class Narration:
 
 def narrate(text: str, speaker, *, language: str | None = None, normalization: Normalization | None = None,
             max_seconds: float = DEFAULT_MAX_SECONDS, pauses: Pauses | None = None,
-            on_progress: Callable[[Progress], None] | None = None, sink=None) -> Narration:
+            on_progress: Callable[[RenderProgress], None] | None = None, sink=None) -> Narration:
     """Text of any length in one voice: normalised, chunked, generated chunk by chunk and joined
     with pauses that follow the text (clause < sentence < paragraph)."""
     pauses = pauses or Pauses()
@@ -228,11 +232,11 @@ def narrate(text: str, speaker, *, language: str | None = None, normalization: N
     def progress(chunk: Chunk, report: ChunkReport) -> None:
         if on_progress is not None:
             following = chunks[chunk.index + 1].seconds if chunk.index + 1 < len(chunks) else 0.0
-            on_progress(Progress(chunk.index + 1, len(chunks), chunk.text, [report],
+            on_progress(RenderProgress(chunk.index + 1, len(chunks), chunk.text, [report],
                                  joiner.position / SAMPLE_RATE, following))
 
     if on_progress is not None:
-        on_progress(Progress(0, len(chunks), "", [], 0.0, chunks[0].seconds))
+        on_progress(RenderProgress(0, len(chunks), "", [], 0.0, chunks[0].seconds))
     _, reports = _say_chunks(chunks, speaker, joiner, pauses, on_chunk=progress)
     return Narration(joiner.finish(), SAMPLE_RATE, chunks, reports, notes)
 
@@ -301,7 +305,7 @@ def voice_over(cues: list[Cue], speakers, *, default=None, video_seconds: float 
                max_speedup: float = 1.3, overflow: str = "shift", fit_to: str = "next_cue",
                min_gap: float = 0.1, normalization: Normalization | None = None,
                max_seconds: float = DEFAULT_MAX_SECONDS,
-               on_progress: Callable[[Progress], None] | None = None) -> Track:
+               on_progress: Callable[[RenderProgress], None] | None = None) -> Track:
     """A track with each cue's speech onset on its start time.
 
     A line longer than its slot (until the next cue's start minus `min_gap`, or the cue's own
@@ -312,6 +316,35 @@ def voice_over(cues: list[Cue], speakers, *, default=None, video_seconds: float 
     `speakers`: one speaker, or {name: speaker} for cues that name theirs; `default` speaks the
     cues that name no known speaker.
     """
+    _check_voice_over(cues, video_seconds, max_speedup, overflow, fit_to)
+    spoken, notes = _spoken_cues(cues, speakers, default)
+    cues = [cue for cue, _, _ in spoken]
+    expected = [expected_seconds(text, _language(text, speaker, None)) for _, speaker, text in spoken] + [0.0]
+    if on_progress is not None:
+        on_progress(RenderProgress(0, len(cues), "", [], 0.0, expected[0]))
+    joiner = Joiner()
+    lines: list[LineReport] = []
+    for i, (cue, speaker, text) in enumerate(spoken):
+        _, chunks, chunk_notes = _prepare(text, speaker, None, normalization, max_seconds)
+        notes += [n for n in chunk_notes if n not in notes]
+        line_joiner = Joiner()
+        _, reports = _say_chunks(chunks, speaker, line_joiner, Pauses())
+        piece, onset = edit.trim(line_joiner.finish())
+        limit = _slot_end(cues, i, min_gap, fit_to, video_seconds)
+        slot = (limit - cue.start) if limit is not None else math.inf
+        piece, onset, speech, ratio = _fit_into(piece, onset, slot, max_speedup)
+        report = LineReport(cue, cue.start, speech, slot, ratio, chunks=reports)
+        _place(joiner, piece, onset, report, _hard_end(limit, video_seconds, overflow))
+        lines.append(report)
+        if on_progress is not None:
+            on_progress(RenderProgress(i + 1, len(cues), cue.text, reports, joiner.position / SAMPLE_RATE,
+                                       expected[i + 1]))
+    total = round(video_seconds * SAMPLE_RATE) if video_seconds is not None else None
+    return Track(joiner.finish(total), SAMPLE_RATE, lines, notes)
+
+
+def _check_voice_over(cues: list[Cue], video_seconds: float | None, max_speedup: float, overflow: str,
+                      fit_to: str) -> None:
     if overflow not in ("shift", "cut"):
         raise InputError(f"overflow must be 'shift' or 'cut' (got {overflow!r}).")
     if fit_to not in ("next_cue", "cue_end"):
@@ -327,12 +360,11 @@ def voice_over(cues: list[Cue], speakers, *, default=None, video_seconds: float 
         if late:
             raise InputError(f"{late[0].where()} starts at {format_time(late[0].start)}, after the "
                              f"video ends ({format_time(video_seconds)}): {len(late)} cue(s) beyond the end.")
-    sr = SAMPLE_RATE
-    end_of_track = video_seconds
-    joiner = Joiner()
-    lines: list[LineReport] = []
-    notes: list[str] = []
-    spoken = []                                  # (cue, speaker, text) of the cues with words
+
+
+def _spoken_cues(cues: list[Cue], speakers, default) -> tuple[list[tuple[Cue, object, str]], list[str]]:
+    """(cue, speaker, text) of the cues with words to say, and a note for each one skipped."""
+    spoken, notes = [], []
     for cue in cues:
         text = spoken_text(cue.text)
         if not has_words(clean(text)):
@@ -342,51 +374,56 @@ def voice_over(cues: list[Cue], speakers, *, default=None, video_seconds: float 
         spoken.append((cue, *_speaker_for(cue, text, speakers, default)))
     if not spoken:
         raise InputError("None of the subtitle lines has words to speak.")
-    cues = [cue for cue, _, _ in spoken]
-    expected = [expected_seconds(text, _language(text, speaker, None)) for _, speaker, text in spoken] + [0.0]
-    if on_progress is not None:
-        on_progress(Progress(0, len(cues), "", [], 0.0, expected[0]))
-    for i, (cue, speaker, text) in enumerate(spoken):
-        _, chunks, chunk_notes = _prepare(text, speaker, None, normalization, max_seconds)
-        notes += [n for n in chunk_notes if n not in notes]
-        line_joiner = Joiner()
-        _, reports = _say_chunks(chunks, speaker, line_joiner, Pauses())
-        piece, onset = edit.trim(line_joiner.finish())
-        limit = cues[i + 1].start - min_gap if i + 1 < len(cues) else end_of_track
-        if fit_to == "cue_end" and cue.end is not None:
-            limit = min(limit, cue.end) if limit is not None else cue.end
-        slot = (limit - cue.start) if limit is not None else math.inf
-        speech = (piece.numel() - onset) / sr
-        ratio = 1.0
-        if speech > slot > 0:
-            # 1% to spare: the onset found again after stretching moves by a few milliseconds
-            ratio = min(speech / slot * 1.01, max_speedup)
-            piece = edit.speed_up(piece, ratio)
-            bounds = edit.speech_bounds(piece)
-            onset = bounds[0] if bounds else 0
-            speech = (piece.numel() - onset) / sr
-        at = round(cue.start * sr) - onset
-        report = LineReport(cue, cue.start, speech, slot, ratio, chunks=reports)
-        if at < 0:                             # a line at 0:00 has no room for its lead-in
-            piece, onset, at = piece[-at:], onset + at, 0
-        if at < joiner.position:               # the previous line ran on (overflow="shift")
-            report.late_by = (joiner.position - at) / sr
-            at = joiner.position
-        report.placed_at = (at + onset) / sr
-        hard_end = round(end_of_track * sr) if end_of_track is not None else None
-        if overflow == "cut" and limit is not None:
-            hard_end = round(limit * sr) if hard_end is None else min(hard_end, round(limit * sr))
-        if hard_end is not None and at + piece.numel() > hard_end:
-            keep = max(0, hard_end - at)
-            report.cut_seconds = (piece.numel() - keep) / sr
-            piece = edit.fade(piece[:keep], in_ms=0, out_ms=30)
-            report.speech_seconds = max(0.0, (keep - onset) / sr)
-        joiner.place(piece, at)
-        lines.append(report)
-        if on_progress is not None:
-            on_progress(Progress(i + 1, len(cues), cue.text, reports, joiner.position / sr, expected[i + 1]))
-    total = round(video_seconds * sr) if video_seconds is not None else None
-    return Track(joiner.finish(total), sr, lines, notes)
+    return spoken, notes
+
+
+def _slot_end(cues: list[Cue], i: int, min_gap: float, fit_to: str, video_seconds: float | None) -> float | None:
+    """Seconds by which cue i's line should be over: the next cue's start less `min_gap` (the
+    video's end for the last), or sooner the cue's own end with fit_to="cue_end"; None: no limit."""
+    limit = cues[i + 1].start - min_gap if i + 1 < len(cues) else video_seconds
+    if fit_to == "cue_end" and cues[i].end is not None:
+        limit = min(limit, cues[i].end) if limit is not None else cues[i].end
+    return limit
+
+
+def _fit_into(piece: torch.Tensor, onset: int, slot: float, max_speedup: float):
+    """A line's audio sped up (pitch kept, by at most `max_speedup`) so that its speech fits
+    `slot` seconds -> (audio, onset sample, seconds of speech, speed-up)."""
+    speech = (piece.numel() - onset) / SAMPLE_RATE
+    if not speech > slot > 0:
+        return piece, onset, speech, 1.0
+    # 1% to spare: the onset found again after stretching moves by a few milliseconds
+    ratio = min(speech / slot * 1.01, max_speedup)
+    piece = edit.speed_up(piece, ratio)
+    bounds = edit.speech_bounds(piece)
+    onset = bounds[0] if bounds else 0
+    return piece, onset, (piece.numel() - onset) / SAMPLE_RATE, ratio
+
+
+def _hard_end(limit: float | None, video_seconds: float | None, overflow: str) -> int | None:
+    """The sample no line may pass: the video's end, and with overflow="cut" the line's slot end."""
+    ends = [t for t in (video_seconds, limit if overflow == "cut" else None) if t is not None]
+    return min(round(t * SAMPLE_RATE) for t in ends) if ends else None
+
+
+def _place(joiner: Joiner, piece: torch.Tensor, onset: int, report: LineReport, hard_end: int | None) -> None:
+    """Puts a line into the track with its speech onset on its cue's start: a line at 0:00 loses
+    the lead-in it has no room for, one after a line that ran on starts late, and past `hard_end`
+    it is faded out and cut; `report` records where it landed and what happened to it."""
+    sr = SAMPLE_RATE
+    at = round(report.cue.start * sr) - onset
+    if at < 0:                             # a line at 0:00 has no room for its lead-in
+        piece, onset, at = piece[-at:], onset + at, 0
+    if at < joiner.position:               # the previous line ran on (overflow="shift")
+        report.late_by = (joiner.position - at) / sr
+        at = joiner.position
+    report.placed_at = (at + onset) / sr
+    if hard_end is not None and at + piece.numel() > hard_end:
+        keep = max(0, hard_end - at)
+        report.cut_seconds = (piece.numel() - keep) / sr
+        piece = edit.fade(piece[:keep], in_ms=0, out_ms=30)
+        report.speech_seconds = max(0.0, (keep - onset) / sr)
+    joiner.place(piece, at)
 
 
 # ------------------------------------------------------------------ multi-speaker script
@@ -414,7 +451,7 @@ class ScriptAudio:
 
 def perform_script(script: str | list[ScriptLine], speakers: dict, *, pauses: Pauses | None = None,
                    normalization: Normalization | None = None, max_seconds: float = DEFAULT_MAX_SECONDS,
-                   on_progress: Callable[[Progress], None] | None = None) -> ScriptAudio:
+                   on_progress: Callable[[RenderProgress], None] | None = None) -> ScriptAudio:
     """A dialogue: every line in its speaker's voice (any mix of built-in, designed and cloned
     voices, each a `Speaker`), pauses between turns, one audio out and a segment per line."""
     if not isinstance(speakers, dict) or not speakers:
@@ -428,7 +465,7 @@ def perform_script(script: str | list[ScriptLine], speakers: dict, *, pauses: Pa
     expected = [expected_seconds(line.text, _language(line.text, speakers[line.speaker], None))
                 for line in lines] + [0.0]
     if on_progress is not None:
-        on_progress(Progress(0, len(lines), "", [], 0.0, expected[0]))
+        on_progress(RenderProgress(0, len(lines), "", [], 0.0, expected[0]))
     for i, line in enumerate(lines):
         speaker = speakers[line.speaker]
         _, chunks, chunk_notes = _prepare(line.text, speaker, None, normalization, max_seconds)
@@ -444,6 +481,6 @@ def perform_script(script: str | list[ScriptLine], speakers: dict, *, pauses: Pa
         segments.append(Segment(line.speaker, line.text, start, joiner.position, line.line))
         reports.append(line_reports)
         if on_progress is not None:
-            on_progress(Progress(i + 1, len(lines), line.text, line_reports, joiner.position / SAMPLE_RATE,
+            on_progress(RenderProgress(i + 1, len(lines), line.text, line_reports, joiner.position / SAMPLE_RATE,
                                  expected[i + 1]))
     return ScriptAudio(joiner.finish(), SAMPLE_RATE, segments, reports, notes)
