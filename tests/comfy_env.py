@@ -140,6 +140,12 @@ def pack(workdir: Path | None = None):
     return module
 
 
+def runtime():
+    """The pack's nodes.runtime (its folders, models and progress modules under one name)."""
+    pack()
+    return importlib.import_module("qwen_tts_pack.nodes.runtime")
+
+
 def node_classes() -> dict:
     p = pack()
     classes = {cls.define_schema().node_id: cls for cls in p.nodes.NODES}

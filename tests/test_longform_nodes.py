@@ -176,7 +176,7 @@ def test_interrupt_stops_long_form_within_one_frame_and_frees_memory(N, node, mo
     import comfy.model_management as mm
 
     monkeypatch.setattr(mm, "InterruptProcessingException", type("InterruptProcessingException", (base,), {}))
-    rt = comfy_env.pack().nodes.runtime
+    rt = comfy_env.runtime()
     frames, emptied = [], []
     original = rt.ChunkProgress.on_frame
 
