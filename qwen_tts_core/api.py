@@ -27,7 +27,7 @@ from .duration import FRAME_RATE, max_frames_for  # noqa: F401  (FRAME_RATE is p
 from .engine import AudioChunk, Engine, GenerationResult
 from .errors import InputError, ModelFolderError, UnsupportedModeError
 from .generate import FrameLoop, StepBuckets
-from .longform.languages import unsupported_script_note
+from .longform.languages import unsupported_script_note  # the languages table is the long-form one; text_notes reads it
 from .prompt import PromptBuilder, Request, TalkerPrompt, VoicePrompt
 from .sampling import Sampling
 from .speaker import LogMel, SpeakerEncoder
@@ -60,7 +60,7 @@ class QwenTTS:
         self.folder, self.config, self.model = folder, config, model
         self.tokenizer, self.defaults, self.codec = tokenizer, defaults, codec
         self.prompts = PromptBuilder(model.talker, config, tokenizer)
-        self._log_mel = LogMel(config.speaker_encoder.sample_rate) if config.speaker_encoder else None
+        self.log_mel = LogMel(config.speaker_encoder.sample_rate) if config.speaker_encoder else None
         self.dtype_reason = dtype_reason   # why this precision (dtype auto says what it found)
         self.engine = Engine(model.talker, codec, config.talker.max_position_embeddings,
                              config.tts_pad_token_id, cuda_graphs)
@@ -158,7 +158,7 @@ class QwenTTS:
         return self._xvector(audio_io.prepare_reference(waveform, sample_rate))
 
     def _xvector(self, wav: torch.Tensor) -> torch.Tensor:
-        mel = self._log_mel(wav[None])                                      # [1, frames, 128] fp32
+        mel = self.log_mel(wav[None])                                      # [1, frames, 128] fp32
         return self.model.speaker_encoder(mel.to(self.device, self.dtype))[0].float().cpu()
 
     @torch.inference_mode()
