@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from pathlib import Path
 
 import folder_paths
@@ -16,7 +17,7 @@ from qwen_tts_core.finetune.dataset import AUDIO_EXTENSIONS
 from qwen_tts_core.finetune.trainer import IF_EXISTS, METHODS, OPTIMIZERS, memory_needed
 
 from . import runtime
-from .types import CATEGORY, LANGUAGES, Model, model_input
+from .types import CATEGORY, LANGUAGES, Model, model_input, validation_result
 
 log = logging.getLogger("qwen_tts_nodes")
 
@@ -35,6 +36,25 @@ def dataset_path(folder: str) -> Path:
         raise InputError(f"Invalid dataset folder {folder!r}: '..' is not allowed; use a folder under "
                          "input/ or an absolute path.")
     return Path(folder_paths.get_input_directory()) / path
+
+
+AUTO_RATE = "auto"
+
+
+def learning_rate_value(text) -> float | None:
+    """Train Voice's learning_rate: "auto" (or 0, as workflows saved with the old number widget
+    hold) -> None, the method's own rate; otherwise the typed rate, above 0 and at most 1."""
+    s = str(text).strip()
+    if s.lower() == AUTO_RATE:
+        return None
+    try:
+        rate = float(s)
+    except ValueError:
+        rate = None
+    if rate is None or not math.isfinite(rate) or not 0 <= rate <= 1:
+        raise InputError(f"learning_rate {s!r}: type {AUTO_RATE} (the method's own rate) or a number above 0 and "
+                         "at most 1, e.g. 5e-5.")
+    return rate or None
 
 
 class QwenTTSVoiceDataset(io.ComfyNode):
@@ -125,8 +145,12 @@ class QwenTTSTrainVoice(io.ComfyNode):
                                        "(16 GB+ for 0.6B, 32 GB+ for 1.7B; see the README table)."),
                 io.Int.Input("epochs", default=3, min=1, max=1000,
                              tooltip="Passes over the dataset; the model is saved after each."),
-                io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-6,
-                               tooltip="0 = default (1e-4 for LoRA, 2e-5 for full fine-tuning)."),
+                # text, not a number widget: the default reads "auto" rather than 0.000000. Workflows
+                # saved with the number widget hold 0 there, which still means auto.
+                io.String.Input("learning_rate", default=AUTO_RATE,
+                                tooltip=f"{AUTO_RATE}: the method's own rate ({TrainConfig('x', method='lora').lr:g} "
+                                        f"for LoRA, {TrainConfig('x', method='full').lr:g} for full "
+                                        "fine-tuning). Or type a rate, e.g. 5e-5."),
                 io.Int.Input("batch_size", default=1, min=1, max=64,
                              tooltip="Clips per step. More needs more memory."),
                 io.Int.Input("gradient_accumulation", default=1, min=1, max=256,
@@ -155,6 +179,10 @@ class QwenTTSTrainVoice(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, learning_rate=None):
+        return validation_result(learning_rate_value, learning_rate)
+
+    @classmethod
     def execute(cls, model, dataset, speaker_name, output_name, method, epochs, learning_rate, batch_size,
                 gradient_accumulation, gradient_checkpointing, optimizer, lora_rank, if_exists,
                 training_seed) -> io.NodeOutput:
@@ -167,7 +195,7 @@ class QwenTTSTrainVoice(io.ComfyNode):
                                  "output folder name")
         out = runtime.model_roots()[0] / folder_name
         base = Path(model.tts.folder)
-        cfg = TrainConfig(name, int(epochs), method, float(learning_rate) or None, int(batch_size),
+        cfg = TrainConfig(name, int(epochs), method, learning_rate_value(learning_rate), int(batch_size),
                           int(gradient_accumulation), gradient_checkpointing=bool(gradient_checkpointing),
                           optimizer=optimizer, lora_rank=int(lora_rank), lora_alpha=2.0 * int(lora_rank),
                           seed=int(training_seed))

@@ -18,7 +18,7 @@ BASE = "Qwen3-TTS-12Hz-1.7B-Base"
 TEXT = "The quick brown fox jumps over the lazy dog."
 CLIPS = 20
 pytestmark = pytest.mark.usefixtures("one_thread")
-TRAIN = dict(speaker_name="Narrator", output_name="", method="lora", epochs=3, learning_rate=1e-2, batch_size=1,
+TRAIN = dict(speaker_name="Narrator", output_name="", method="lora", epochs=3, learning_rate="0.01", batch_size=1,
              gradient_accumulation=1, gradient_checkpointing=False, optimizer="adamw", lora_rank=16,
              if_exists="stop", training_seed=0)
 
@@ -139,6 +139,40 @@ def test_cancel_stops_within_one_step_and_keeps_the_last_epoch(N, rt, dataset_fo
     assert sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(".")) == []
     _, _, report = run(N, "QwenTTSTrainVoice", model=base, dataset=data, **{**settings, "if_exists": "resume"})
     assert len(steps) == 25 + CLIPS and ", 2 epochs, 40 steps," in report        # resumed at epoch 2
+
+
+def test_learning_rate_reads_auto_or_a_typed_rate_and_old_workflows_zero_means_auto(N, dataset_folder, monkeypatch):
+    """The widget shows "auto" (it showed 0.000000 as a number); workflows saved with the number
+    widget send 0 (ComfyUI turns it into the text "0" or "0.0"), which still means auto."""
+    train_module = __import__(N["QwenTTSTrainVoice"].__module__, fromlist=["preflight"])
+    node = N["QwenTTSTrainVoice"]
+    assert next(i for i in node.define_schema().inputs if i.id == "learning_rate").default == "auto"
+    data, _ = run(N, "QwenTTSVoiceDataset", folder="voice_nodes", language="Auto", reference_clip="")
+    (base, *_) = run(N, "QwenTTSModelLoader", model_name=BASE, dtype="fp32", device="cpu")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def preflight(base_folder, out, cfg, if_exists):
+        seen.append((cfg.learning_rate, cfg.lr))
+        raise Stop
+
+    monkeypatch.setattr(train_module, "preflight", preflight)
+    for typed, method in (("auto", "lora"), (" AUTO ", "full"), (0, "lora"), (0.0, "full"), ("0", "lora"),
+                          ("0.0", "full"), ("5e-5", "lora"), ("0.0003", "full"), (1e-3, "lora")):
+        with pytest.raises(Stop):
+            run(N, "QwenTTSTrainVoice", model=base, dataset=data, **{**TRAIN, "learning_rate": typed, "method": method})
+    assert seen == [(None, 1e-4), (None, 2e-5), (None, 1e-4), (None, 2e-5), (None, 1e-4), (None, 2e-5),
+                    (5e-5, 5e-5), (3e-4, 3e-4), (1e-3, 1e-3)]
+    for bad in ("fast", "", "nan", "inf", "-1e-4", "2", "1e-4x"):
+        message = (f"learning_rate {str(bad).strip()!r}: type auto (the method's own rate) or a number above 0 "
+                   "and at most 1, e.g. 5e-5.")
+        assert node.validate_inputs(learning_rate=bad) == message          # the prompt is refused up front
+        with pytest.raises(InputError) as e:                                   # a value wired in is checked on run
+            node.execute(model=base, dataset=data, **{**TRAIN, "learning_rate": bad})
+        assert str(e.value) == message
+    assert len(seen) == 9
 
 
 def test_train_voice_refuses_a_custom_voice_base_and_bad_names(N, dataset_folder):
