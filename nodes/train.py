@@ -57,6 +57,45 @@ def learning_rate_value(text) -> float | None:
     return rate or None
 
 
+def loss_curve(points: list[tuple[int, float]], steps: int, epoch: int, epochs: int,
+               size: tuple[int, int] = (512, 300)):
+    """The training loss so far as a picture for the node's preview: (step, loss) points on a
+    step axis of the whole run, a dotted line at each finished epoch, the first and last loss."""
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    left, right, top, bottom = 46, w - 12, 28, h - 24
+    image = Image.new("RGB", size, (32, 32, 32))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((left, top, right, bottom), outline=(90, 90, 90))
+    finite = [(step, loss) for step, loss in points if math.isfinite(loss)]   # a diverged step draws no point
+    lo, hi = (min(v for _, v in finite), max(v for _, v in finite)) if finite else (0.0, 1.0)
+    span = (hi - lo) or 1.0
+
+    def xy(step, loss):
+        return (left + (right - left) * step / max(steps, 1), bottom - (bottom - top) * (loss - lo) / span)
+
+    per_epoch = steps / max(epochs, 1)
+    for e in range(1, epoch + 1):
+        x = left + (right - left) * e * per_epoch / max(steps, 1)
+        for y in range(top, bottom, 6):
+            draw.line((x, y, x, min(y + 2, bottom)), fill=(110, 110, 110))
+    line = [xy(step, loss) for step, loss in finite]
+    if len(line) > 1:
+        draw.line(line, fill=LOSS_COLOUR, width=2)
+    elif line:
+        draw.ellipse((line[0][0] - 2, line[0][1] - 2, line[0][0] + 2, line[0][1] + 2), fill=LOSS_COLOUR)
+    draw.text((left, 8), f"loss {points[0][1]:.4f} -> {points[-1][1]:.4f}   epoch {epoch}/{epochs}",
+              fill=(230, 230, 230))
+    draw.text((4, top), f"{hi:.3g}", fill=(170, 170, 170))
+    draw.text((4, bottom - 10), f"{lo:.3g}", fill=(170, 170, 170))
+    draw.text((left, bottom + 6), f"step {points[-1][0]}/{steps}", fill=(170, 170, 170))
+    return image
+
+
+LOSS_COLOUR = (110, 200, 255)
+
+
 class QwenTTSVoiceDataset(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -208,10 +247,16 @@ class QwenTTSTrainVoice(io.ComfyNode):
         _, estimate = memory_needed(base, items, cfg, device)
         runtime.free_memory(estimate.total, device)
 
+        losses = []
+
         def on_progress(p):
             left = "" if p.seconds_left is None else f", ~{p.seconds_left / 60:.1f} min left"
+            losses.append((p.step, p.loss))
+            # the loss curve as the node's preview, once per finished epoch
+            epoch_done = p.step == p.epoch * (p.steps // p.epochs)
+            preview = ("PNG", loss_curve(losses, p.steps, p.epoch, p.epochs), None) if epoch_done else None
             progress.update(p.step, p.steps, f"epoch {p.epoch}/{p.epochs}, step {p.step}/{p.steps}, "
-                                             f"loss {p.loss:.4f}{left}")
+                                             f"loss {p.loss:.4f}{left}", preview=preview)
 
         result = runtime.run_interruptible(lambda: train(
             base, items, reference_clip(dataset), out, cfg, device, if_exists, dataset.fingerprint(),

@@ -78,7 +78,7 @@ def test_voice_dataset_reports_clips_minutes_and_rejects(N, dataset_folder):
         run(N, "QwenTTSVoiceDataset", folder="voice_nodes", language="Auto", reference_clip="clip_00.txt")
 
 
-def test_train_voice_then_speak_the_training_codes(N, rt, dataset_folder, progress):
+def test_train_voice_then_speak_the_training_codes(N, rt, dataset_folder, progress, progress_previews):
     data, _ = run(N, "QwenTTSVoiceDataset", folder="voice_nodes", language="Auto", reference_clip="")
     (base, *_) = run(N, "QwenTTSModelLoader", model_name=BASE, dtype="fp32", device="cpu")
     assert "Narrator" not in N["QwenTTSModelLoader"].define_schema().inputs[0].options
@@ -97,6 +97,12 @@ def test_train_voice_then_speak_the_training_codes(N, rt, dataset_folder, progre
                                                       for s in range(1, 61)]
     assert steps[0].startswith(f"epoch 1/3, step 1/60, loss {first:.4f}, ~")
     assert steps[-1] == f"epoch 3/3, step 60/60, loss {last:.4f}, ~0.0 min left"
+    # the loss curve as the node's preview: one PNG at the end of each epoch, redrawn with the losses
+    assert [value for value, _ in progress_previews] == [20, 40, 60]
+    images = [preview[1] for _, preview in progress_previews]
+    assert all(preview[0] == "PNG" and preview[2] is None for _, preview in progress_previews)
+    assert len({im.tobytes() for im in images}) == 3
+    assert [curve_span(im) for im in images] == sorted(curve_span(im) for im in images)   # the line grows
     # the loader lists the new folder at once (ComfyUI re-reads the schema when the page refreshes)
     assert "Narrator" in N["QwenTTSModelLoader"].define_schema().inputs[0].options
     # greedy Custom Voice with the wired speaker name says exactly the training codes
@@ -112,6 +118,46 @@ def test_train_voice_then_speak_the_training_codes(N, rt, dataset_folder, progre
         run(N, "QwenTTSTrainVoice", model=base, dataset=data, **TRAIN)
     again, _, report = run(N, "QwenTTSTrainVoice", model=base, dataset=data, **{**TRAIN, "if_exists": "resume"})
     assert report.endswith(f"-> {last:.4f}") and again.tts.speakers == ["narrator"]   # nothing left to train
+
+
+def curve_span(image) -> tuple[int, int]:
+    """First and last pixel column where the loss line is drawn."""
+    import numpy as np
+
+    from_node = np.asarray(image)
+    columns = np.where((from_node == LOSS_COLOUR).all(axis=2).any(axis=0))[0]
+    return int(columns.min()), int(columns.max())
+
+
+def line_height(image, column: int) -> float:
+    """Mean pixel row of the loss line in one column (rows grow downwards)."""
+    import numpy as np
+
+    rows = np.where((np.asarray(image)[:, column] == LOSS_COLOUR).all(axis=1))[0]
+    return float(rows.mean())
+
+
+LOSS_COLOUR = (110, 200, 255)
+
+
+def test_loss_curve_draws_the_losses_on_the_whole_runs_step_axis(N):
+    curve = __import__(N["QwenTTSTrainVoice"].__module__, fromlist=["loss_curve"]).loss_curve
+    falling = curve([(1, 3.0), (2, 2.0), (3, 1.0), (4, 0.5)], steps=8, epoch=2, epochs=4)
+    rising = curve([(1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0)], steps=8, epoch=2, epochs=4)
+    assert falling.size == (512, 300) and falling.mode == "RGB"
+    (a, b), (c, d) = curve_span(falling), curve_span(rising)
+    assert abs(a - c) <= 1 and abs(b - d) <= 1
+    assert 160 < b - a < 180 and 95 < a < 110          # steps 1..4 of 8 on a ~450 px wide plot
+    assert line_height(falling, a + 1) < line_height(falling, b - 1)        # high loss at the top
+    assert line_height(rising, a + 1) > line_height(rising, b - 1)
+    later = curve([(1, 3.0), (2, 2.0), (3, 1.0), (4, 0.5), (5, 0.4), (6, 0.3)], steps=8, epoch=3, epochs=4)
+    assert curve_span(later)[0] == a and curve_span(later)[1] > b
+    one = curve([(5, 1.0)], steps=8, epoch=1, epochs=4)                       # the first step of a resumed run
+    assert curve_span(one)[1] - curve_span(one)[0] <= 5
+    # a diverged step (nan, inf) is left out of the line instead of breaking the preview
+    diverged = curve([(1, 3.0), (2, float("nan")), (3, 1.0), (4, float("inf"))], steps=8, epoch=2, epochs=4)
+    assert abs(curve_span(diverged)[0] - a) <= 1 and curve_span(diverged)[1] < b
+    assert curve([(1, float("nan"))], steps=8, epoch=1, epochs=4).size == (512, 300)
 
 
 def test_cancel_stops_within_one_step_and_keeps_the_last_epoch(N, rt, dataset_folder, monkeypatch):
