@@ -39,27 +39,27 @@ def problems(config: dict, root: Path = ROOT) -> list[str]:
                          *(("tool.comfy." + k, v) for k, v in comfy.items())]:
         if isinstance(value, str) and PLACEHOLDER.lower() in value.lower():
             found.append(f"{where} is still the placeholder ({value}): set the public repository's URL")
-    name = project.get("name", "")
+    name = str(project.get("name", ""))
     if not (NODE_NAME.fullmatch(name) and len(name) < 100):
         found.append(f"project.name {name!r}: letters, digits and single - _ . between them, starting with a "
                      "letter, under 100 characters")
-    if not SEMVER.fullmatch(project.get("version", "")):
+    if not SEMVER.fullmatch(str(project.get("version", ""))):
         found.append(f"project.version {project.get('version')!r} is not a semantic version X.Y.Z")
     if project.get("license") != {"file": "LICENSE"} or not (root / "LICENSE").is_file():
         found.append("project.license must be { file = \"LICENSE\" } and LICENSE must exist")
     if project.get("dependencies") != requirement_lines(root / "requirements.txt"):
         found.append("project.dependencies differ from requirements.txt (ComfyUI-Manager installs the one, "
                      "the registry lists the other)")
-    repo = GITHUB_REPO.fullmatch(urls.get("Repository", ""))
+    repo = GITHUB_REPO.fullmatch(str(urls.get("Repository", "")))
     if not repo:
         found.append(f"project.urls.Repository {urls.get('Repository')!r} is not https://github.com/<owner>/<name>")
     for key in ("PublisherId", "DisplayName", "Icon"):
         if not comfy.get(key):
             found.append(f"tool.comfy.{key} is empty")
-    spec = comfy.get("requires-comfyui", "")
+    spec = str(comfy.get("requires-comfyui", ""))
     if not spec or not all(COMFY_VERSION_PART.fullmatch(p.strip()) for p in spec.split(",")):
         found.append(f"tool.comfy.requires-comfyui {spec!r}: comfy-cli would drop it (parts like '>=0.3.64')")
-    icon = comfy.get("Icon", "")
+    icon = str(comfy.get("Icon", ""))
     if repo:
         prefix = f"https://raw.githubusercontent.com/{repo[1]}/{repo[2]}/main/"
         if not icon.startswith(prefix):
@@ -85,11 +85,16 @@ def icon_problems(root: Path, rel: str) -> list[str]:
 
 
 def main() -> int:
-    config = pack_archive.tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    try:
+        config = pack_archive.tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    except (OSError, pack_archive.tomllib.TOMLDecodeError) as e:
+        print(f"publish_check: cannot read pyproject.toml: {e}", file=sys.stderr)
+        return 1
     found = problems(config)
-    if "comfyui" in config["project"]["name"].lower():
-        print(f"note: the registry advises against 'ComfyUI' in the node id ({config['project']['name']}); "
-              "the id cannot be changed after the first publish.")
+    name = str(config.get("project", {}).get("name", ""))
+    if "comfyui" in name.lower():
+        print(f"note: the registry advises against 'ComfyUI' in the node id ({name}); the id cannot be changed "
+              "after the first publish.")
     for p in found:
         print(f"publish_check: {p}", file=sys.stderr)
     if found:
