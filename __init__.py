@@ -33,9 +33,20 @@ async def comfy_entrypoint():
     # and shared workflows depend on node ids and inputs, not on this path. README: ComfyUI versions.
     from comfy_api.latest import ComfyExtension
 
-    from .nodes import NODES
+    from .nodes import NODES, replacements
 
     class QwenTTSExtension(ComfyExtension):
+        async def on_load(self):
+            # renamed nodes, where this ComfyUI has node replacement; a failure here must not
+            # cost the user the whole pack
+            try:
+                await replacements.register()
+            except Exception as e:
+                import logging
+                logging.getLogger("qwen_tts_nodes").warning(
+                    "Qwen3-TTS: could not register renamed nodes with ComfyUI (%s); workflows that use "
+                    "the old names will show them as missing.", e)
+
         async def get_node_list(self):
             return list(NODES)
 

@@ -88,8 +88,10 @@ class StepProgress:
     def __init__(self):
         self.bar = comfy.utils.ProgressBar(1)
 
-    def update(self, done: int, total: int, text: str | None = None) -> None:
-        self.bar.update_absolute(done, max(int(total), 1))
+    def update(self, done: int, total: int, text: str | None = None, preview=None) -> None:
+        """`preview`: ("PNG" or "JPEG", PIL image, max size or None), shown on the node (ComfyUI's
+        progress preview, as its samplers send)."""
+        self.bar.update_absolute(done, max(int(total), 1), preview=preview)
         if text:
             show_text(text)
 

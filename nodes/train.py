@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from pathlib import Path
 
 from comfy_api.latest import io
@@ -17,7 +18,7 @@ from qwen_tts_core.paths import resolve
 
 from . import folders, models
 from .progress import StepProgress, run_interruptible
-from .types import CATEGORY, LANGUAGES, Model, model_input
+from .types import CATEGORY, LANGUAGES, Model, model_input, validation_result
 
 log = logging.getLogger("qwen_tts_nodes")
 
@@ -31,6 +32,64 @@ def dataset_path(folder: str) -> Path:
         raise InputError("Type the dataset folder: a folder name inside ComfyUI's input/ folder, e.g. "
                          "my_dataset for input/my_dataset.")
     return resolve(folder.strip(), folders.input_roots(), what="the dataset folder")
+
+
+AUTO_RATE = "auto"
+
+
+def learning_rate_value(text) -> float | None:
+    """Train Voice's learning_rate: "auto" (or 0, as workflows saved with the old number widget
+    hold) -> None, the method's own rate; otherwise the typed rate, above 0 and at most 1."""
+    s = str(text).strip()
+    if s.lower() == AUTO_RATE:
+        return None
+    try:
+        rate = float(s)
+    except ValueError:
+        rate = None
+    if rate is None or not math.isfinite(rate) or not 0 <= rate <= 1:
+        raise InputError(f"learning_rate {s!r}: type {AUTO_RATE} (the method's own rate) or a number above 0 and "
+                         "at most 1, e.g. 5e-5.")
+    return rate or None
+
+
+def loss_curve(points: list[tuple[int, float]], steps: int, epoch: int, epochs: int,
+               size: tuple[int, int] = (512, 300)):
+    """The training loss so far as a picture for the node's preview: (step, loss) points on a
+    step axis of the whole run, a dotted line at each finished epoch, the first and last loss."""
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    left, right, top, bottom = 46, w - 12, 28, h - 24
+    image = Image.new("RGB", size, (32, 32, 32))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((left, top, right, bottom), outline=(90, 90, 90))
+    finite = [(step, loss) for step, loss in points if math.isfinite(loss)]   # a diverged step draws no point
+    lo, hi = (min(v for _, v in finite), max(v for _, v in finite)) if finite else (0.0, 1.0)
+    span = (hi - lo) or 1.0
+
+    def xy(step, loss):
+        return (left + (right - left) * step / max(steps, 1), bottom - (bottom - top) * (loss - lo) / span)
+
+    per_epoch = steps / max(epochs, 1)
+    for e in range(1, epoch + 1):
+        x = left + (right - left) * e * per_epoch / max(steps, 1)
+        for y in range(top, bottom, 6):
+            draw.line((x, y, x, min(y + 2, bottom)), fill=(110, 110, 110))
+    line = [xy(step, loss) for step, loss in finite]
+    if len(line) > 1:
+        draw.line(line, fill=LOSS_COLOUR, width=2)
+    elif line:
+        draw.ellipse((line[0][0] - 2, line[0][1] - 2, line[0][0] + 2, line[0][1] + 2), fill=LOSS_COLOUR)
+    draw.text((left, 8), f"loss {points[0][1]:.4f} -> {points[-1][1]:.4f}   epoch {epoch}/{epochs}",
+              fill=(230, 230, 230))
+    draw.text((4, top), f"{hi:.3g}", fill=(170, 170, 170))
+    draw.text((4, bottom - 10), f"{lo:.3g}", fill=(170, 170, 170))
+    draw.text((left, bottom + 6), f"step {points[-1][0]}/{steps}", fill=(170, 170, 170))
+    return image
+
+
+LOSS_COLOUR = (110, 200, 255)
 
 
 class QwenTTSVoiceDataset(io.ComfyNode):
@@ -120,8 +179,12 @@ class QwenTTSTrainVoice(io.ComfyNode):
                                        "(16 GB+ for 0.6B, 32 GB+ for 1.7B; see the README table)."),
                 io.Int.Input("epochs", default=3, min=1, max=1000,
                              tooltip="Passes over the dataset; the model is saved after each."),
-                io.Float.Input("learning_rate", default=0.0, min=0.0, max=1.0, step=1e-6,
-                               tooltip="0 = default (1e-4 for LoRA, 2e-5 for full fine-tuning)."),
+                # text, not a number widget: the default reads "auto" rather than 0.000000. Workflows
+                # saved with the number widget hold 0 there, which still means auto.
+                io.String.Input("learning_rate", default=AUTO_RATE,
+                                tooltip=f"{AUTO_RATE}: the method's own rate ({TrainConfig('x', method='lora').lr:g} "
+                                        f"for LoRA, {TrainConfig('x', method='full').lr:g} for full "
+                                        "fine-tuning). Or type a rate, e.g. 5e-5."),
                 io.Int.Input("batch_size", default=1, min=1, max=64,
                              tooltip="Clips per step. More needs more memory."),
                 io.Int.Input("gradient_accumulation", default=1, min=1, max=256,
@@ -150,6 +213,10 @@ class QwenTTSTrainVoice(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, learning_rate=None):
+        return validation_result(learning_rate_value, learning_rate)
+
+    @classmethod
     def execute(cls, model, dataset, speaker_name, output_name, method, epochs, learning_rate, batch_size,
                 gradient_accumulation, gradient_checkpointing, optimizer, lora_rank, if_exists,
                 training_seed) -> io.NodeOutput:
@@ -162,7 +229,7 @@ class QwenTTSTrainVoice(io.ComfyNode):
                                  "output folder name")
         out = folders.model_roots()[0] / folder_name
         base = Path(model.tts.folder)
-        cfg = TrainConfig(name, int(epochs), method, float(learning_rate) or None, int(batch_size),
+        cfg = TrainConfig(name, int(epochs), method, learning_rate_value(learning_rate), int(batch_size),
                           int(gradient_accumulation), gradient_checkpointing=bool(gradient_checkpointing),
                           optimizer=optimizer, lora_rank=int(lora_rank), lora_alpha=2.0 * int(lora_rank),
                           seed=int(training_seed))
@@ -175,10 +242,16 @@ class QwenTTSTrainVoice(io.ComfyNode):
         _, estimate = memory_needed(base, items, cfg, device)
         models.free_memory(estimate.total, device)
 
+        losses = []
+
         def on_progress(p):
             left = "" if p.seconds_left is None else f", ~{p.seconds_left / 60:.1f} min left"
+            losses.append((p.step, p.loss))
+            # the loss curve as the node's preview, once per finished epoch
+            epoch_done = p.step == p.epoch * (p.steps // p.epochs)
+            preview = ("PNG", loss_curve(losses, p.steps, p.epoch, p.epochs), None) if epoch_done else None
             progress.update(p.step, p.steps, f"epoch {p.epoch}/{p.epochs}, step {p.step}/{p.steps}, "
-                                             f"loss {p.loss:.4f}{left}")
+                                             f"loss {p.loss:.4f}{left}", preview=preview)
 
         result = run_interruptible(lambda: train(
             base, items, reference_clip(dataset), out, cfg, device, if_exists, dataset.fingerprint(),

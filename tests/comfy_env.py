@@ -290,6 +290,21 @@ def widget_names(cls) -> list[tuple[str, bool]]:
             for i in [i for i in inputs if not i.optional] + [i for i in inputs if i.optional] if is_widget(i)]
 
 
+def widget_values(values, widgets: list[tuple[str, bool]]) -> dict:
+    """A UI-format node's widgets_values (by position) -> {input id: value}, for `widgets` as
+    widget_names gives them; a control_after_generate value after its widget is skipped."""
+    values = list(values or [])
+    inputs, i = {}, 0
+    for name, control in widgets:
+        if i >= len(values):
+            break
+        inputs[name] = values[i]
+        i += 1
+        if control and i < len(values) and values[i] in CONTROL_VALUES:
+            i += 1
+    return inputs
+
+
 def to_api(workflow: dict) -> dict:
     """UI-format workflow -> API prompt, with the front end's rules for widgets_values
     (control_after_generate values skipped; upload widgets' extra values ignored), links,
@@ -318,15 +333,7 @@ def to_api(workflow: dict) -> dict:
         cls = classes.get(n["type"])
         if cls is None:
             raise ValidationError(f"missing node type {n['type']}")
-        values = list(n.get("widgets_values") or [])
-        inputs, i = {}, 0
-        for name, control in widget_names(cls):
-            if i >= len(values):
-                break
-            inputs[name] = values[i]
-            i += 1
-            if control and i < len(values) and values[i] in CONTROL_VALUES:
-                i += 1
+        inputs = widget_values(n.get("widgets_values"), widget_names(cls))
         for inp in n.get("inputs") or []:
             if inp.get("link") is None:
                 continue

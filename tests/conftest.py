@@ -134,7 +134,13 @@ def hub(monkeypatch):
 
 
 @pytest.fixture
-def progress(rt, monkeypatch):
+def progress_previews():
+    """(value, preview) of every progress-bar update that carried a preview image (with `progress`)."""
+    return []
+
+
+@pytest.fixture
+def progress(rt, monkeypatch, progress_previews):
     """What a node shows: (value, total) of every update of its progress bar, and the text lines
     it shows under the node."""
     import comfy.utils
@@ -147,6 +153,8 @@ def progress(rt, monkeypatch):
 
         def update_absolute(self, value, total=None, preview=None):
             bar.append((value, total))
+            if preview is not None:
+                progress_previews.append((value, preview))
 
     import comfy_env
 

@@ -116,6 +116,63 @@ BAD_INPUTS = {
 }
 
 
+def _has_save_audio_advanced() -> bool:
+    """Save Audio (Advanced) is in this ComfyUI (0.25+; 0.3.64 has only Save Audio)."""
+    nodes = Path(COMFYUI_DIR) / "comfy_extras" / "nodes_audio.py"
+    return nodes.is_file() and '"SaveAudioAdvanced"' in nodes.read_text(encoding="utf-8")
+
+
+def save_audio_advanced(wf: dict) -> dict | None:
+    """The workflow with every Save Audio (FLAC) node swapped for Save Audio (Advanced), format
+    flac, as README "Example workflows" tells users of newer ComfyUI to do (links, title and
+    filename prefix kept); None when it has no Save Audio."""
+    wf = json.loads(json.dumps(wf))
+    saves = [n for n in wf["nodes"] if n["type"] == "SaveAudio"]
+    for n in saves:
+        n["type"] = n["properties"]["Node name for S&R"] = "SaveAudioAdvanced"
+        n["widgets_values"] = [n["widgets_values"][0], "flac"]
+        n["outputs"] = [{"name": "audio", "type": "AUDIO", "links": [], "slot_index": 0}]
+    return wf if saves else None
+
+
+# Workflows saved with an earlier release that must still run as saved (tests/fixtures/workflows/):
+# Train Voice's learning_rate was a number widget (0.0 = auto) in 0.1.0, in both formats.
+SAVED_RUNS = {"saved_0.1.0_train_voice.json": "0.1.0/train_voice.json",
+              "saved_0.1.0_api_train_voice.json": "0.1.0/api/train_voice.json"}
+
+
+def _workflows(folder: Path, saved: bool = True) -> list[str]:
+    """The example workflows (automatic length cut for the tiny models), where this ComfyUI has
+    Save Audio (Advanced) their variants with it (advanced_<name>.json), and SAVED_RUNS; -> the names."""
+    folder.mkdir()
+    names = []
+    for name, rel in SAVED_RUNS.items() if saved else ():
+        wf = json.loads((ROOT / "tests" / "fixtures" / "workflows" / rel).read_text())
+        wf = comfy_env.limit_workflow_length(wf) if "nodes" in wf else comfy_env.limit_length(wf)
+        (folder / name).write_text(json.dumps(wf))
+        names.append(name)
+    for path in sorted(comfy_env.WORKFLOWS.glob("*.json")):
+        wf = comfy_env.limit_workflow_length(json.loads(path.read_text()))
+        variants = {path.name: wf}
+        if _has_save_audio_advanced() and save_audio_advanced(wf) is not None:
+            variants[f"advanced_{path.name}"] = save_audio_advanced(wf)
+        for name, variant in variants.items():
+            (folder / name).write_text(json.dumps(variant))
+            names.append(name)
+    return names
+
+
+def test_save_audio_advanced_variant_swaps_only_the_save_nodes():
+    wf = json.loads((comfy_env.WORKFLOWS / "voice_clone.json").read_text())
+    swapped = save_audio_advanced(wf)
+    before = {n["id"]: n for n in wf["nodes"]}
+    changed = [n for n in swapped["nodes"] if n != before[n["id"]]]
+    assert [(n["type"], n["widgets_values"]) for n in changed] == [("SaveAudioAdvanced", ["audio/qwen_tts_voice_clone",
+                                                                                           "flac"])]
+    assert swapped["links"] == wf["links"]
+    assert save_audio_advanced(json.loads((comfy_env.WORKFLOWS / "video_voice_over.json").read_text())) is None
+
+
 def _inputs(folder: Path) -> Path:
     comfy_env.make_input_dir(folder)
     wav, rate = read_wav(comfy_env.FIXTURE_AUDIO / "ref_en.wav")
@@ -166,10 +223,7 @@ def test_example_workflows_and_bad_inputs(tmp_path):
     _voices(models)
     inputs = _inputs(tmp_path / "input")
     workflows = tmp_path / "workflows"
-    workflows.mkdir()
-    for path in comfy_env.WORKFLOWS.glob("*.json"):
-        wf = comfy_env.limit_workflow_length(json.loads(path.read_text()))
-        (workflows / path.name).write_text(json.dumps(wf))
+    examples = _workflows(workflows)
     expect = []
     for name, (prompt, error) in BAD_INPUTS.items():
         (workflows / f"{name}.json").write_text(json.dumps(prompt))
@@ -182,10 +236,10 @@ def test_example_workflows_and_bad_inputs(tmp_path):
     assert not report.get("pack_import_problems")
     for name, r in results.items():
         assert r["ok"], f"{name}: {r['error']}"
-    assert len(results) == len(list(comfy_env.WORKFLOWS.glob("*.json"))) + len(BAD_INPUTS)
+    assert len(results) == len(examples) + len(BAD_INPUTS)
+    assert len([n for n in examples if n.startswith("advanced_")]) == (8 if _has_save_audio_advanced() else 0)
     assert proc.returncode == 0
-    for name in [p.name for p in comfy_env.WORKFLOWS.glob("*.json")] + \
-            [f"{n}.json" for n, (_, e) in BAD_INPUTS.items() if e is None]:
+    for name in examples + [f"{n}.json" for n, (_, e) in BAD_INPUTS.items() if e is None]:
         files = [f for f in results[name]["outputs"] if f["exists"] and f["bytes"] > 0]
         assert files, name
         for f in files:
@@ -197,6 +251,10 @@ def test_example_workflows_and_bad_inputs(tmp_path):
             else:
                 assert streams["audio"]["sample_rate"] == 24000 and streams["audio"]["channels"] == 1
     assert len(results["design_then_clone.json"]["outputs"]) == 3          # one file per line
+    for name in [n for n in examples if n.startswith("advanced_")]:       # Save Audio (Advanced): flac too
+        original = results[name.removeprefix("advanced_")]["outputs"]
+        assert [(f["media"]["format"], f["bytes"] > 0) for f in results[name]["outputs"]] == \
+            [(f["media"]["format"], True) for f in original], name
     track = next(f for f in results["subtitle_voice_over.json"]["outputs"] if f["exists"])
     streams = {s["type"]: s for s in track["media"]["streams"]}
     assert abs(streams["audio"]["duration_s"] - streams["video"]["duration_s"]) < 0.05  # track = video length
@@ -229,11 +287,12 @@ def test_front_end_loads_every_example_workflow(tmp_path):
         print(f"SKIP: {reason}")
         pytest.skip(reason)
     inputs = _inputs(tmp_path / "input")
+    names = sorted(n for n in _workflows(tmp_path / "workflows") if "_api_" not in n)   # UI format only
     proc = subprocess.run([pw, str(HARNESS / "check_frontend.py"), "--comfy", COMFYUI_DIR, "--pack", str(ROOT),
                            "--python", PYTHON, "--models", str(comfy_env.make_models_dir(tmp_path / "models")),
-                           "--inputs", str(inputs)], capture_output=True, text=True, timeout=1800)
+                           "--inputs", str(inputs), "--workflows", str(tmp_path / "workflows")],
+                          capture_output=True, text=True, timeout=1800)
     print(proc.stdout[-10000:], proc.stderr[-3000:])
-    names = sorted(p.name for p in comfy_env.WORKFLOWS.glob("*.json"))
     assert f"frontend: {len(names)}/{len(names)} workflows load without missing nodes" in proc.stdout
     assert proc.returncode == 0
     lines = dict(re.findall(r"^\[OK  \] (\S+\.json): .*graphToPrompt ([=!]=) run_e2e conversion$", proc.stdout, re.M))
@@ -242,7 +301,7 @@ def test_front_end_loads_every_example_workflow(tmp_path):
     # value for (CreateVideo bit_depth, SaveVideo's hidden codec); the server applies the same
     # defaults to the prompts the other tests run. Anywhere else the two prompts are equal.
     for name, cmp in lines.items():
-        assert cmp == "==" or "CreateVideo" in (comfy_env.WORKFLOWS / name).read_text(), name
+        assert cmp == "==" or "CreateVideo" in (tmp_path / "workflows" / name).read_text(), name
 
 
 def _harness_module():

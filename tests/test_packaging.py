@@ -3,6 +3,7 @@ and the Apache-2.0 LICENSE committed, the supported ComfyUI range stated the sam
 pyproject.toml and the README."""
 import re
 import subprocess
+import sys
 
 import pytest
 from packaging.specifiers import SpecifierSet
@@ -61,3 +62,64 @@ def test_supported_comfyui_range_is_stated_and_holds_the_tested_versions():
     assert f"`requires-comfyui = \"{spec}\"`" in README
     for v in TESTED_COMFYUI:
         assert f"ComfyUI {v}" in README
+
+
+def _load_publish_check():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("publish_check", ROOT / "tools" / "publish_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _with_owner(config, owner: str):
+    """pyproject with every repository URL pointing at `owner`."""
+    import copy
+    repo = re.fullmatch(r"https://github\.com/([^/]+)/.*", config["project"]["urls"]["Repository"])[1]
+    new = copy.deepcopy(config)
+    for table in (new["project"]["urls"], new["tool"]["comfy"]):
+        for k, v in table.items():
+            if isinstance(v, str):
+                table[k] = v.replace(f"/{repo}/", f"/{owner}/")
+    return new
+
+
+def test_publish_check_refuses_the_placeholder_repository_and_passes_a_real_one():
+    """tools/publish_check.py (the first publish step, README: Publishing) refuses pyproject.toml
+    while its repository URLs are the placeholder, so no publish can go out with it."""
+    check = _load_publish_check()
+    placeholder = _with_owner(PYPROJECT, check.PLACEHOLDER)
+    found = check.problems(placeholder)
+    for field in ("project.urls.Repository", "project.urls.Documentation", "project.urls.Bug Tracker",
+                  "tool.comfy.Icon"):
+        assert any(p.startswith(f"{field} is still the placeholder") for p in found), (field, found)
+    assert check.problems(_with_owner(PYPROJECT, "qwen-tts-maintainers")) == []
+    # the committed pyproject: refused exactly while it holds the placeholder, and the command says so
+    holds = check.PLACEHOLDER in PYPROJECT["project"]["urls"]["Repository"]
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "publish_check.py")], capture_output=True, text=True,
+                       timeout=120)
+    assert (r.returncode, "NOT ready to publish" in r.stderr) == ((1, True) if holds else (0, False)), r.stderr
+
+
+def test_publish_check_names_each_broken_registry_rule():
+    check = _load_publish_check()
+    good = _with_owner(PYPROJECT, "qwen-tts-maintainers")
+
+    def broken(section, key, value):
+        import copy
+        cfg = copy.deepcopy(good)
+        table = cfg["project"] if section == "project" else cfg["tool"]["comfy"]
+        table[key] = value
+        return check.problems(cfg)
+
+    for section, key, value, message in (
+            ("project", "version", "0.1", "is not a semantic version"),
+            ("project", "name", "1-tool", "starting with a letter"),
+            ("project", "name", "qwen--tts", "single - _ ."),
+            ("project", "dependencies", ["transformers"], "differ from requirements.txt"),
+            ("project", "license", "Apache-2.0", "project.license"),
+            ("comfy", "requires-comfyui", ">=0.3", "comfy-cli would drop it"),
+            ("comfy", "PublisherId", "", "tool.comfy.PublisherId is empty"),
+            ("comfy", "Icon", "https://example.com/icon.png", "is not a file of the repository")):
+        found = broken(section, key, value)
+        assert len(found) == 1 and message in found[0], (key, value, found)

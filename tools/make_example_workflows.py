@@ -136,7 +136,7 @@ def voice_clone():
         "text": "This sentence was never recorded, yet it sounds like the reference speaker.",
         "language": "English"}, size=(380, 480))
     save = g.add("SaveAudio", (1190, 0), {"filename_prefix": "audio/qwen_tts_voice_clone"}, size=(320, 200))
-    keep = g.add("QwenTTSSaveVoice", (370, 300), {"name": "my_cloned_voice", "overwrite": False}, size=(340, 120))
+    keep = g.add("QwenTTSSaveVoice", (370, 340), {"name": "my_cloned_voice", "overwrite": False}, size=(340, 120))
     g.link(m, 0, voice, "model")
     g.link(ref, 0, voice, "reference_audio")
     g.link(m, 0, gen, "model")
@@ -164,8 +164,8 @@ def design_then_clone():
         "text": "Chapter one. The house on the hill.\nNobody had lived there for years.\n"
                 "Then one night, a light appeared in the window.",
         "language": "English", "one_text_per_line": True}, size=(380, 480))
-    save = g.add("SaveAudio", (1190, 530), {"filename_prefix": "audio/qwen_tts_narrator"}, size=(320, 200))
-    keep = g.add("QwenTTSSaveVoice", (800, 300), {"name": "designed_narrator", "overwrite": False}, size=(340, 120))
+    save = g.add("SaveAudio", (1190, 600), {"filename_prefix": "audio/qwen_tts_narrator"}, size=(320, 200))
+    keep = g.add("QwenTTSSaveVoice", (800, 340), {"name": "designed_narrator", "overwrite": False}, size=(340, 120))
     g.link(md, 0, design, "model")
     g.link(design, 0, voice, "reference_audio")
     g.link(mb, 0, voice, "model")

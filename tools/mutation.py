@@ -80,7 +80,11 @@ MODULES = {
     "nodes/longform": ("nodes/longform.py", [NODE_INPUTS, "tests/test_longform_nodes.py"]),
     "nodes/codec": ("nodes/codec.py", ["tests/test_nodes.py"]),
     "nodes/loader": ("nodes/loader.py", ["tests/test_nodes.py"]),
-    "nodes/runtime": ("nodes/runtime.py", ["tests/test_nodes.py", "tests/test_longform_nodes.py"]),
+    "nodes/models": ("nodes/models.py", ["tests/test_nodes.py", "tests/test_nodes_devices.py",
+                                         "tests/test_longform_nodes.py"]),
+    "nodes/folders": ("nodes/folders.py", ["tests/test_nodes.py", "tests/test_nodes_download.py"]),
+    "nodes/progress": ("nodes/progress.py", ["tests/test_nodes.py", "tests/test_longform_nodes.py",
+                                             "tests/test_finetune_nodes.py"]),
 }
 GROUPS = {"longform": [m for m in MODULES if m.startswith("longform/")],
           "nodes": [m for m in MODULES if m.startswith("nodes/")]}
