@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from longform_helpers import SR, espeak, peak_growth_mb
+from longform_helpers import SR, espeak
 from qwen_tts_core import loudness
 from qwen_tts_core.errors import InputError
 

@@ -323,7 +323,8 @@ def write_report(results: Path = RESULTS, out: Path = REPORT, root: Path = ROOT,
         if r.get("survivors_not_judged"):
             lines.append("- Survivors not judged yet: " + ", ".join(f"`{k}`" for k in r["survivors_not_judged"]))
         if comments:
-            lines += ["", f"From `tools/mutation_equivalent/{eq_file.name}`:", ""] + [f"> {c}" if c else ">" for c in comments]
+            lines += ["", f"From `tools/mutation_equivalent/{eq_file.name}`:", ""]
+            lines += [f"> {c}" if c else ">" for c in comments]
         lines.append("")
     text = "\n".join(lines)
     out.write_text(text)
