@@ -133,7 +133,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
            f"- date: {meta['date']}", f"- machine: {meta['machine']}", f"- torch {meta['torch']}, fp32",
            f"- one item per step: {meta['frames']} frames (random codes) + a {len(TEXT)}-character sentence; "
            f"the first step is warm-up", "",
-           "| size | method | optimizer | checkpointing | steps/s | s/step | peak memory (GiB) | peak - before training (GiB) | estimate (GiB) |",
+           "| size | method | optimizer | checkpointing | steps/s | s/step | peak memory (GiB) "
+           "| peak - before training (GiB) | estimate (GiB) |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:

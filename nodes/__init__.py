@@ -1,5 +1,5 @@
 """The ComfyUI nodes of the pack (imported by the pack's comfy_entrypoint, inside ComfyUI)."""
-from . import runtime
+from . import folders
 from .codec import QwenTTSDecodeCodes, QwenTTSEncodeAudio
 from .generate import QwenTTSCustomVoice, QwenTTSVoiceClone, QwenTTSVoiceDesign
 from .loader import QwenTTSModelLoader, QwenTTSSpeechTokenizerLoader
@@ -9,7 +9,7 @@ from .train import NODES as TRAIN_NODES
 from .voices import QwenTTSLoadVoice, QwenTTSSaveVoice, QwenTTSVoiceFromAudio
 from .watermark import NODES as WATERMARK_NODES, register_folder as register_watermark_folder
 
-runtime.register_folders()
+folders.register_folders()
 register_watermark_folder()
 
 # Node ids are stable: renaming one breaks every shared workflow that uses it.

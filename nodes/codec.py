@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 from qwen_tts_core import speech_codes
 
-from . import runtime
+from .progress import FrameProgress, run_interruptible
 from .types import CATEGORY, Codes, Tokenizer, audio_clips, audio_outputs, to_audio
 
 
@@ -50,7 +50,7 @@ class QwenTTSDecodeCodes(io.ComfyNode):
     @classmethod
     def execute(cls, speech_tokenizer, codes) -> io.NodeOutput:
         tok = speech_tokenizer.ready()
-        progress = runtime.FrameProgress()    # its on_decode: Cancel stops a long decode between chunks
-        wavs = runtime.run_interruptible(lambda: speech_codes.decode(tok, codes, on_chunk=progress.on_decode))
+        progress = FrameProgress()    # its on_decode: Cancel stops a long decode between chunks
+        wavs = run_interruptible(lambda: speech_codes.decode(tok, codes, on_chunk=progress.on_decode))
         batch, items = to_audio(wavs)
         return io.NodeOutput(batch, items)

@@ -4,15 +4,18 @@ and return the audio and the codes."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Callable
 
 from comfy_api.latest import io
+from qwen_tts_core.api import GenerationResult
 from qwen_tts_core.errors import InputError
 from qwen_tts_core.speech_codes import SpeechCodes
 from qwen_tts_core.voice import Voice
 
-from . import runtime
+from .progress import FrameProgress, run_interruptible
 from .loudness import check_preset, level_clips, loudness_input
-from .types import (CATEGORY, SPEAKERS, Codes, Voice as VoiceType, audio_outputs, generation_inputs,
+from .types import (seconds_to_frames, CATEGORY, SPEAKERS, Codes, Voice as VoiceType, audio_outputs, generation_inputs,
                     model_input, sampling_settings, speaker_choice, split_texts, text_inputs, to_audio)
 from .watermark import generator_for, mark, watermark_input
 
@@ -30,27 +33,41 @@ def _output_inputs() -> list[io.Input]:
     return [loudness_input(), watermark_input()]
 
 
-def _generate(model, method: str, texts: list[str], language, seed, temperature, top_k, top_p,
-              repetition_penalty, max_seconds, contexts=None, loudness="off", watermark=False,
-              **kwargs) -> io.NodeOutput:
+@dataclass(frozen=True)
+class Settings:
+    """The widgets every generation node shares, as the node got them."""
+    seed: int
+    temperature: float
+    top_k: int
+    top_p: float
+    repetition_penalty: float
+    max_seconds: float
+    loudness: str = "off"
+    watermark: bool = False
+
+
+def _speak(model, texts: list[str], settings: Settings, generate: Callable[..., GenerationResult],
+           contexts=None) -> io.NodeOutput:
+    """Runs `generate(**options)` (one of the model handle's generate_* methods, with the node's
+    own arguments bound) with the shared settings, a progress bar that also checks for interrupts
+    and decoding; then watermark and loudness, as asked."""
     if model is None or not hasattr(model, "ready"):
         raise InputError("Connect a Qwen3-TTS Model Loader to 'model'.")
-    sampling, sub_sampling = sampling_settings(temperature, top_k, top_p, repetition_penalty)
-    check_preset(loudness)                      # an unknown preset stops here, before generating,
-    marker = generator_for(watermark)           # as do missing watermark weights
-    max_frames = runtime.seconds_to_frames(max_seconds)
-    frames = max_frames or model.tts.auto_max_frames(texts, language)   # the limit the generation uses
-    tts = model.ready(with_codec=True, batch=len(texts), frames=frames)
-    progress = runtime.FrameProgress()
-    result = runtime.run_interruptible(lambda: getattr(tts, method)(
-        texts, language=language, max_frames=max_frames, sampling=sampling, sub_sampling=sub_sampling,
-        seed=int(seed), decode=True, on_frame=progress.on_frame, on_start=progress.on_start,
-        on_decode=progress.on_decode, **kwargs))
+    sampling, sub_sampling = sampling_settings(settings.temperature, settings.top_k, settings.top_p,
+                                               settings.repetition_penalty)
+    check_preset(settings.loudness)               # an unknown preset stops here, before generating,
+    marker = generator_for(settings.watermark)    # as do missing watermark weights
+    progress = FrameProgress()
+    result = run_interruptible(lambda: generate(
+        max_frames=seconds_to_frames(settings.max_seconds), sampling=sampling, sub_sampling=sub_sampling,
+        seed=int(settings.seed), decode=True, on_frame=progress.on_frame, on_start=progress.on_start,
+        on_decode=progress.on_decode))
     for i, stopped in enumerate(result.stopped):
         if not stopped:
             log.warning("Qwen3-TTS: clip %d reached the length limit before the speech ended; raise "
                         "max_seconds if it was cut.", i + 1)
-    waves = level_clips([mark(marker, w, result.sample_rate) for w in result.audio], result.sample_rate, loudness)
+    waves = level_clips([mark(marker, w, result.sample_rate) for w in result.audio], result.sample_rate,
+                        settings.loudness)
     batch, items = to_audio(waves, result.sample_rate)
     return io.NodeOutput(batch, items, SpeechCodes(result.codes, contexts or []))
 
@@ -95,9 +112,11 @@ class QwenTTSCustomVoice(io.ComfyNode):
         texts = split_texts(text, one_text_per_line)
         if speaker_name is not None:                    # a wired name (e.g. Train Voice's) wins
             speaker = speaker_name.strip()
-        return _generate(model, "generate_custom_voice", texts, language, seed, temperature, top_k, top_p,
-                         repetition_penalty, max_seconds, speaker=speaker,
-                         instruct=(instruction or "").strip() or None, loudness=loudness, watermark=watermark)
+        settings = Settings(seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
+                            repetition_penalty=repetition_penalty, max_seconds=max_seconds, loudness=loudness,
+                            watermark=watermark)
+        return _speak(model, texts, settings, lambda **options: model.generate_custom_voice(
+            texts, speaker=speaker, language=language, instruct=(instruction or "").strip() or None, **options))
 
 
 class QwenTTSVoiceDesign(io.ComfyNode):
@@ -128,9 +147,11 @@ class QwenTTSVoiceDesign(io.ComfyNode):
         if not isinstance(voice_description, str) or not voice_description.strip():
             raise InputError("The voice description is empty; describe the voice, e.g. 'a young "
                              "woman with a bright, cheerful voice'.")
-        return _generate(model, "generate_voice_design", texts, language, seed, temperature, top_k, top_p,
-                         repetition_penalty, max_seconds, instruct=voice_description.strip(), loudness=loudness,
-                         watermark=watermark)
+        settings = Settings(seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
+                            repetition_penalty=repetition_penalty, max_seconds=max_seconds, loudness=loudness,
+                            watermark=watermark)
+        return _speak(model, texts, settings, lambda **options: model.generate_voice_design(
+            texts, instruct=voice_description.strip(), language=language, **options))
 
 
 class QwenTTSVoiceClone(io.ComfyNode):
@@ -161,6 +182,8 @@ class QwenTTSVoiceClone(io.ComfyNode):
         if hasattr(model, "tts"):
             voice.check_fits(model.tts)
         context = [voice.prompt.ref_codes if voice.prompt.in_context else None] * len(texts)
-        return _generate(model, "generate_voice_clone", texts, language, seed, temperature, top_k, top_p,
-                         repetition_penalty, max_seconds, contexts=context, voice=voice.prompt, loudness=loudness,
-                         watermark=watermark)
+        settings = Settings(seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
+                            repetition_penalty=repetition_penalty, max_seconds=max_seconds, loudness=loudness,
+                            watermark=watermark)
+        return _speak(model, texts, settings, lambda **options: model.generate_voice_clone(
+            texts, voice=voice.prompt, language=language, **options), contexts=context)

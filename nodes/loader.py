@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from . import runtime
+from . import folders, models
 from .types import CATEGORY, DEVICES, DTYPES, Model, Tokenizer
 
 
@@ -44,7 +44,7 @@ class QwenTTSModelLoader(io.ComfyNode):
                         "VoiceDesign or Base) with its speech tokenizer; a '(download)' entry first "
                         "downloads the released checkpoint from Hugging Face.",
             inputs=[
-                io.Combo.Input("model_name", options=runtime.model_choices("model"),
+                io.Combo.Input("model_name", options=folders.model_choices("model"),
                                tooltip="A checkpoint folder under models/qwen-tts/ (also the "
                                        "qwen-tts paths of extra_model_paths.yaml), e.g. "
                                        "Qwen3-TTS-12Hz-1.7B-CustomVoice. " + _DOWNLOAD_TIP),
@@ -78,7 +78,7 @@ class QwenTTSModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name, dtype, device, cuda_graphs=True) -> io.NodeOutput:
-        handle = runtime.load_model(model_name, dtype, device, cuda_graphs)
+        handle = models.load_model_handle(model_name, dtype, device, cuda_graphs)
         return io.NodeOutput(handle, handle.tokenizer(), handle.describe())
 
 
@@ -92,7 +92,7 @@ class QwenTTSSpeechTokenizerLoader(io.ComfyNode):
             description="Loads the Qwen3-TTS 12 Hz speech tokenizer (audio <-> codes): the standalone "
                         "Qwen3-TTS-Tokenizer-12Hz folder, or the one inside any model folder.",
             inputs=[
-                io.Combo.Input("tokenizer_name", options=runtime.model_choices("tokenizer"),
+                io.Combo.Input("tokenizer_name", options=folders.model_choices("tokenizer"),
                                tooltip="Qwen3-TTS-Tokenizer-12Hz, or any Qwen3-TTS model folder "
                                        "(its speech_tokenizer/ subfolder is used). " + _DOWNLOAD_TIP),
                 *_device_inputs(_TOKENIZER_DTYPE),
@@ -107,4 +107,4 @@ class QwenTTSSpeechTokenizerLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, tokenizer_name, dtype, device) -> io.NodeOutput:
-        return io.NodeOutput(runtime.load_tokenizer(tokenizer_name, dtype, device))
+        return io.NodeOutput(models.load_tokenizer_handle(tokenizer_name, dtype, device))

@@ -14,7 +14,8 @@ from qwen_tts_core.longform import (Normalization, Pauses, Speaker, VoiceSpec, n
 from qwen_tts_core.longform.script import check_speaker_name
 from qwen_tts_core.voice import Voice
 
-from . import runtime
+from .models import ModelHandle
+from .progress import ChunkProgress, run_interruptible
 from .loudness import check_preset, level_track, loudness_input, per_line_input
 from .types import (CATEGORY, LANGUAGES, SAMPLE_RATE, SPEAKERS, Voice as VoiceType, model_input,
                     sampling_inputs, sampling_settings, speaker_choice, to_audio, validation_result)
@@ -24,31 +25,11 @@ SpeakerType = io.Custom("QWEN_TTS_SPEAKER")      # nodes.longform.SpeakerRecipe
 MAX_SCRIPT_SPEAKERS = 6
 
 
-class _ReadyModel:
-    """Stands in for a QwenTTS: makes sure ComfyUI has the model on its device before every
-    generation (a script may switch models, and ComfyUI may offload one for another)."""
-
-    def __init__(self, handle):
-        self._handle = handle
-
-    def generate(self, requests, max_frames=None, **kwargs):
-        tts = self._handle.tts
-        frames = max_frames or tts.auto_max_frames([r.text for r in requests], [r.language for r in requests])
-        return self._handle.ready(with_codec=True, batch=len(requests), frames=frames).generate(
-            requests, max_frames=max_frames, **kwargs)
-
-    def decode(self, *args, **kwargs):
-        return self._handle.ready(with_codec=True).decode(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._handle.tts, name)
-
-
 @dataclass
 class SpeakerRecipe:
     """What flows through QWEN_TTS_SPEAKER wires: a voice and a name; the Speaker is built by
     the node that uses it (with that node's seed and sampling)."""
-    handle: object
+    handle: ModelHandle
     kind: str                       # "custom" | "design" | "clone"
     name: str
     language: str
@@ -57,7 +38,7 @@ class SpeakerRecipe:
     voice: Voice | None = None
 
     def spec(self) -> VoiceSpec:
-        tts = _ReadyModel(self.handle)
+        tts = self.handle      # a ModelHandle: it puts the model on its device before each generation
         if self.kind == "custom":
             return VoiceSpec.custom(tts, self.speaker, self.language, self.instruct)
         if self.kind == "design":
@@ -218,7 +199,7 @@ def _normalization(on: bool) -> Normalization:
 
 
 def _speakers(recipes: list[SpeakerRecipe], seed, temperature, top_k, top_p, repetition_penalty,
-              retries, progress: runtime.ChunkProgress) -> dict:
+              retries, progress: ChunkProgress) -> dict:
     sampling, sub_sampling = sampling_settings(temperature, top_k, top_p, repetition_penalty)
     names = [r.name for r in recipes]
     for n in names:
@@ -253,11 +234,11 @@ class QwenTTSNarrate(io.ComfyNode):
                 chunk_seconds, normalize_text, loudness="off", watermark=False) -> io.NodeOutput:
         recipe = _recipe(speaker)
         marker = _before_generating(loudness, watermark)
-        progress = runtime.ChunkProgress()
+        progress = ChunkProgress()
         # one voice: its name plays no part (no name check), the seed as given
         sampling, sub_sampling = sampling_settings(temperature, top_k, top_p, repetition_penalty)
         voice = recipe.build(int(seed), sampling, sub_sampling, retries, progress.on_frame)
-        out = runtime.run_interruptible(lambda: narrate(
+        out = run_interruptible(lambda: narrate(
             text, voice, max_seconds=chunk_seconds, normalization=_normalization(normalize_text),
             on_progress=progress))
         track, said = _finish(out.audio, loudness, marker)
@@ -313,9 +294,9 @@ class QwenTTSSubtitleVoiceOver(io.ComfyNode):
                                         enumerate((speaker_2, speaker_3, speaker_4), 2) if s is not None]
         cues = parse_subtitles(subtitles)
         seconds = float(video.get_duration()) if video is not None else (video_seconds or None)
-        progress = runtime.ChunkProgress()
+        progress = ChunkProgress()
         voices = _speakers(recipes, seed, temperature, top_k, top_p, repetition_penalty, retries, progress)
-        track = runtime.run_interruptible(lambda: voice_over(
+        track = run_interruptible(lambda: voice_over(
             cues, voices, default=voices[recipes[0].name], video_seconds=seconds, max_speedup=max_speedup,
             overflow=overflow, max_seconds=chunk_seconds, normalization=_normalization(normalize_text),
             on_progress=progress))
@@ -359,9 +340,9 @@ class QwenTTSScript(io.ComfyNode):
         marker = _before_generating(loudness, watermark)
         recipes = [_recipe(speaker_1, "speaker_1")] + [
             _recipe(more[k], k) for k in sorted(more) if k.startswith("speaker_") and more[k] is not None]
-        progress = runtime.ChunkProgress()
+        progress = ChunkProgress()
         voices = _speakers(recipes, seed, temperature, top_k, top_p, repetition_penalty, retries, progress)
-        out = runtime.run_interruptible(lambda: perform_script(
+        out = run_interruptible(lambda: perform_script(
             script, voices, max_seconds=chunk_seconds, normalization=_normalization(normalize_text),
             pauses=Pauses(), on_progress=progress))
         spans = [(s.start, s.end) for s in out.segments] if loudness_per_line else None

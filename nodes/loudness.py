@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from qwen_tts_core import loudness as core
 from qwen_tts_core.errors import InputError
 
-from . import runtime
+from .progress import stop_if_interrupted
 from .types import CATEGORY, audio_clips
 
 log = logging.getLogger("qwen_tts_nodes")
@@ -49,7 +49,7 @@ def level_clips(waves: list[torch.Tensor], rate: int, preset: str) -> list[torch
     out = []
     for i, w in enumerate(waves):
         try:
-            done = core.normalize(w, rate, target, check_interrupt=runtime.stop_if_interrupted, what=f"clip {i + 1}")
+            done = core.normalize(w, rate, target, check_interrupt=stop_if_interrupted, what=f"clip {i + 1}")
         except InputError as e:
             log.warning("Qwen3-TTS: loudness left as it is for clip %d: %s", i + 1, e)
             out.append(w)
@@ -66,7 +66,7 @@ def level_track(audio: torch.Tensor, rate: int, preset: str, spans=None) -> tupl
     if target is None:
         return audio, None
     try:
-        done = core.normalize(audio, rate, target, spans=spans, check_interrupt=runtime.stop_if_interrupted,
+        done = core.normalize(audio, rate, target, spans=spans, check_interrupt=stop_if_interrupted,
                               what="track")
     except InputError as e:
         return audio, f"loudness left as it is: {e}"
@@ -111,7 +111,7 @@ class QwenTTSNormalizeLoudness(io.ComfyNode):
         for i, (wav, _) in enumerate(clips):
             what = f"clip {i + 1}" if len(clips) > 1 else "audio"
             done = core.normalize(wav, rate, target, ceiling=float(true_peak_ceiling),
-                                  check_interrupt=runtime.stop_if_interrupted, what=what)
+                                  check_interrupt=stop_if_interrupted, what=what)
             levelled.append(done.audio)
             lines.append((f"clip {i + 1}: " if len(clips) > 1 else "") + done.summary())
         return io.NodeOutput({"waveform": torch.stack(levelled), "sample_rate": int(rate)}, "\n".join(lines))

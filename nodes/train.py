@@ -16,7 +16,8 @@ from qwen_tts_core.finetune.dataset import AUDIO_EXTENSIONS
 from qwen_tts_core.finetune.trainer import IF_EXISTS, METHODS, OPTIMIZERS, memory_needed
 from qwen_tts_core.paths import resolve
 
-from . import runtime
+from . import folders, models
+from .progress import StepProgress, run_interruptible
 from .types import CATEGORY, LANGUAGES, Model, model_input, validation_result
 
 log = logging.getLogger("qwen_tts_nodes")
@@ -30,7 +31,7 @@ def dataset_path(folder: str) -> Path:
     if not isinstance(folder, str) or not folder.strip():
         raise InputError("Type the dataset folder: a folder name inside ComfyUI's input/ folder, e.g. "
                          "my_dataset for input/my_dataset.")
-    return resolve(folder.strip(), runtime.input_roots(), what="the dataset folder")
+    return resolve(folder.strip(), folders.input_roots(), what="the dataset folder")
 
 
 AUTO_RATE = "auto"
@@ -136,7 +137,7 @@ class QwenTTSVoiceDataset(io.ComfyNode):
 
     @classmethod
     def execute(cls, folder, language, reference_clip) -> io.NodeOutput:
-        roots = runtime.input_roots()
+        roots = folders.input_roots()
         root = dataset_path(folder)
         ref = None
         if reference_clip and reference_clip.strip():
@@ -226,20 +227,20 @@ class QwenTTSTrainVoice(io.ComfyNode):
         name = check_name(speaker_name)
         folder_name = check_name(output_name.strip() if output_name and output_name.strip() else name,
                                  "output folder name")
-        out = runtime.model_roots()[0] / folder_name
+        out = folders.model_roots()[0] / folder_name
         base = Path(model.tts.folder)
         cfg = TrainConfig(name, int(epochs), method, learning_rate_value(learning_rate), int(batch_size),
                           int(gradient_accumulation), gradient_checkpointing=bool(gradient_checkpointing),
                           optimizer=optimizer, lora_rank=int(lora_rank), lora_alpha=2.0 * int(lora_rank),
                           seed=int(training_seed))
         preflight(base, out, cfg, if_exists)
-        progress = runtime.StepProgress()
+        progress = StepProgress()
         codec = model.tokenizer().ready()
-        items = encode(dataset, codec, codec_fingerprint(base), runtime.speech_codes_cache(), on_clip=lambda i, n: (
+        items = encode(dataset, codec, codec_fingerprint(base), folders.speech_codes_cache(), on_clip=lambda i, n: (
             progress.should_stop(), progress.update(i, n, f"speech codes {i}/{n}")))
         device = model.patcher.load_device
         _, estimate = memory_needed(base, items, cfg, device)
-        runtime.free_memory(estimate.total, device)
+        models.free_memory(estimate.total, device)
 
         losses = []
 
@@ -252,13 +253,13 @@ class QwenTTSTrainVoice(io.ComfyNode):
             progress.update(p.step, p.steps, f"epoch {p.epoch}/{p.epochs}, step {p.step}/{p.steps}, "
                                              f"loss {p.loss:.4f}{left}", preview=preview)
 
-        result = runtime.run_interruptible(lambda: train(
+        result = run_interruptible(lambda: train(
             base, items, reference_clip(dataset), out, cfg, device, if_exists, dataset.fingerprint(),
             on_progress=on_progress, should_stop=progress.should_stop))
         report = (f"{out}: speaker '{result.speaker}', {result.epochs_done} epochs, {result.steps} steps, "
                   f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}" if result.losses else f"{out}: nothing trained")
         log.info("Qwen3-TTS Train Voice: %s", report)
-        trained = runtime.load_model(folder_name, "auto", "auto" if device.type != "cpu" else "cpu")
+        trained = models.load_model_handle(folder_name, "auto", "auto" if device.type != "cpu" else "cpu")
         return io.NodeOutput(trained, result.speaker, report, ui={"text": [report]})
 
 

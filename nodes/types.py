@@ -1,19 +1,22 @@
 """Wire types of the pack and the inputs/outputs that several nodes share."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from comfy_api.latest import io   # why latest and not a pinned version: see the pack's __init__.py
 from qwen_tts_core.config import GenerationDefaults
 from qwen_tts_core.errors import InputError
 from qwen_tts_core.text import check_text
+from qwen_tts_core.duration import FRAME_RATE
 from qwen_tts_core.sampling import Sampling
 from qwen_tts_core.speech_codes import SAMPLE_RATE  # 24 kHz: what the model speaks at
 
 CATEGORY = "audio/qwen-tts"
 
-Model = io.Custom("QWEN_TTS_MODEL")          # nodes.runtime.ModelHandle
-Tokenizer = io.Custom("QWEN_TTS_TOKENIZER")  # nodes.runtime.TokenizerHandle
+Model = io.Custom("QWEN_TTS_MODEL")          # nodes.models.ModelHandle
+Tokenizer = io.Custom("QWEN_TTS_TOKENIZER")  # nodes.models.TokenizerHandle
 Voice = io.Custom("QWEN_TTS_VOICE")          # qwen_tts_core.voice.Voice
 Codes = io.Custom("QWEN_TTS_CODES")          # qwen_tts_core.speech_codes.SpeechCodes
 
@@ -151,3 +154,10 @@ def audio_clips(audio) -> list[tuple[torch.Tensor, int]]:
         shape = tuple(wav.shape) if isinstance(wav, torch.Tensor) else type(wav).__name__
         raise InputError(f"The AUDIO waveform has shape {shape}; expected [batch, channels, samples].")
     return [(wav[i], audio["sample_rate"]) for i in range(wav.shape[0])]
+
+
+def seconds_to_frames(seconds: float) -> int | None:
+    """max length in seconds (0 = auto from the text) -> frame limit for the core."""
+    if seconds is None or seconds <= 0:
+        return None
+    return max(1, math.ceil(float(seconds) * FRAME_RATE))

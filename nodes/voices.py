@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from qwen_tts_core.errors import InputError
 from qwen_tts_core.voice import Voice, load_voice, save_voice, voice_file_name
 
-from . import runtime
+from . import folders
 from .types import CATEGORY, Voice as VoiceType, audio_clips, model_input, validation_result
 
 log = logging.getLogger("qwen_tts_nodes")
@@ -92,7 +92,7 @@ class QwenTTSSaveVoice(io.ComfyNode):
     def execute(cls, voice, name, overwrite) -> io.NodeOutput:
         if not isinstance(voice, Voice):
             raise InputError("Save Voice needs a voice from 'Make Voice from Reference Audio' or 'Load Voice'.")
-        path = save_voice(voice, runtime.voice_save_folder(), name, overwrite=overwrite)
+        path = save_voice(voice, folders.voice_save_folder(), name, overwrite=overwrite)
         log.info("Saved %s to %s", voice.describe(), path)
         return io.NodeOutput(voice, str(path), ui={"text": [f"saved {path.name}"]})
 
@@ -108,7 +108,7 @@ class QwenTTSLoadVoice(io.ComfyNode):
             inputs=[
                 model_input("The Base model the voice will be used with (its size must match the "
                             "model the voice was made with)."),
-                io.Combo.Input("voice_name", options=runtime.all_voices(),
+                io.Combo.Input("voice_name", options=folders.all_voices(),
                                tooltip="A voice in models/qwen-tts-voices/ (refresh with R after saving)."),
             ],
             outputs=[VoiceType.Output("voice", display_name="voice", tooltip="The loaded voice.")],
@@ -123,11 +123,11 @@ class QwenTTSLoadVoice(io.ComfyNode):
     def fingerprint_inputs(cls, voice_name, **kwargs):
         # the file may change between runs (saved again with overwrite)
         try:
-            path = runtime.find_voice_file(voice_name)
+            path = folders.find_voice_file(voice_name)
             return f"{path}:{path.stat().st_mtime_ns}"
         except Exception:
             return float("nan")
 
     @classmethod
     def execute(cls, model, voice_name) -> io.NodeOutput:
-        return io.NodeOutput(load_voice(runtime.find_voice_file(voice_name), expect=model.tts))
+        return io.NodeOutput(load_voice(folders.find_voice_file(voice_name), expect=model.tts))

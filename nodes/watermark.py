@@ -20,7 +20,7 @@ from comfy_api.latest import io
 from qwen_tts_core import watermark as core
 from qwen_tts_core.errors import InputError
 
-from . import runtime
+from .progress import stop_if_interrupted
 from .types import CATEGORY, audio_clips
 
 log = logging.getLogger("qwen_tts_nodes")
@@ -79,7 +79,7 @@ def _model(kind: str, choice: str | None = None):
         if not targets:
             raise InputError(f"No models/{FOLDER} folder is registered to download the watermark weights into.")
         bar = comfy.utils.ProgressBar(1)
-        folder = core.download(targets[0], check_interrupt=runtime.stop_if_interrupted,
+        folder = core.download(targets[0], check_interrupt=stop_if_interrupted,
                                on_progress=lambda done, total: bar.update_absolute(done, max(total, 1)))
     if folder is None:
         core.check_present(roots()[0] if roots() else Path("models") / FOLDER, _HOW_TO_GET)
@@ -88,7 +88,7 @@ def _model(kind: str, choice: str | None = None):
     st = path.stat()
     key = (kind, str(path.absolute()), st.st_size, st.st_mtime_ns)
     if key not in _MODELS:
-        _MODELS[key] = load(folder, runtime.stop_if_interrupted)
+        _MODELS[key] = load(folder, stop_if_interrupted)
     return _MODELS[key]
 
 
@@ -115,7 +115,7 @@ def mark(marker: core.Watermarker | None, wave: torch.Tensor, rate: int, message
     if marker is None:
         return wave
     return marker.embed(wave, rate, message, device=mm.get_torch_device(),
-                        check_interrupt=runtime.stop_if_interrupted, on_progress=_progress())
+                        check_interrupt=stop_if_interrupted, on_progress=_progress())
 
 
 def note(marker) -> str | None:
@@ -196,7 +196,7 @@ class QwenTTSDetectWatermark(io.ComfyNode):
         detector = core.Watermarker(detector=_model("detector", weights))
         rate = int(audio["sample_rate"])
         found = [detector.detect(wav, rate, device=mm.get_torch_device(),
-                                 check_interrupt=runtime.stop_if_interrupted, on_progress=_progress())
+                                 check_interrupt=stop_if_interrupted, on_progress=_progress())
                  for wav, _ in clips]
         lowest = min(found, key=lambda d: d.score)
         report = "\n".join((f"clip {i + 1}: " if len(found) > 1 else "") + d.summary() for i, d in enumerate(found))

@@ -48,6 +48,11 @@ class DeviceError(QwenTTSError):
     busy, a dtype it cannot compute in, non-finite values from a too narrow dtype."""
 
 
+class DeviceUnavailable(DeviceError, InputError):
+    """A device that does not exist or is not usable here was chosen (bad input as much as a
+    device problem: the message says which devices there are)."""
+
+
 class OutOfMemory(DeviceError, torch.OutOfMemoryError):
     """Out of (GPU) memory, with what to do about it. Also a torch.OutOfMemoryError, so callers
     that free memory on out-of-memory (ComfyUI unloads its models) still do."""

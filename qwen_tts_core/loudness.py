@@ -196,7 +196,7 @@ def _span_curve(spans: list[tuple[int, int]], gains_db: list[float], blocks: int
     return torch.from_numpy(10.0 ** (np.interp(centres, xs, ys) / 20.0)).float()
 
 
-def _limiter(peaks: torch.Tensor, ceiling: float, ramp_blocks: int) -> torch.Tensor:
+def limiter_gains(peaks: torch.Tensor, ceiling: float, ramp_blocks: int) -> torch.Tensor:
     """Gain per block (<= 1) that keeps every block's peak at most `ceiling`: the needed gain's
     minimum over +-ramp, averaged over +-ramp. Each value of the average is a minimum over a
     window that contains the block itself, so the result never exceeds what the block needs."""
@@ -292,7 +292,7 @@ def normalize(audio, sample_rate, target: float, *, ceiling: float = TRUE_PEAK_C
         # the largest gain of the block and its neighbours: the gain between two block centres
         # is interpolated, and must not carry a louder neighbour's peak over the ceiling
         near = torch.nn.functional.max_pool1d(curve[None, None], 3, 1, 1)[0, 0]
-        limiter = _limiter(peaks * near, limit_at, ramp)
+        limiter = limiter_gains(peaks * near, limit_at, ramp)
         _apply(x, curve * limiter, block, out, check)
         results = {i: _measure(out[:, a:b], rate, check) for i, (a, b) in enumerate(spans) if i in measured}
         if all(abs(target - v) <= TOLERANCE_LU for v in results.values()):

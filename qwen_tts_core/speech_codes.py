@@ -18,7 +18,7 @@ from torch import nn
 
 from . import audio as audio_io
 from .codec.tokenizer import CODEBOOK_SIZE, NUM_CODEBOOKS, codes_out_of_range, tokenizer_folder
-from .codec.tokenizer import MODEL_TYPE as TOKENIZER_MODEL_TYPE
+from .codec.tokenizer import MODEL_TYPE as TOKENIZER_MODEL_TYPE  # noqa: F401  (its name here, for the nodes)
 from .errors import InputError
 SAMPLES_PER_FRAME = 1920
 SAMPLE_RATE = audio_io.MODEL_RATE

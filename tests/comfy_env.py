@@ -129,6 +129,13 @@ def pack(workdir: Path | None = None):
                                 ("user", folder_paths.set_user_directory)):
         (base / name).mkdir(exist_ok=True)
         set_directory(str(base / name))
+    _PACK = import_pack()
+    return _PACK
+
+
+def import_pack():
+    """The pack as ComfyUI imports a custom node: a package (here "qwen_tts_pack") made from the
+    folder's __init__.py, its nodes imported (with whatever comfy modules are importable)."""
     spec = importlib.util.spec_from_file_location("qwen_tts_pack", ROOT / "__init__.py",
                                                   submodule_search_locations=[str(ROOT)])
     module = importlib.util.module_from_spec(spec)
@@ -136,8 +143,13 @@ def pack(workdir: Path | None = None):
     spec.loader.exec_module(module)
     module._register_core()
     importlib.import_module("qwen_tts_pack.nodes")
-    _PACK = module
     return module
+
+
+def runtime():
+    """The pack's nodes.runtime (its folders, models and progress modules under one name)."""
+    pack()
+    return importlib.import_module("qwen_tts_pack.nodes.runtime")
 
 
 def node_classes() -> dict:

@@ -26,21 +26,13 @@ import comfy.model_management as mm  # noqa: E402
 import folder_paths  # noqa: E402
 
 
-def import_pack():
-    """The pack as ComfyUI imports it: a package made from the folder's __init__.py."""
-    spec = importlib.util.spec_from_file_location("qwen_tts_pack", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["qwen_tts_pack"] = module
-    spec.loader.exec_module(module)
-    module._register_core()
-    return importlib.import_module("qwen_tts_pack.nodes.runtime")
-
-
 def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="qwen_tts_mm_"))
     folder_paths.set_input_directory(str(base))
-    rt = import_pack()
+    import comfy_env
+
+    comfy_env.import_pack()
+    rt = importlib.import_module("qwen_tts_pack.nodes.runtime")
     folder_paths.add_model_folder_path(rt.MODELS, str(ROOT / "tests" / "fixtures" / "models" / "qwen-tts"), is_default=True)
     from qwen_tts_core.sampling import Sampling
 

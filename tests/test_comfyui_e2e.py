@@ -11,7 +11,6 @@ real checkpoint names, with their automatic length cut to a fraction of a second
 check that the real front end loads every example workflow.
 """
 import contextlib
-import hashlib
 import importlib.util
 import json
 import re
@@ -379,10 +378,12 @@ def test_interrupt_then_two_prompts_back_to_back(tmp_path):
         assert "execution_interrupted" in kinds and kinds["execution_interrupted"]["node_type"] == "QwenTTSCustomVoice"
         assert not list((base / "output").rglob("long*"))
         # two prompts queued back to back, the second before the first finished
-        first, second = queue(_custom_voice_prompt(seed=1, prefix="first")), queue(_custom_voice_prompt(seed=2, prefix="second"))
+        first = queue(_custom_voice_prompt(seed=1, prefix="first"))
+        second = queue(_custom_voice_prompt(seed=2, prefix="second"))
         for pid in (first, second):
             assert finished(pid)["status"]["status_str"] == "success"
-        assert list((base / "output" / "audio").glob("first_*.flac")) and list((base / "output" / "audio").glob("second_*.flac"))
+        saved = base / "output" / "audio"
+        assert list(saved.glob("first_*.flac")) and list(saved.glob("second_*.flac"))
         # "Unload models" (the front end's button): the model is let go, and loaded again when used
         loads = server.log_text().count("Requested to load QwenTTSWeights")
         assert e2e.http_json(server.url, "/free", {"unload_models": True, "free_memory": True})[0] == 200

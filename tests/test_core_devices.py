@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import MODELS, tiny_model
 from test_parity import GOLDEN, official_max_frames, requests_of
-from qwen_tts_core import api, generate
+from qwen_tts_core import api, device, generate
 from qwen_tts_core.errors import DeviceError, InputError
 from qwen_tts_core.sampling import Sampling
 from qwen_tts_core.speech_codes import check_codes
@@ -95,7 +95,7 @@ def test_auto_dtype_elsewhere():
 
 def test_emulated_bf16_is_allowed_when_asked_for_but_said(monkeypatch, caplog):
     fake_gpu(monkeypatch, (7, 5), "Tesla T4")
-    monkeypatch.setattr(api, "check_dtype_runs", lambda dtype, device: None)
+    monkeypatch.setattr(device, "check_dtype_runs", lambda dtype, device: None)
     with caplog.at_level(logging.WARNING, logger="qwen_tts_core"):
         dtype, reason = api.choose_dtype("bf16", torch.device("cuda", 0))
     assert dtype == torch.bfloat16 and "emulated" in reason and "fp16" in reason
@@ -308,7 +308,7 @@ def fake_graphs(monkeypatch):
     monkeypatch.setattr(generate.GraphedStep, "_eager_on_side_stream", lambda self: self.state.step())
     monkeypatch.setattr(generate.GraphedStep, "_capture", lambda self: FakeGraph(self.state))
     tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu", speech_tokenizer=False)
-    monkeypatch.setattr(tts, "uses_cuda_graphs", lambda cuda_graphs=None: cuda_graphs is not False)
+    monkeypatch.setattr(tts.engine, "uses_cuda_graphs", lambda cuda_graphs=None: cuda_graphs is not False)
     return tts
 
 

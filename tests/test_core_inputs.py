@@ -84,7 +84,8 @@ def test_text_in_a_script_the_model_does_not_know_gets_a_note(cv, caplog):
         "German, Italian, Portuguese, Spanish, Japanese, Korean, French, Russian): expect it to be "
         "mispronounced or skipped."]
     assert "Arabic script" in caplog.text
-    out = cv.generate_custom_voice(["Hello, my friend Ahmed (أحمد), welcome home.", "Γειά σου κόσμε", "你好"], "vivian", max_frames=2)
+    out = cv.generate_custom_voice(["Hello, my friend Ahmed (أحمد), welcome home.", "Γειά σου κόσμε", "你好"], "vivian",
+                                   max_frames=2)
     assert len(out.warnings) == 1 and out.warnings[0].startswith("Text 2: Much of the text is in Greek script")
 
 
@@ -146,7 +147,8 @@ def test_batch_size_mismatch(cv):
 
 
 def test_instruction_on_0_6b_custom_voice_is_reported(tmp_path, caplog):
-    import json, shutil
+    import json
+    import shutil
     from conftest import MODELS
     from qwen_tts_core.api import QwenTTS
     folder = tmp_path / "m"

@@ -150,7 +150,8 @@ def test_weights_go_straight_into_the_target_dtype(tmp_path):
     tensors = load_file(str(folder / "model.safetensors"))
     g = torch.Generator().manual_seed(0)
     for name in list(tensors):
-        if "text_embedding" in name or "text_projection.linear_fc1" in name or name.endswith("linear_fc2.weight") and "text_projection" in name:
+        if "text_embedding" in name or "text_projection.linear_fc1" in name \
+                or name.endswith("linear_fc2.weight") and "text_projection" in name:
             shape = list(tensors[name].shape)
             shape = [width if s == 8 else s for s in shape]
             tensors[name] = (torch.randn(shape, generator=g) * 0.02).to(torch.bfloat16)

@@ -129,7 +129,8 @@ def test_step_estimate_is_the_size_of_the_step_it_sizes(dtype, batch, prompt_len
     predictor caches, the noise row and its slot keys, the seen-codes and key masks, the hidden
     state, the text track and the codes buffer), plus two hidden states' worth (a step's new one
     before it is copied in, the frame's text entry) and the larger of the prefill's transient
-    (over the prompt) and one frame's (over the whole cache, with the noise hash's temporaries). A wrong factor would have ComfyUI free too little memory."""
+    (over the prompt) and one frame's (over the whole cache, with the noise hash's temporaries). A
+    wrong factor would have ComfyUI free too little memory."""
     from conftest import tiny_model
     from qwen_tts_core.generate import FrameStep, step_bytes
     from qwen_tts_core.sampling import Sampling

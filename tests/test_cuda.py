@@ -73,7 +73,8 @@ def test_bf16_agreement():
     ref = f32.generate(reqs, max_frames=40, cuda_graphs=False, **greedy(f32))
     talker = b16.model.talker
     with torch.inference_mode():
-        batch = collate(b16.build_prompts(reqs), talker.embed_text(torch.tensor([b16.config.tts_pad_token_id], device="cuda"))[0])
+        pad = talker.embed_text(torch.tensor([b16.config.tts_pad_token_id], device="cuda"))[0]
+        batch = collate(b16.build_prompts(reqs), pad)
         caches = talker.model.new_caches(batch.embeds.shape[0], batch.embeds.shape[1], torch.bfloat16, "cuda")
         logits = talker.codec_head(prefill(talker, batch, caches)).float().cpu()
     diff = (logits - GOLDEN["cv_batch.logits"]).abs().max().item()
@@ -133,7 +134,7 @@ def test_offload_and_reload_through_comfy_model_management():
     and caches are released, the GPU memory is freed), reload, generate the same codes."""
     import comfy_env
 
-    rt = comfy_env.pack().nodes.runtime
+    rt = comfy_env.runtime()
     torch.ones(8, 8, device="cuda") @ torch.ones(8, 8, device="cuda")   # the matmul workspace, before the baseline
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()           # whatever else this process holds on the GPU

@@ -27,7 +27,7 @@ TRAIN = dict(speaker_name="Narrator", output_name="", method="lora", epochs=3, l
 def rt():
     """The runtime; the model folders these tests train are removed afterwards (other test modules
     list the models folder)."""
-    runtime = comfy_env.pack().nodes.runtime
+    runtime = comfy_env.runtime()
     root = runtime.model_roots()[0]
     before = set(root.iterdir())
     yield runtime

@@ -72,7 +72,7 @@ def test_narrate_long_text_in_chunks(N):
     assert chunks >= 3  # paragraphs are never joined; ~6 s pieces
 
 
-def test_long_form_tells_comfyui_the_memory_of_each_chunks_frame_limit(N, memory_asked):
+def test_long_form_tells_comfyui_the_memory_of_each_chunks_frame_limit(N, memory_asked):  # noqa: F811  (the fixture imported above)
     import comfy.model_management as mm
 
     asked, limits = memory_asked
@@ -176,7 +176,7 @@ def test_interrupt_stops_long_form_within_one_frame_and_frees_memory(N, node, mo
     import comfy.model_management as mm
 
     monkeypatch.setattr(mm, "InterruptProcessingException", type("InterruptProcessingException", (base,), {}))
-    rt = comfy_env.pack().nodes.runtime
+    rt = comfy_env.runtime()
     frames, emptied = [], []
     original = rt.ChunkProgress.on_frame
 

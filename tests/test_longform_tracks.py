@@ -13,7 +13,6 @@ from longform_helpers import (SR, EspeakSpeaker, ToneSpeaker, fake_decode, measu
 from qwen_tts_core import InputError
 from qwen_tts_core.longform import (Pauses, Speaker, VoiceSpec, WavSink, narrate, parse_script,
                                     parse_subtitles, perform_script, timed_lines, voice_over)
-from qwen_tts_core.longform.edit import speech_bounds
 from qwen_tts_core.longform.subtitles import format_time
 
 pytestmark = pytest.mark.core

@@ -520,12 +520,14 @@ def memory_asked(rt, monkeypatch):
     import comfy.model_management as mm
 
     asked, limits = [], []
-    load, frame_loop = rt.load_to_device, rt.QwenTTS.frame_loop
-    monkeypatch.setattr(rt, "load_to_device", lambda patchers, memory_required=0:
+    models = comfy_env.pack().nodes.models
+    load, frame_loop = models.load_to_device, rt.QwenTTS.frame_loop
+    monkeypatch.setattr(models, "load_to_device", lambda patchers, memory_required=0:
                         asked.append(memory_required) or load(patchers, memory_required))
     monkeypatch.setattr(rt.QwenTTS, "frame_loop", lambda self, *a, **k:
                         limits.append((len(a[0]), (loop := frame_loop(self, *a, **k)).max_frames)) or loop)
-    monkeypatch.setattr(rt, "stop_if_interrupted", lambda: (_ for _ in ()).throw(mm.InterruptProcessingException()))
+    monkeypatch.setattr(comfy_env.pack().nodes.progress, "stop_if_interrupted",
+                        lambda: (_ for _ in ()).throw(mm.InterruptProcessingException()))
     return asked, limits
 
 
@@ -559,8 +561,9 @@ def test_a_generation_loads_the_speech_tokenizer_with_the_model_and_a_voice_only
     the reference), not for an x-vector-only one. On a GPU a tokenizer left behind decodes on the
     CPU or fails on mixed devices; here the patchers ComfyUI is asked to load are recorded."""
     loads = []
-    load = rt.load_to_device
-    monkeypatch.setattr(rt, "load_to_device", lambda patchers, memory_required=0:
+    models = comfy_env.pack().nodes.models
+    load = models.load_to_device
+    monkeypatch.setattr(models, "load_to_device", lambda patchers, memory_required=0:
                         loads.append(list(patchers)) or load(patchers, memory_required))
     custom, base = loaded(N, CUSTOM)[0], loaded(N, BASE)[0]
     run(N, "QwenTTSCustomVoice", model=custom, text="Hello.", language="English", speaker="Ryan",

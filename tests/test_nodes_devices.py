@@ -85,7 +85,7 @@ def test_speech_decoder_precision_is_set_for_the_device_it_runs_on(N, rt, monkey
     takes the chosen precision for a GPU and fp32 for the CPU, whatever device it is loaded on
     (a device that takes any dtype, "meta", stands in for the GPU here; nothing moves onto it)."""
     device = torch.device("meta" if load == "gpu" else "cpu")
-    monkeypatch.setattr(rt, "devices", lambda choice: (device, torch.device("cpu")))
+    monkeypatch.setattr(comfy_env.pack().nodes.models, "devices", lambda choice: (device, torch.device("cpu")))
     want = torch.bfloat16 if load == "gpu" else torch.float32
     model, tok_of_model, _ = run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="bf16", device="auto")
     (tok,) = run(N, "QwenTTSSpeechTokenizerLoader", tokenizer_name=CUSTOM, dtype="bf16", device="auto")
@@ -219,3 +219,34 @@ def test_ready_puts_the_model_on_its_load_device_when_model_management_did_not(r
     caplog.clear()
     handle.ready(with_codec=True)                            # in place now: nothing to say
     assert caplog.records == []
+
+
+def test_one_device_policy_for_the_core_and_the_nodes(rt, monkeypatch):
+    """The loader's named devices are checked by the core's device policy: the same error (a
+    DeviceUnavailable, which is also an InputError) and the same words as QwenTTS.from_pretrained."""
+    from qwen_tts_core import device as policy
+    from qwen_tts_core.errors import DeviceUnavailable, InputError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(policy, "mps_available", lambda: False)
+    for choice in ("cuda", "mps"):
+        with pytest.raises(DeviceUnavailable) as core:
+            policy.resolve_device(choice)
+        with pytest.raises(DeviceUnavailable) as node:
+            rt.devices(choice)
+        assert str(node.value) == str(core.value) and isinstance(node.value, InputError)
+        assert str(node.value).endswith("Choose 'auto' or 'cpu'.")
+
+
+def test_a_generation_finds_its_frame_limit_once(N, rt, monkeypatch):
+    """The node's model handle finds the frame limit (to size the memory ComfyUI frees) and
+    passes it on: the core does not compute it a second time."""
+    from qwen_tts_core.api import QwenTTS
+
+    calls = []
+    real = QwenTTS.auto_max_frames
+    monkeypatch.setattr(QwenTTS, "auto_max_frames", lambda self, *a, **k: calls.append(a) or real(self, *a, **k))
+    model, _, _ = run(N, "QwenTTSModelLoader", model_name=CUSTOM, dtype="fp32", device="cpu")
+    run(N, "QwenTTSCustomVoice", model=model, text="Hello there.", language="English", speaker="Ryan",
+        instruction="", **{**SAMPLING, "max_seconds": 0.0})
+    assert calls == [(["Hello there."], "English")]

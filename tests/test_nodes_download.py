@@ -105,7 +105,8 @@ def test_cancel_keeps_what_arrived_and_lists_nothing_until_complete(N, rt, root,
             return getattr(self.out, name)
 
     monkeypatch.setattr(file_download, "http_get",
-                        lambda url, out, *args, **kwargs: real_http_get(url, CancelOnceTheWeightsBegin(out), *args, **kwargs))
+                        lambda url, out, *args, **kwargs: real_http_get(url, CancelOnceTheWeightsBegin(out), *args,
+                                                                        **kwargs))
     with pytest.raises(mm.InterruptProcessingException):
         comfy_env.run_node(N["QwenTTSModelLoader"], model_name=CUSTOM_ENTRY, **LOAD)
     monkeypatch.setattr(file_download, "http_get", real_http_get)

@@ -102,7 +102,7 @@ def test_speaker_features_and_embeddings():
     tts = tiny_model("Tiny-Base", speech_tokenizer=False)
     for clip in ("ref_en", "ref_de"):
         wav, sr = read_wav(AUDIO / f"{clip}.wav")
-        mel = tts._log_mel(wav[:1])[0].T                                      # [128, frames]
+        mel = tts.log_mel(wav[:1])[0].T                                      # [128, frames]
         # fp32 FFT rounding is relative to a frame's energy, so near-silent bins at the log floor
         # differ by up to ~1e-3 in log between CPUs (AVX2 vs AVX-512 MKL); compare linear mel
         # energies relative to each frame's peak (measured <= 9e-6; a one-hop shift gives 0.27).

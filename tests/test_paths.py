@@ -10,7 +10,6 @@ import random
 from pathlib import Path, PureWindowsPath
 
 import pytest
-import torch
 
 from conftest import AUDIO
 from qwen_tts_core.audio import read_wav, write_wav

@@ -55,7 +55,8 @@ def test_the_saved_workflows_are_there():
     versions = sorted(p.name for p in SAVED.iterdir() if p.is_dir())
     assert versions and all(list((SAVED / v).glob("*.json")) for v in versions)
     for v in versions:                                       # every saved UI workflow has its API prompt
-        assert sorted(p.name for p in (SAVED / v).glob("*.json")) == sorted(p.name for p in (SAVED / v / "api").glob("*.json"))
+        ui, api = ((SAVED / v).glob("*.json"), (SAVED / v / "api").glob("*.json"))
+        assert sorted(p.name for p in ui) == sorted(p.name for p in api)
 
 
 @pytest.mark.parametrize("path", UI_FILES + API_FILES, ids=_id)

@@ -80,7 +80,11 @@ MODULES = {
     "nodes/longform": ("nodes/longform.py", [NODE_INPUTS, "tests/test_longform_nodes.py"]),
     "nodes/codec": ("nodes/codec.py", ["tests/test_nodes.py"]),
     "nodes/loader": ("nodes/loader.py", ["tests/test_nodes.py"]),
-    "nodes/runtime": ("nodes/runtime.py", ["tests/test_nodes.py", "tests/test_longform_nodes.py"]),
+    "nodes/models": ("nodes/models.py", ["tests/test_nodes.py", "tests/test_nodes_devices.py",
+                                         "tests/test_longform_nodes.py"]),
+    "nodes/folders": ("nodes/folders.py", ["tests/test_nodes.py", "tests/test_nodes_download.py"]),
+    "nodes/progress": ("nodes/progress.py", ["tests/test_nodes.py", "tests/test_longform_nodes.py",
+                                             "tests/test_finetune_nodes.py"]),
 }
 GROUPS = {"longform": [m for m in MODULES if m.startswith("longform/")],
           "nodes": [m for m in MODULES if m.startswith("nodes/")]}
@@ -319,7 +323,8 @@ def write_report(results: Path = RESULTS, out: Path = REPORT, root: Path = ROOT,
         if r.get("survivors_not_judged"):
             lines.append("- Survivors not judged yet: " + ", ".join(f"`{k}`" for k in r["survivors_not_judged"]))
         if comments:
-            lines += ["", f"From `tools/mutation_equivalent/{eq_file.name}`:", ""] + [f"> {c}" if c else ">" for c in comments]
+            lines += ["", f"From `tools/mutation_equivalent/{eq_file.name}`:", ""]
+            lines += [f"> {c}" if c else ">" for c in comments]
         lines.append("")
     text = "\n".join(lines)
     out.write_text(text)

@@ -19,6 +19,9 @@ run_pytest() {
     return $rc
 }
 
+echo "== ruff check (pyproject.toml [tool.ruff])"
+"$PY" -m ruff check --quiet . ; rc_lint=$?
+
 echo "== transformers $("$PY" -c 'import transformers; print(transformers.__version__)'): whole suite"
 run_pytest no tests -q "$@"; rc_main=$?
 # The second pass is the one with the official qwen-tts package (live parity): its tests must not
@@ -35,4 +38,4 @@ else
     echo "tools/test.sh: transformers 4.57 pass and the live parity tests were NOT run. ########" >&2
     rc_457=0
 fi
-[ $rc_main -eq 0 ] && [ $rc_457 -eq 0 ]
+[ $rc_lint -eq 0 ] && [ $rc_main -eq 0 ] && [ $rc_457 -eq 0 ]

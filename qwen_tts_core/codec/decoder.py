@@ -5,8 +5,8 @@ Module names equal the checkpoint names under `decoder.`, so weights load withou
 Every layer is causal with zero lookahead, so one implementation serves whole-sequence and
 streaming decoding: a stateful layer takes its left context from a `state` dict (nothing there
 means the start of the sequence: the zero padding of a whole-sequence pass) and leaves what the
-next call needs there (conv inputs, transposed-conv partial sums, attention keys/values). Shapes: B batch, Q codebooks, T frames, C channels, N samples at
-the layer's own rate.
+next call needs there (conv inputs, transposed-conv partial sums, attention keys/values).
+Shapes: B batch, Q codebooks, T frames, C channels, N samples at the layer's own rate.
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ Mimi's encoder: causal SEANet convs (24 kHz -> 25 Hz), a causal transformer with
 sliding window, a stride-2 causal conv (-> 12.5 Hz) and a split residual VQ. Only the encoder
 half is built: `MimiModel` is constructed on the meta device (the decoder half therefore costs
 nothing), the buffers Mimi computes at construction are computed again on the CPU, and the encoder
-parameters are loaded from the checkpoint names `encoder.*`. Works with transformers 4.57 (flat MimiModel) and 5.x (encoder half as its own model).
+parameters are loaded from the checkpoint names `encoder.*`. Works with transformers 4.57 (flat
+MimiModel) and 5.x (encoder half as its own model).
 
 The transformer gets an explicit attention mask: transformers 4.57 ignores Mimi's
 `sliding_window` in a plain forward pass (full causal attention: what the official package, which

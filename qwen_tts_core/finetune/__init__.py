@@ -15,4 +15,5 @@ from .objective import Item, Loss, batch_loss
 from .trainer import Progress, TrainConfig, TrainingProgress, TrainResult, preflight, train
 
 __all__ = ["scan", "encode", "codec_fingerprint", "reference_clip", "VoiceDataset", "Item", "Loss", "batch_loss",
-           "TrainConfig", "TrainingProgress", "Progress", "TrainResult", "preflight", "train", "Plan", "MemoryEstimate", "estimate"]
+           "TrainConfig", "TrainingProgress", "Progress", "TrainResult", "preflight", "train", "Plan",
+           "MemoryEstimate", "estimate"]

@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--gradient-checkpointing", action="store_true", help="less memory, ~30%% slower steps")
     ap.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw8bit"],
                     help="adamw8bit needs bitsandbytes")
-    ap.add_argument("--train-text-embedding", action="store_true", help="full fine-tuning: also train the text embedding table")
+    ap.add_argument("--train-text-embedding", action="store_true",
+                    help="full fine-tuning: also train the text embedding table")
     ap.add_argument("--language", default="auto", help="language of the clips (a .jsonl may set it per row)")
     ap.add_argument("--ref-audio", help="clip for the speaker embedding (default: the dataset's longest clip)")
     ap.add_argument("--cache-dir", help="where speech codes are cached (default: <data>/.qwen-tts-codes)")

@@ -15,13 +15,13 @@ from .normalize import Normalization, normalize_text
 from .runaway import Runaway, RunawayDetector, RunawayLimits, find_runaway
 from .script import ScriptLine, parse_script
 from .subtitles import Cue, parse_subtitles, timed_lines
-from .synthesis import ChunkReport, Speaker, Take, VoiceSpec
+from .synthesis import ChunkReport, Speaker, SpeechModel, Take, VoiceSpec
 from .text import Chunk, chunk_text, split_sentences
 from .track import (LineReport, MemorySink, Narration, Pauses, Progress, RenderProgress, ScriptAudio, Segment,
                     Track, WavSink, narrate, perform_script, voice_over)
 
 __all__ = ["Normalization", "normalize_text", "Runaway", "RunawayDetector", "RunawayLimits",
            "find_runaway", "ScriptLine", "parse_script", "Cue", "parse_subtitles", "timed_lines",
-           "ChunkReport", "Speaker", "Take", "VoiceSpec", "Chunk", "chunk_text", "split_sentences",
+           "ChunkReport", "Speaker", "SpeechModel", "Take", "VoiceSpec", "Chunk", "chunk_text", "split_sentences",
            "LineReport", "MemorySink", "Narration", "Pauses", "RenderProgress", "Progress", "ScriptAudio", "Segment",
            "Track", "WavSink", "narrate", "perform_script", "voice_over"]

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -31,12 +32,34 @@ _KINDS = {"custom_voice": ("custom", "a CustomVoice model"), "voice_design": ("d
           "base": ("clone", "a Base model")}
 
 
+class SpeechModel(Protocol):
+    """What a voice needs from its model: a loaded `QwenTTS`, or anything that offers the same
+    (the ComfyUI nodes' ModelHandle, which puts the model on its device before each generation)."""
+
+    @property
+    def folder(self) -> Path: ...
+
+    @property
+    def model_type(self) -> str: ...
+
+    @property
+    def speakers(self) -> list[str]: ...
+
+    def check(self, request: Request) -> Request: ...
+
+    def generate(self, requests: Sequence[Request], *, max_frames: int | None = None,
+                 sampling: Sampling | None = None, sub_sampling: Sampling | None = None,
+                 seed: int | None = None, on_frame: Callable | None = None): ...
+
+    def decode(self, codes: Sequence[torch.Tensor], voices=None, on_chunk=None) -> list[torch.Tensor]: ...
+
+
 @dataclass(frozen=True)
 class VoiceSpec:
     """Who speaks, and with which model: a built-in speaker, a description or a cloned voice
     (a `VoicePrompt`, e.g. from create_voice_clone_prompt or a saved voice). Build with
     `custom`, `design` or `clone_of`, which check the model is of the right kind."""
-    tts: object                                # a loaded QwenTTS of the matching kind
+    tts: SpeechModel                           # a loaded model of the matching kind
     speaker: str | None = None                 # built-in speaker (CustomVoice)
     instruct: str | None = None                # style (CustomVoice 1.7B) or voice description (VoiceDesign)
     clone: VoicePrompt | None = None           # cloned voice (Base)
