@@ -378,6 +378,9 @@ class Watermarker:
 
 
 # --------------------------------------------------------------------------- download
+# Not through qwen_tts_core.download: that one is for multi-GB checkpoints (a cut file continues
+# with a Range request, which hf_hub_download no longer allows) into <root>/<name>/; these two files
+# are 93 MB, go straight into models/audioseal/ and are pinned to their published sha256.
 
 
 def download(folder, *, on_progress: Progress | None = None, check_interrupt: Check | None = None,
