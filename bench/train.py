@@ -88,7 +88,7 @@ def measure(args) -> dict:
     from qwen_tts_core.errors import Interrupted
     from qwen_tts_core.finetune import Item, TrainConfig, train
     from qwen_tts_core.finetune.trainer import memory_needed
-    from qwen_tts_core.api import resolve_device
+    from qwen_tts_core.device import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

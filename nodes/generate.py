@@ -14,10 +14,10 @@ from qwen_tts_core.speech_codes import SpeechCodes
 from qwen_tts_core.voice import Voice
 
 from .progress import FrameProgress, run_interruptible
-from .loudness import check_preset, level_clips, loudness_input
+from .loudness import level_clips, loudness_input
 from .types import (seconds_to_frames, CATEGORY, SPEAKERS, Codes, Voice as VoiceType, audio_outputs, generation_inputs,
                     model_input, sampling_settings, speaker_choice, split_texts, text_inputs, to_audio)
-from .watermark import generator_for, mark, watermark_input
+from .watermark import before_generating, mark, watermark_input
 
 log = logging.getLogger("qwen_tts_nodes")
 
@@ -55,8 +55,7 @@ def _speak(model, texts: list[str], settings: Settings, generate: Callable[..., 
         raise InputError("Connect a Qwen3-TTS Model Loader to 'model'.")
     sampling, sub_sampling = sampling_settings(settings.temperature, settings.top_k, settings.top_p,
                                                settings.repetition_penalty)
-    check_preset(settings.loudness)               # an unknown preset stops here, before generating,
-    marker = generator_for(settings.watermark)    # as do missing watermark weights
+    marker = before_generating(settings.loudness, settings.watermark)
     progress = FrameProgress()
     result = run_interruptible(lambda: generate(
         max_frames=seconds_to_frames(settings.max_seconds), sampling=sampling, sub_sampling=sub_sampling,

@@ -16,10 +16,10 @@ from qwen_tts_core.voice import Voice
 
 from .models import ModelHandle
 from .progress import ChunkProgress, run_interruptible
-from .loudness import check_preset, level_track, loudness_input, per_line_input
+from .loudness import level_track, loudness_input, per_line_input
 from .types import (CATEGORY, LANGUAGES, SAMPLE_RATE, SPEAKERS, Voice as VoiceType, model_input,
                     sampling_inputs, sampling_settings, speaker_choice, to_audio, validation_result)
-from .watermark import generator_for, mark, note, watermark_input
+from .watermark import before_generating, mark, note, watermark_input
 
 SpeakerType = io.Custom("QWEN_TTS_SPEAKER")      # nodes.longform.SpeakerRecipe
 MAX_SCRIPT_SPEAKERS = 6
@@ -182,12 +182,6 @@ def _finish(audio, loudness: str, watermark, spans=None) -> tuple[torch.Tensor, 
     return audio, [line for line in lines + [said] if line]
 
 
-def _before_generating(loudness: str, watermark: bool):
-    """A wrong preset or missing watermark weights stop the node before any speech is made."""
-    check_preset(loudness)
-    return generator_for(watermark)
-
-
 def _recipe(speaker, what: str = "speaker") -> SpeakerRecipe:
     if not isinstance(speaker, SpeakerRecipe):
         raise InputError(f"Connect a Qwen3-TTS Speaker node (built-in, designed or cloned voice) to '{what}'.")
@@ -233,7 +227,7 @@ class QwenTTSNarrate(io.ComfyNode):
     def execute(cls, speaker, text, seed, temperature, top_k, top_p, repetition_penalty, retries,
                 chunk_seconds, normalize_text, loudness="off", watermark=False) -> io.NodeOutput:
         recipe = _recipe(speaker)
-        marker = _before_generating(loudness, watermark)
+        marker = before_generating(loudness, watermark)
         progress = ChunkProgress()
         # one voice: its name plays no part (no name check), the seed as given
         sampling, sub_sampling = sampling_settings(temperature, top_k, top_p, repetition_penalty)
@@ -289,7 +283,7 @@ class QwenTTSSubtitleVoiceOver(io.ComfyNode):
                 top_k, top_p, repetition_penalty, retries, chunk_seconds, normalize_text, video=None,
                 speaker_2=None, speaker_3=None, speaker_4=None, loudness="off", loudness_per_line=False,
                 watermark=False) -> io.NodeOutput:
-        marker = _before_generating(loudness, watermark)
+        marker = before_generating(loudness, watermark)
         recipes = [_recipe(speaker)] + [_recipe(s, f"speaker_{i}") for i, s in
                                         enumerate((speaker_2, speaker_3, speaker_4), 2) if s is not None]
         cues = parse_subtitles(subtitles)
@@ -337,7 +331,7 @@ class QwenTTSScript(io.ComfyNode):
     def execute(cls, script, speaker_1, seed, temperature, top_k, top_p, repetition_penalty, retries,
                 chunk_seconds, normalize_text, loudness="off", loudness_per_line=False, watermark=False,
                 **more) -> io.NodeOutput:
-        marker = _before_generating(loudness, watermark)
+        marker = before_generating(loudness, watermark)
         recipes = [_recipe(speaker_1, "speaker_1")] + [
             _recipe(more[k], k) for k in sorted(more) if k.startswith("speaker_") and more[k] is not None]
         progress = ChunkProgress()

@@ -211,6 +211,7 @@ class ModelHandle:
 
     def _placed(self, texts: Sequence[str], language, max_frames: int | None) -> int:
         """The frame limit of this batch, with the model put on its device for it."""
+        texts = [texts] if isinstance(texts, str) else texts       # one text, not one per character
         frames = self.tts.frame_limit(texts, language, max_frames)
         self.ready(with_codec=True, batch=len(texts), frames=frames)
         return frames

@@ -10,7 +10,8 @@ from qwen_tts_core.duration import FRAME_RATE
 
 class FrameProgress:
     """A ComfyUI progress bar over generated frames whose callback also stops the generation
-    within one frame when the user interrupts the prompt."""
+    when the user interrupts the prompt: at the next frame read back (the GPU runs at most 7
+    frames ahead, FrameLoop)."""
 
     def __init__(self):
         self.bar = comfy.utils.ProgressBar(1)
@@ -34,8 +35,8 @@ class ChunkProgress:
     long-form node, as the core's `on_progress`, that also moves inside a chunk or line: its
     `on_frame`, given to every speaker, counts the frames generated against the frames expected
     for the chunk or line now starting (at most 95% of it until it ends, so retries and slow
-    speech never move the bar back), and stops the generation within one frame when the user
-    interrupts the prompt."""
+    speech never move the bar back), and stops the generation at the next frame read back when
+    the user interrupts the prompt."""
 
     STEPS = 100           # bar steps per chunk or line
     WITHIN_MAX = 0.95     # share of a chunk or line the frames alone can fill

@@ -11,7 +11,7 @@ from comfy_api.latest import io
 from qwen_tts_core.errors import InputError
 from qwen_tts_core.finetune import (TrainConfig, VoiceDataset, codec_fingerprint, encode, preflight,
                                     reference_clip, scan, train)
-from qwen_tts_core.finetune.checkpoint import check_name
+from qwen_tts_core.finetune.output import check_name
 from qwen_tts_core.finetune.dataset import AUDIO_EXTENSIONS
 from qwen_tts_core.finetune.trainer import IF_EXISTS, METHODS, OPTIMIZERS, memory_needed
 from qwen_tts_core.paths import resolve

@@ -20,6 +20,7 @@ from comfy_api.latest import io
 from qwen_tts_core import watermark as core
 from qwen_tts_core.errors import InputError
 
+from .loudness import check_preset
 from .progress import stop_if_interrupted
 from .types import CATEGORY, audio_clips
 
@@ -103,6 +104,14 @@ def generator_for(on: bool) -> core.Watermarker | None:
     if not on:
         return None
     return core.Watermarker(generator=_model("generator"))
+
+
+def before_generating(loudness: str, watermark: bool) -> core.Watermarker | None:
+    """For the generation and long-form nodes, before they generate: a wrong loudness preset or
+    missing watermark weights stop the node before any speech is made (and lost); the
+    watermarker when the switch is on."""
+    check_preset(loudness)
+    return generator_for(watermark)
 
 
 def _progress():

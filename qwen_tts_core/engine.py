@@ -113,13 +113,21 @@ class Engine:
         """Around a generation: out of memory and a GPU that stops answering become messages that
         say what to do, with the kept steps freed."""
         try:
-            yield
+            with self.lost_device():
+                yield
         except torch.OutOfMemoryError:
             self.release_steps()
             raise OutOfMemory(
                 f"Out of memory on {self.device} while generating a batch of {batch}. The "
                 "generation's memory was freed. Generate fewer lines at once, lower max_seconds, "
                 "or free memory (unload other models).") from None
+
+    @contextmanager
+    def lost_device(self):
+        """A GPU that stops answering (generating, streaming, decoding) becomes a message that says
+        what to do; the kept steps, which live on it, are dropped."""
+        try:
+            yield
         except RuntimeError as e:
             lost = device_lost(e, self.device)
             if lost is None:
@@ -137,30 +145,31 @@ class Engine:
     def stream(self, loop: FrameLoop, voices: Sequence[VoicePrompt | None], chunk_frames: int) -> Iterator[AudioChunk]:
         """Decodes a loop's frames as they come: each item's audio in chunks of `chunk_frames`
         frames; the last chunk of an item has final=True (see QwenTTS.stream)."""
-        decoders = [self.codec.streaming_decoder(1, chunk_frames) for _ in voices]
-        for d, v in zip(decoders, voices):
-            if v is not None and v.in_context:
-                d.push(v.ref_codes.t()[None].to(self.device))
-                d.flush()
         done = [False] * len(voices)
         running = iter(loop)
         try:
-            for step, frame in running:
+            with self.lost_device():
+                decoders = [self.codec.streaming_decoder(1, chunk_frames) for _ in voices]
+                for d, v in zip(decoders, voices):
+                    if v is not None and v.in_context:
+                        d.push(v.ref_codes.t()[None].to(self.device))
+                        d.flush()
+                for step, frame in running:
+                    for i, d in enumerate(decoders):
+                        if done[i]:
+                            continue
+                        if 0 <= loop.ended[i] <= step:              # ended before this frame
+                            done[i] = True
+                            yield AudioChunk(i, d.flush()[0], True)
+                            continue
+                        audio = d.push(loop.on_device(step)[i, :, None][None].clone())
+                        if audio.shape[-1]:
+                            yield AudioChunk(i, audio[0], False)
                 for i, d in enumerate(decoders):
-                    if done[i]:
-                        continue
-                    if 0 <= loop.ended[i] <= step:              # ended before this frame
-                        done[i] = True
+                    if not done[i]:
                         yield AudioChunk(i, d.flush()[0], True)
-                        continue
-                    audio = d.push(loop.on_device(step)[i, :, None][None].clone())
-                    if audio.shape[-1]:
-                        yield AudioChunk(i, audio[0], False)
         finally:
             running.close()   # a stream closed or dropped before its end frees its step at once
-        for i, d in enumerate(decoders):
-            if not done[i]:
-                yield AudioChunk(i, d.flush()[0], True)
 
     # ------------------------------------------------------------------ memory
     def graph_fallbacks(self) -> list[str]:
@@ -208,7 +217,8 @@ class Engine:
         voices = list(voices or [None] * len(codes))
         context = [v.ref_codes if v is not None and v.in_context else None for v in voices]
         try:
-            return speech_codes.decode(self.codec, speech_codes.SpeechCodes(list(codes), context), on_chunk)
+            with self.lost_device():
+                return speech_codes.decode(self.codec, speech_codes.SpeechCodes(list(codes), context), on_chunk)
         except torch.OutOfMemoryError:
             if self.codec.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -59,16 +59,25 @@ class OutOfMemory(DeviceError, torch.OutOfMemoryError):
 
 
 # what CUDA (and its libraries) say when the device itself stopped answering, not the model
-_DEVICE_LOST = ("CUDA error", "CUDA driver", "CUBLAS_STATUS", "CUDNN_STATUS", "cudaError",
-                "device-side assert", "NVML")
+_DEVICE_LOST = ("CUDA error", "CUDA driver", "CUBLAS_STATUS", "CUDNN_STATUS", "cudaError", "NVML",
+                "device-side assert")
+_NOT_LOST = ("out of memory", "ALLOC_FAILED")     # CUDA's words for a full GPU: OutOfMemory's case
 
 
 def device_lost(error: BaseException, device) -> "DeviceError | None":
     """A clear DeviceError for a GPU that failed during work (a driver reset, a GPU off the bus,
-    an illegal access: CUDA's own errors), else None: other errors keep their own message."""
-    if not isinstance(error, RuntimeError) or not any(m in str(error) for m in _DEVICE_LOST):
+    an illegal access, a kernel's assert: CUDA's own errors), else None: other errors (a full
+    GPU among them) keep their own message."""
+    text = str(error)
+    if not isinstance(error, RuntimeError) or not any(m in text for m in _DEVICE_LOST) \
+            or any(m in text for m in _NOT_LOST):
         return None
+    if "device-side assert" in text:
+        cause = ("a GPU kernel stopped on an assertion (a bug: please report it with the console "
+                 "log)")
+    else:
+        cause = "its driver may have reset or the GPU may have failed"
     return DeviceError(
-        f"The device {device} stopped working ({first_line(error)}); its driver may have reset or "
-        "the GPU may have failed. Nothing more can run on it in this process: save your work, "
-        "restart ComfyUI (check the GPU with nvidia-smi first), or choose device cpu.")
+        f"The device {device} stopped working ({first_line(error)}); {cause}. Nothing more can run on "
+        "it in this process: save your work, restart ComfyUI (check the GPU with nvidia-smi first), or "
+        "choose device cpu.")

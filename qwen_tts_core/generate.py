@@ -1,7 +1,8 @@
 """The generation loop: prefill the talker with left-padded prompts, then per frame choose
 codebook 0, let the code predictor fill codebooks 1..15, and feed the frame back.
 
-Static preallocated KV caches; one host sync per frame (end of speech and the overflow check).
+Static preallocated KV caches; everything a frame needs happens on the device, and the host reads
+the results back once every few frames (end of speech, the overflow check, the codes).
 On CUDA the frame step is replayed as a CUDA graph, captured once per shape bucket and kept
 (with its caches) for later generations of that shape (`StepBuckets`).
 """
@@ -367,7 +368,7 @@ class GraphedStep:
 
     # the CUDA-specific parts (tests on CPU replace these three)
     def _side_stream(self):
-        return torch.cuda.Stream()
+        return torch.cuda.Stream(device=self.state.codes.device)
 
     def _eager_on_side_stream(self) -> None:
         self.stream.wait_stream(torch.cuda.current_stream())
@@ -465,7 +466,7 @@ class Block:
         for dst, src in zip(host, (codes, flags)):
             dst.copy_(src, non_blocking=True)
         done = torch.cuda.Event()
-        done.record()
+        done.record(torch.cuda.current_stream(codes.device))   # the copies' stream, on the model's GPU
         return cls(t0, t1, *host, done)
 
     def wait(self) -> tuple[list[int], list[bool]]:
@@ -564,6 +565,9 @@ class FrameLoop:
                 if all(n >= 0 for n in self.ended):
                     return
                 yield t, block.codes[:, t - block.t0]
+            if block.t1 < self.max_frames and all(n >= 0 for n in length):
+                self.ended = list(length)     # every item ended by frame t1: the next block adds nothing
+                return
             if not pending and self.frames_run < self.max_frames:
                 pending.append(self._launch(state))
 

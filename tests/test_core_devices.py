@@ -396,6 +396,35 @@ def test_a_gpu_that_stops_answering_gets_a_message_that_says_what_to_do(caplog):
     with pytest.raises(RuntimeError, match="^shape mismatch$"):
         tts.generate_custom_voice("Hello.", "ryan", max_frames=5, on_frame=other)
 
+    def assertion(index, frame):
+        raise torch.AcceleratorError("CUDA error: device-side assert triggered\nCompile with ...")
+
+    with pytest.raises(DeviceError, match=r"stopped working \(CUDA error: device-side assert triggered\); a GPU "
+                                          r"kernel stopped on an assertion \(a bug: please report it"):
+        tts.generate_custom_voice("Hello.", "ryan", max_frames=5, on_frame=assertion)
+
+    def full(index, frame):
+        raise torch.AcceleratorError("CUDA error: out of memory\nCUDA kernel errors might be ...")
+
+    with pytest.raises(torch.AcceleratorError, match="^CUDA error: out of memory"):   # a full GPU, not a lost one
+        tts.generate_custom_voice("Hello.", "ryan", max_frames=5, on_frame=full)
+
+
+def test_a_gpu_lost_while_decoding_or_streaming_says_so_too(monkeypatch):
+    """Decoding (every node decodes after generating) and streaming get the same message."""
+    tts = api.QwenTTS.from_pretrained(MODELS / "Tiny-CustomVoice", dtype="fp32", device="cpu")
+
+    def lost(*a, **k):
+        raise torch.AcceleratorError("CUDA error: unspecified launch failure")
+
+    monkeypatch.setattr(tts.codec.decoder, "forward", lost)
+    with pytest.raises(DeviceError, match=r"^The device cpu stopped working \(CUDA error: unspecified launch"):
+        tts.generate_custom_voice("Hello.", "ryan", max_frames=3, decode=True)
+    monkeypatch.setattr(type(tts.codec), "streaming_decoder", lambda self, *a, **k: (_ for _ in ()).throw(
+        torch.AcceleratorError("CUDA error: unspecified launch failure")))
+    with pytest.raises(DeviceError, match="stopped working"):
+        list(tts.stream([api.Request("Hello.", "english", "ryan")], max_frames=3))
+
 
 def test_the_device_reads_back_every_few_frames_and_runs_at_most_one_block_ahead():
     """The loop launches `check_every` frames, then reads them back while the next block runs:
@@ -412,7 +441,8 @@ def test_the_device_reads_back_every_few_frames_and_runs_at_most_one_block_ahead
             for i, codes in enumerate(frames.codes):
                 assert torch.equal(codes, GOLDEN[f"cv_batch.codes.{i}"]), (check_every, ahead, i)
             longest = max(len(c) for c in frames.codes)
-            assert longest <= loop.frames_run <= min(n, longest + (2 if ahead else 1) * check_every)
+            past = 2 * check_every - 1 if ahead else check_every - 1    # frames run past the last end
+            assert longest <= loop.frames_run <= min(n, longest + past), (check_every, ahead, loop.frames_run)
 
     class Stop(Exception):
         pass

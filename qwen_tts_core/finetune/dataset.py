@@ -36,7 +36,7 @@ from ..duration import expected_seconds
 from ..errors import InputError
 from ..paths import Roots, confine, resolve
 from ..text import check_text
-from .checkpoint import fingerprint
+from .output import fingerprint
 from .objective import Item
 
 log = logging.getLogger("qwen_tts_core")

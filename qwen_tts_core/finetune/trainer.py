@@ -26,7 +26,8 @@ from typing import Callable
 
 import torch
 
-from ..api import QwenTTS, resolve_device
+from ..api import QwenTTS
+from ..device import resolve_device
 from ..checkpoint import load_text_tokenizer, weight_files
 from ..config import ModelConfig, read_json
 from ..errors import InputError, Interrupted, OutOfMemory, UnsupportedModeError
