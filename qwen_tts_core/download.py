@@ -139,7 +139,7 @@ def download(name: str, root, *, on_progress: ProgressCallback | None = None,
                             f"finish?). Finish it with: {manual_command(name, root)}  or move the folder "
                             "away and download again.")
     endpoint = hub_endpoint(endpoint)
-    if _offline():
+    if offline():
         raise DownloadError(_offline_message(name, root, "HF_HUB_OFFLINE is set"))
     commit, files = list_files(name, root, endpoint)
     staging = root / STAGING / name
@@ -170,7 +170,7 @@ def hub_endpoint(endpoint: str | None = None) -> str:
     return os.environ.get("HF_ENDPOINT", "").rstrip("/") or constants.ENDPOINT
 
 
-def _offline() -> bool:
+def offline() -> bool:
     from huggingface_hub import constants
 
     return (os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
@@ -203,7 +203,7 @@ def list_files(name: str, root, endpoint: str) -> tuple[str, list[RemoteFile]]:
         raise DownloadError(f"{endpoint} answered HTTP {_status(e) or 'an error'} for {repo}; try again "
                             f"later or download by hand: {manual_command(name, root)}") from None
     except Exception as e:
-        if not _network_error(e):
+        if not network_error(e):
             raise
         raise DownloadError(_offline_message(name, root, f"{endpoint} cannot be reached ({e})")) from None
     commit = info.sha or ""
@@ -245,7 +245,7 @@ def _status(e: BaseException) -> int | None:
     return getattr(getattr(e, "response", None), "status_code", None)
 
 
-def _network_error(e: BaseException) -> bool:
+def network_error(e: BaseException) -> bool:
     """Connection refused/reset, DNS, timeouts: OSError, or the errors of the HTTP library that
     huggingface_hub uses (requests on 0.x, httpx on 1.x and later)."""
     libraries = {"requests", "urllib3", "httpx", "httpx2", "httpcore", "httpcore2"}
@@ -301,7 +301,7 @@ def _check_space(staging: Path, needed: int, name: str, root: Path) -> None:
                             f"{_size(free)} free. Free some space and download again.")
 
 
-def _disk_full(e: BaseException) -> bool:
+def disk_full(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
@@ -339,7 +339,7 @@ def _download_staged(job: _Job, files: list[RemoteFile]) -> None:
     try:
         _fetch_all(job, files)
     except OSError as e:
-        if not _disk_full(e):
+        if not disk_full(e):
             raise
         done = sum(f.size for f in files if (job.staging / f.path).is_file())
         needed = job.progress.total - done - _part_bytes(job.staging, files)
@@ -385,7 +385,7 @@ def _fetch(job: _Job, f: RemoteFile) -> None:
         try:
             return _transfer(job, f)
         except Exception as e:
-            if _disk_full(e) or not (_network_error(e) or _status(e)):
+            if disk_full(e) or not (network_error(e) or _status(e)):
                 raise
             status = _status(e)
             if status in (401, 403, 404, 410):

@@ -39,6 +39,7 @@ from typing import Callable
 
 import torch
 
+from . import download as hub
 from .errors import DownloadError, InputError, ModelFolderError, QwenTTSError, first_line
 
 log = logging.getLogger("qwen_tts_core")
@@ -378,7 +379,7 @@ class Watermarker:
 
 
 # --------------------------------------------------------------------------- download
-# Not through qwen_tts_core.download: that one is for multi-GB checkpoints (a cut file continues
+# Not through qwen_tts_core.download.download (its helpers, yes): that one is for multi-GB checkpoints (a cut file continues
 # with a Range request, which hf_hub_download no longer allows) into <root>/<name>/; these two files
 # are 93 MB, go straight into models/audioseal/ and are pinned to their published sha256.
 
@@ -431,20 +432,18 @@ def _fetch(w: WeightFile, staging: Path, endpoint: str | None, on_progress: Prog
     """One file into the staging folder with huggingface_hub (progress and interrupt within the
     file where its version takes a progress-bar class; between files otherwise)."""
     import huggingface_hub
-    from huggingface_hub import constants
 
     options = {}
     if "tqdm_class" in inspect.signature(huggingface_hub.hf_hub_download).parameters:
         options["tqdm_class"] = _progress_bar(on_progress, check, done, total)
-    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
-    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE") or constants.HF_HUB_OFFLINE
-    if offline:
+    if hub.offline():
         raise DownloadError(_offline(staging.parent, "HF_HUB_OFFLINE is set"))
     try:
-        return Path(huggingface_hub.hf_hub_download(REPO, w.filename, local_dir=staging, endpoint=endpoint,
-                                                    library_name="qwen-tts-comfyui", **options))
+        return Path(huggingface_hub.hf_hub_download(REPO, w.filename, local_dir=staging,
+                                                    endpoint=hub.hub_endpoint(endpoint), library_name=hub.LIBRARY,
+                                                    **options))
     except OSError as e:
-        if getattr(e, "errno", None) in (28, 122):          # ENOSPC, EDQUOT
+        if hub.disk_full(e):
             raise DownloadError(f"The disk of {staging.parent} filled up while downloading {w.filename} "
                                 f"({w.size / 1e6:.0f} MB). What arrived is kept in {staging}; free some "
                                 "space and download again to continue.") from None
